@@ -1,0 +1,136 @@
+"""The ``faceid-batch`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+import typer
+
+from faceid_batch.settings import SettingsError, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Batch identity checks with Tencent Cloud FaceID VideoLivenessCompare.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
+app.add_typer(db_app, name="db")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Bring the database schema to REVISION (default: head)."""
+    from faceid_batch import migrate
+
+    settings = _settings()
+    migrate.upgrade(settings.database_url, revision)
+    typer.echo(f"database at revision {migrate.current(settings.database_url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision."""
+    from faceid_batch import migrate
+
+    typer.echo(migrate.current(_settings().database_url) or "(none)")
+
+
+@app.command()
+def submit(
+    photo: str = typer.Option(..., help="ID photo: path, http(s) URL or cos://bucket/key"),
+    video: str = typer.Option(..., help="Selfie video: path, http(s) URL or cos://bucket/key"),
+    liveness_type: str = typer.Option("SILENT", "--liveness-type", "-t",
+                                      help="LIP, ACTION or SILENT"),
+    validate_data: str = typer.Option(None, "--validate-data", "-d",
+                                      help="LIP: 4-digit code; ACTION: e.g. 1,2; SILENT: none"),
+    key: str = typer.Option(..., "--key", "-k", help="Idempotency key (unique per job)"),
+    lane: str = typer.Option("onboarding", help="onboarding or backfill"),
+) -> None:
+    """Validate and enqueue one verification job; print its id."""
+    from faceid_batch.submit import JobSpec, SubmitError
+    from faceid_batch.submit import submit as do_submit
+
+    settings = _settings()
+    try:
+        settings.require_api()
+        job_id, created = do_submit(settings, JobSpec(
+            idempotency_key=key, photo=photo, video=video, liveness_type=liveness_type,
+            validate_data=validate_data, lane=lane,
+        ))
+    except (SubmitError, SettingsError) as exc:
+        _fail(str(exc))
+    typer.echo(job_id if created else f"{job_id} (existing job for this key)")
+
+
+@app.command()
+def worker(
+    pool: str = typer.Option("threads", help="Celery pool: threads, prefork, solo"),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", help="Calls in flight"),
+    queues: str = typer.Option("onboarding,backfill", "--queues", "-Q",
+                               help="Lanes to consume, in priority order"),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+) -> None:
+    """Run a Celery worker (same as: celery -A faceid_batch.worker worker -P threads ...)."""
+    settings = _settings()
+    try:
+        settings.require_api()
+    except SettingsError as exc:
+        _fail(str(exc))
+    from faceid_batch.worker import celery_app
+
+    celery_app.worker_main(["worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
+                            "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+
+
+@app.command()
+def results(
+    limit: int = typer.Option(50, help="Rows to show"),
+    state: str = typer.Option(None, help="Only jobs in this state"),
+) -> None:
+    """A table of jobs and their outcomes, newest first."""
+    from faceid_batch.report import format_results_table, load_results
+
+    settings = _settings()
+    typer.echo(format_results_table(load_results(settings, limit=limit, state=state)))
+
+
+@app.command()
+def demo(
+    jobs: int = typer.Option(5, help="Sample jobs to run (at least 4)"),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for all outcomes"),
+) -> None:
+    """Run sample jobs end to end: local redis-server, the simulator, a real worker, SQLite."""
+    from faceid_batch.demo import run_demo
+
+    try:
+        sys.exit(run_demo(jobs=max(4, jobs), timeout=timeout))
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulator(ctx: typer.Context) -> None:
+    """Run the bundled FaceID + COS simulator (arguments go to python -m faceid_sim)."""
+    from faceid_sim.cli import main
+
+    sys.exit(main(list(ctx.args)))
+
+
+def _main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,181 @@
+"""Call FaceID VideoLivenessCompare over ``requests`` and parse both failure channels.
+
+A failure can arrive two ways, both with HTTP 200:
+- a normal answer whose ``Response.Result`` is a ``FailedOperation.*`` code, or
+- an error envelope ``Response.Error = {Code, Message}``.
+Transport problems (timeouts, connection errors, non-200, unparsable bodies) become
+``ClientError.*`` codes so that one error table decides what happens next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from faceid_batch.errors import Rule, classify
+from faceid_batch.signing import sign
+
+ACTION = "VideoLivenessCompare"
+VERSION = "2018-03-01"
+SERVICE = "faceid"
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """The business parameters of one call (URLs are short-lived presigned GETs)."""
+
+    image_url: str
+    image_md5: str
+    video_url: str
+    video_md5: str
+    liveness_type: str
+    validate_data: str | None = None
+
+    def to_params(self) -> dict[str, str]:
+        params = {
+            "ImageUrl": self.image_url,
+            "ImageMd5": self.image_md5,
+            "VideoUrl": self.video_url,
+            "VideoMd5": self.video_md5,
+            "LivenessType": self.liveness_type,
+        }
+        if self.validate_data:
+            params["ValidateData"] = self.validate_data
+        return params
+
+
+@dataclass(frozen=True)
+class BestFrameInfo:
+    url: str
+    md5: str | None
+    size: int | None
+
+
+@dataclass
+class Answer:
+    """One call's outcome, whatever channel it came through."""
+
+    code: str
+    channel: str  # "result" | "error" | "transport"
+    http_status: int | None = None
+    request_id: str | None = None
+    message: str = ""
+    sim: float | None = None
+    description: str | None = None
+    best_frame: BestFrameInfo | None = None
+    latency_ms: int = 0
+    rule: Rule = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rule = classify(self.code)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_response(status: int, body: bytes) -> Answer:
+    """Turn one HTTP answer into an Answer; never raises on a malformed body."""
+    if status != 200:
+        return Answer("ClientError.HttpStatus", "transport", status, message=f"HTTP {status}")
+    try:
+        resp = json.loads(body)["Response"]
+        if not isinstance(resp, dict):
+            raise TypeError("Response is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        return Answer("ClientError.BadResponse", "transport", status, message=str(exc)[:200])
+    request_id = _text(resp.get("RequestId")) or None
+    error = resp.get("Error")
+    if isinstance(error, dict):
+        return Answer(
+            _text(error.get("Code")) or "ClientError.BadResponse", "error", status,
+            request_id, message=_text(error.get("Message"))[:500],
+        )
+    result = _text(resp.get("Result"))
+    if not result:
+        return Answer("ClientError.BadResponse", "transport", status, request_id,
+                      message="answer has neither Result nor Error")
+    sim = resp.get("Sim")
+    frame = resp.get("BestFrame")
+    best = None
+    if isinstance(frame, dict) and _text(frame.get("Url")):
+        size = frame.get("Size")
+        best = BestFrameInfo(
+            url=frame["Url"],
+            md5=(_text(frame.get("MD5")) or None),
+            size=int(size) if isinstance(size, int | float) else None,
+        )
+    return Answer(
+        result, "result", status, request_id,
+        message=_text(resp.get("Description"))[:500],
+        sim=float(sim) if isinstance(sim, int | float) else None,
+        description=_text(resp.get("Description")) or None,
+        best_frame=best,
+    )
+
+
+class FaceIDClient:
+    """A signed, pooled client for one account and region. Thread-safe for concurrent calls."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        region: str,
+        secret_id: str,
+        secret_key: str,
+        token: str | None = None,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 30.0,
+        pool_size: int = 64,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/") + "/"
+        self.host = urlsplit(self.endpoint).netloc
+        self.region = region
+        self._secret_id = secret_id
+        self._secret_key = secret_key
+        self._token = token
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = session or requests.Session()
+        # One pool sized to the calls in flight, so keep-alive connections are reused
+        # instead of a new TLS handshake per call.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"FaceIDClient(endpoint={self.endpoint!r}, region={self.region!r})"
+
+    def compare(self, request: CompareRequest) -> Answer:
+        """Make one VideoLivenessCompare call. Never raises for API or network failures."""
+        body = json.dumps(request.to_params(), separators=(",", ":")).encode("utf-8")
+        signed = sign(
+            secret_id=self._secret_id, secret_key=self._secret_key, service=SERVICE,
+            host=self.host, action=ACTION, version=VERSION, region=self.region,
+            body=body, timestamp=int(time.time()), token=self._token,
+        )
+        started = time.monotonic()
+        try:
+            resp = self.session.post(
+                self.endpoint, data=body, headers=signed.headers, timeout=self.timeout
+            )
+            answer = parse_response(resp.status_code, resp.content)
+        except requests.ConnectTimeout:
+            answer = Answer("ClientError.ConnectTimeout", "transport", message="connect timeout")
+        except requests.ReadTimeout:
+            answer = Answer("ClientError.ReadTimeout", "transport", message="read timeout")
+        except requests.RequestException as exc:
+            answer = Answer("ClientError.ConnectionError", "transport",
+                            message=type(exc).__name__)
+        answer.latency_ms = int((time.monotonic() - started) * 1000)
+        return answer
+
+    def close(self) -> None:
+        self.session.close()

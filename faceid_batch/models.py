@@ -1,0 +1,157 @@
+"""Typed SQLAlchemy 2.0 models: jobs, attempts, results, best frames.
+
+Every schema change is an Alembic revision under ``migrations/``; a test checks that
+these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT keys on PostgreSQL; SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # committed and sent to its lane
+    RUNNING = "running"  # a worker is staging or calling
+    RETRYING = "retrying"  # waiting for the next attempt after a transient failure
+    COMPLETED = "completed"  # FaceID gave a final answer (pass or fail) — stored in results
+    FAILED = "failed"  # no verdict: bad request, bad media, or attempts exhausted
+
+    @classmethod
+    def final(cls) -> tuple[JobState, ...]:
+        return (cls.COMPLETED, cls.FAILED)
+
+
+class Lane(StrEnum):
+    ONBOARDING = "onboarding"  # a person is waiting
+    BACKFILL = "backfill"  # bulk re-verification
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    liveness_type: Mapped[str] = mapped_column(String(8))
+    validate_data: Mapped[str | None] = mapped_column(String(32))
+    # Where the media came from (a path, an http(s) URL without query string, or cos://).
+    photo_source: Mapped[str] = mapped_column(Text)
+    video_source: Mapped[str] = mapped_column(Text)
+    photo_md5: Mapped[str | None] = mapped_column(String(32))
+    video_md5: Mapped[str | None] = mapped_column(String(32))
+    photo_key: Mapped[str | None] = mapped_column(String(512))
+    video_key: Mapped[str | None] = mapped_column(String(512))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result_code: Mapped[str | None] = mapped_column(String(80))
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    attempt_rows: Mapped[list[Attempt]] = relationship(
+        back_populates="job", lazy="raise", order_by="Attempt.id"
+    )
+    result: Mapped[Result | None] = relationship(back_populates="job", lazy="raise")
+    best_frame: Mapped[BestFrame | None] = relationship(back_populates="job", lazy="raise")
+
+
+class Attempt(Base):
+    """One row per API call, whatever its answer."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    code: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    # False for a RequestLimitExceeded answer: it is retried without using up an attempt.
+    counted: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    job: Mapped[Job] = relationship(back_populates="attempt_rows", lazy="raise")
+
+
+class Result(Base):
+    """FaceID's final answer for a job (one per job)."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    result: Mapped[str] = mapped_column(String(80))
+    description: Mapped[str | None] = mapped_column(Text)
+    sim: Mapped[float | None] = mapped_column(Float)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="result", lazy="raise")
+
+
+class BestFrame(Base):
+    """The frame FaceID picked from the video, downloaded and MD5-checked."""
+
+    __tablename__ = "best_frames"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    md5: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    object_key: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="best_frame", lazy="raise")

@@ -1,0 +1,109 @@
+"""Write what happened to the database: attempts, results, final states, best frames."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from faceid_batch.errors import Kind
+from faceid_batch.faceid_client import Answer, BestFrameInfo
+from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
+    """Add one attempt row; throttled answers do not use up one of the job's attempts."""
+    counted = answer.rule.kind != Kind.THROTTLED and answer.rule.kind != Kind.ACCOUNT
+    if counted:
+        job.attempts += 1
+    attempt = Attempt(
+        job_id=job.id,
+        number=job.attempts,
+        latency_ms=answer.latency_ms,
+        http_status=answer.http_status,
+        request_id=answer.request_id,
+        code=answer.code,
+        kind=answer.rule.kind.value,
+        channel=answer.channel,
+        message=answer.message or None,
+        counted=counted,
+    )
+    session.add(attempt)
+    return attempt
+
+
+def decide(answer: Answer, threshold: float) -> bool:
+    """Pass only on Success with Sim at or above the threshold."""
+    return answer.code == "Success" and answer.sim is not None and answer.sim >= threshold
+
+
+def store_result(session: Session, job: Job, answer: Answer, threshold: float) -> Result:
+    """Store FaceID's final answer for the job (once) and complete the job."""
+    existing = session.scalar(select(Result).where(Result.job_id == job.id))
+    if existing is not None:
+        return existing
+    passed = decide(answer, threshold)
+    result = Result(
+        job_id=job.id,
+        result=answer.code,
+        description=answer.description or answer.message or None,
+        sim=answer.sim,
+        request_id=answer.request_id,
+        passed=passed,
+        threshold=threshold,
+    )
+    session.add(result)
+    job.state = JobState.COMPLETED.value
+    job.result_code = answer.code
+    job.passed = passed
+    job.error_message = None
+    job.finished_at = utcnow()
+    return result
+
+
+def fail_job(session: Session, job: Job, code: str, message: str) -> None:
+    """Final state without a verdict (bad request or media, attempts exhausted)."""
+    job.state = JobState.FAILED.value
+    job.result_code = code
+    job.passed = None
+    job.error_message = message[:2000]
+    job.finished_at = utcnow()
+
+
+class BestFrameError(Exception):
+    """The best frame could not be fetched or did not match its MD5."""
+
+
+def fetch_best_frame(
+    http: requests.Session, info: BestFrameInfo, max_bytes: int
+) -> tuple[bytes, str]:
+    """Download the best frame (bounded), check its MD5; return (bytes, md5)."""
+    try:
+        with http.get(info.url, stream=True, timeout=(5, 30)) as resp:
+            if resp.status_code != 200:
+                raise BestFrameError(f"best frame download: HTTP {resp.status_code}")
+            data = bytearray()
+            for chunk in resp.iter_content(256 * 1024):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise BestFrameError(f"best frame larger than {max_bytes} bytes")
+    except requests.RequestException as exc:
+        raise BestFrameError(f"best frame download: {type(exc).__name__}") from None
+    md5 = hashlib.md5(data).hexdigest()
+    if info.md5 and md5.lower() != info.md5.lower():
+        raise BestFrameError(f"best frame MD5 {md5} does not match the API's {info.md5}")
+    if info.size is not None and info.size != len(data):
+        raise BestFrameError(f"best frame size {len(data)} does not match the API's {info.size}")
+    return bytes(data), md5
+
+
+def store_best_frame(session: Session, job_id: int, content: bytes, md5: str) -> None:
+    """Keep the best frame with the job (once per job)."""
+    if session.scalar(select(BestFrame.id).where(BestFrame.job_id == job_id)) is not None:
+        return
+    session.add(BestFrame(job_id=job_id, md5=md5, size=len(content), content=content))

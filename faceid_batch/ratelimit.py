@@ -1,0 +1,109 @@
+"""One request budget for every worker on every host, kept in Redis.
+
+The account may start at most ``limit`` calls in any sliding window of one second. Each
+caller *reserves* a start time in one atomic Lua script, timed by the Redis server's clock
+(``TIME``), never the hosts' clocks:
+
+    t = max(now, last reservation, the limit-th latest reservation + window)
+
+so that no window of ``window`` holds more than ``limit`` reserved starts, and the caller
+sleeps until ``t``. One Redis round trip per call and no polling: waiting never spins Redis.
+
+Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
+of now; beyond that it is told how long to sleep before asking again. An onboarding
+caller reserves whatever the next slot is, so it never queues behind more than a horizon
+of backfill reservations, however many backfill jobs are waiting.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+# KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME)
+# ARGV = limit, window_us, horizon_us (-1 = none), member
+_RESERVE = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local horizon = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local n = redis.call('ZCARD', key)
+local slot = now
+if n > 0 then
+  local last = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+  if last > slot then slot = last end
+end
+if n >= limit then
+  local kth = tonumber(redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')[2])
+  if kth + window > slot then slot = kth + window end
+end
+if horizon >= 0 and slot - now > horizon then
+  return {0, slot - now - horizon}
+end
+redis.call('ZADD', key, slot, ARGV[4])
+redis.call('PEXPIRE', key, math.floor((slot - now + window) / 1000) + 1000)
+return {1, slot - now}
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A reserved start: sleep ``wait`` seconds, then start the call."""
+
+    granted: bool
+    wait: float
+
+
+class RateLimitTimeout(Exception):
+    """No slot could be reserved within the caller's deadline."""
+
+
+class GlobalRateLimiter:
+    """Sliding-window limiter shared through Redis by all processes and hosts."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        limit: int,
+        window: float = 1.0,
+        key: str = "faceid:ratelimit",
+        backfill_horizon: float = 0.15,
+        sleep=time.sleep,  # type: ignore[no-untyped-def]
+    ) -> None:
+        self.redis = client
+        self.limit = limit
+        self.window_us = int(window * 1_000_000)
+        self.key = key
+        self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
+        self._script = client.register_script(_RESERVE)
+        self._sleep = sleep
+
+    def reserve(self, lane: str = "onboarding") -> Grant:
+        """Try once to reserve a start; never sleeps."""
+        horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
+        ok, wait_us = self._script(
+            keys=[self.key], args=[self.limit, self.window_us, horizon, uuid.uuid4().hex]
+        )
+        return Grant(bool(ok), int(wait_us) / 1_000_000)
+
+    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+        """Block until this caller may start a call; return the seconds waited."""
+        started = time.monotonic()
+        while True:
+            grant = self.reserve(lane)
+            if grant.granted:
+                if grant.wait > 0:
+                    self._sleep(grant.wait)
+                return time.monotonic() - started
+            # Jitter spreads the backfill callers that were refused together.
+            pause = grant.wait + random.uniform(0, 0.05)
+            if timeout is not None and time.monotonic() - started + pause > timeout:
+                raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
+            self._sleep(pause)

@@ -1,0 +1,145 @@
+"""Settings from the environment, validated once at start.
+
+Every field is read from the environment variable of the same name in upper case
+(``DATABASE_URL``, ``FACEID_REGION`` ...). A bad value stops the program with an
+error that names the variable; nothing is called or charged before that check.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FACEID_REGIONS = ("ap-bangkok", "ap-hongkong", "ap-singapore")
+Region = Literal["ap-bangkok", "ap-hongkong", "ap-singapore"]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """All runtime settings. See the README table for the meaning of each."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = "sqlite:///var/faceid.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    faceid_secret_id: SecretStr | None = None
+    faceid_secret_key: SecretStr | None = None
+    faceid_token: SecretStr | None = None
+    faceid_region: Region = "ap-singapore"
+    faceid_endpoint: str = "https://faceid.intl.tencentcloudapi.com"
+    faceid_connect_timeout: float = Field(3.05, gt=0)
+    faceid_read_timeout: float = Field(30.0, gt=0)
+    faceid_rate_limit: int = Field(20, ge=1, le=10_000)
+    rate_limit_margin_ms: int = Field(15, ge=0, le=500)
+
+    cos_bucket: str | None = None
+    cos_region: str | None = None
+    cos_domain: str | None = None
+    cos_scheme: Literal["http", "https"] = "https"
+    cos_secret_id: SecretStr | None = None
+    cos_secret_key: SecretStr | None = None
+    cos_token: SecretStr | None = None
+    cos_key_prefix: str = "faceid-batch/media/"
+    presign_expiry_seconds: int = Field(300, ge=30, le=3600)
+
+    pass_threshold: float = Field(70.0, ge=0, le=100)
+    max_attempts: int = Field(6, ge=1, le=50)
+    retry_base_delay: float = Field(2.0, gt=0)
+    retry_max_delay: float = Field(120.0, gt=0)
+    bestframe_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
+
+    @field_validator("faceid_endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// or http://")
+        return value.rstrip("/")
+
+    @field_validator("cos_key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+    @model_validator(mode="after")
+    def _cos_region_matches(self) -> Settings:
+        if self.cos_region is None:
+            self.cos_region = self.faceid_region
+        elif self.cos_region != self.faceid_region:
+            # FaceID downloads the media from a bucket in its own region; a bucket
+            # elsewhere gives DownLoadTimeoutError on every call and still costs money.
+            raise ValueError(
+                f"COS_REGION: must equal FACEID_REGION ({self.faceid_region}), "
+                f"got {self.cos_region!r}"
+            )
+        return self
+
+    # -- credentials -----------------------------------------------------------
+    def require_api(self) -> None:
+        """Raise SettingsError naming each variable the API and COS calls need but lack."""
+        missing = [
+            name
+            for name, value in (
+                ("FACEID_SECRET_ID", self.faceid_secret_id),
+                ("FACEID_SECRET_KEY", self.faceid_secret_key),
+                ("COS_BUCKET", self.cos_bucket),
+            )
+            if value is None or not str(value.get_secret_value() if isinstance(value, SecretStr)
+                                        else value).strip()
+        ]
+        if missing:
+            raise SettingsError(
+                "missing required setting(s): " + ", ".join(missing)
+                + " (set them in the environment; see the README settings table)"
+            )
+
+    @property
+    def cos_credentials(self) -> tuple[str, str, str | None]:
+        """COS keys: the COS_* ones when set, else the same API key pair as FaceID."""
+        sid = self.cos_secret_id or self.faceid_secret_id
+        skey = self.cos_secret_key or self.faceid_secret_key
+        token = self.cos_token or self.faceid_token
+        if sid is None or skey is None:
+            raise SettingsError("missing required setting(s): FACEID_SECRET_ID, FACEID_SECRET_KEY")
+        return (
+            sid.get_secret_value(),
+            skey.get_secret_value(),
+            token.get_secret_value() if token else None,
+        )
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = item.get("loc") or ()
+        name = str(loc[0]).upper() if loc else ""
+        msg = item.get("msg", "invalid")
+        if item.get("type") == "literal_error" and name == "FACEID_REGION":
+            msg = "must be one of " + ", ".join(FACEID_REGIONS)
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        got = item.get("input")
+        shown = "" if got is None or "SECRET" in name or "TOKEN" in name else f" (got {got!r})"
+        lines.append(f"{name}: {msg}{shown}" if name and not msg.startswith(name) else msg)
+    return "invalid setting: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; raise SettingsError with the variable's name."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()

@@ -1,0 +1,164 @@
+"""Stage media in the COS bucket of the FaceID region with cos-python-sdk-v5.
+
+Objects are content-addressed (``<prefix><md5><ext>``), so the same photo is uploaded once
+however many jobs use it, and a retried job skips the upload. FaceID gets short-lived
+presigned GET URLs; those URLs are never stored or logged (they carry a signature).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import requests
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosServiceError
+
+from faceid_batch.media import CHUNK, MediaError, MediaInfo, inspect_local, max_raw_size
+from faceid_batch.settings import Settings
+
+log = logging.getLogger(__name__)
+# The SDK logs full request URLs and headers at INFO/DEBUG; those carry signatures.
+logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class StagedMedia:
+    """One file in the bucket, ready to be presigned."""
+
+    key: str
+    info: MediaInfo
+    uploaded: bool  # False when the object was already there
+
+
+def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
+    """One COS client per process; the SDK's session is pooled and thread-safe."""
+    secret_id, secret_key, token = settings.cos_credentials
+    config = CosConfig(
+        Region=settings.cos_region,
+        SecretId=secret_id,
+        SecretKey=secret_key,
+        Token=token,
+        Scheme=settings.cos_scheme,
+        Domain=settings.cos_domain,
+        Timeout=60,
+        PoolConnections=4,
+        PoolMaxSize=pool_size,
+    )
+    return CosS3Client(config, retry=2)
+
+
+def parse_cos_uri(source: str) -> tuple[str, str]:
+    """Split ``cos://bucket/key`` into (bucket, key)."""
+    rest = source[len("cos://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise MediaError(f"{source}: expected cos://BUCKET/KEY")
+    return bucket, key
+
+
+class MediaStager:
+    """Reads a job's sources, checks them, uploads them and presigns GET URLs."""
+
+    def __init__(self, settings: Settings, client: CosS3Client | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.cos_bucket or ""
+        self.client = client or make_cos_client(settings)
+        self.http = requests.Session()
+
+    # -- reading sources -------------------------------------------------------
+    @contextmanager
+    def _local_copy(self, kind: str, source: str) -> Iterator[str]:
+        """A local path for ``source``; remote sources are streamed to a temp file."""
+        if source.startswith(("http://", "https://")):
+            yield from self._download_http(kind, source)
+        elif source.startswith("cos://"):
+            yield from self._download_cos(kind, source)
+        else:
+            yield source
+
+    def _tmpfile(self) -> tuple[int, str]:
+        return tempfile.mkstemp(prefix="faceid-media-")
+
+    def _download_http(self, kind: str, url: str) -> Iterator[str]:
+        limit = max_raw_size(kind)
+        fd, path = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as out, self.http.get(url, stream=True, timeout=(5, 60)) as r:
+                if r.status_code != 200:
+                    raise MediaError(f"{kind} {display_source(url)}: HTTP {r.status_code}")
+                written = 0
+                for chunk in r.iter_content(CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise MediaError(f"{kind} {display_source(url)}: larger than the API limit")
+                    out.write(chunk)
+            yield path
+        finally:
+            os.unlink(path)
+
+    def _download_cos(self, kind: str, source: str) -> Iterator[str]:
+        bucket, key = parse_cos_uri(source)
+        if bucket != self.bucket:
+            raise MediaError(
+                f"{kind} {source}: bucket {bucket!r} is not COS_BUCKET; FaceID downloads only "
+                "from the bucket in its region"
+            )
+        fd, path = self._tmpfile()
+        os.close(fd)
+        try:
+            try:
+                resp = self.client.get_object(Bucket=bucket, Key=key)
+            except CosServiceError as exc:
+                raise MediaError(f"{kind} {source}: {exc.get_error_code()}") from None
+            with open(path, "wb") as out:
+                shutil.copyfileobj(resp["Body"].get_raw_stream(), out, CHUNK)
+            yield path
+        finally:
+            os.unlink(path)
+
+    # -- staging -----------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except CosServiceError as exc:
+            if exc.get_status_code() == 404:
+                return False
+            raise
+
+    def stage(self, kind: str, source: str) -> StagedMedia:
+        """Check and upload one file (skipped when already present); raise MediaError."""
+        with self._local_copy(kind, source) as path:
+            info = inspect_local(kind, path, label=display_source(source))
+            if source.startswith("cos://"):
+                # Already in the bucket: FaceID can read it where it is.
+                return StagedMedia(parse_cos_uri(source)[1], info, uploaded=False)
+            key = f"{self.settings.cos_key_prefix}{info.md5}{info.extension}"
+            if self.exists(key):
+                return StagedMedia(key, info, uploaded=False)
+            self.client.upload_file(
+                Bucket=self.bucket, Key=key, LocalFilePath=path,
+                PartSize=8, MAXThread=2, EnableMD5=False,
+            )
+            return StagedMedia(key, info, uploaded=True)
+
+    def presign(self, key: str) -> str:
+        """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS. Never store it."""
+        return self.client.get_presigned_url(
+            Bucket=self.bucket, Key=key, Method="GET",
+            Expired=self.settings.presign_expiry_seconds,
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def display_source(source: str) -> str:
+    """A source as shown or stored: never with its query string (it may hold a signature)."""
+    return source.split("?", 1)[0]

@@ -1,0 +1,113 @@
+"""The Celery application and the per-process resources its tasks use.
+
+Start a worker with ``faceid-batch worker`` (or ``celery -A faceid_batch.worker worker``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from faceid_batch.faceid_client import FaceIDClient
+from faceid_batch.models import Lane
+from faceid_batch.ratelimit import GlobalRateLimiter
+from faceid_batch.settings import Settings, get_settings
+from faceid_batch.storage import MediaStager
+
+log = logging.getLogger(__name__)
+
+# A countdown retry is an ETA message that the worker holds unacknowledged; the Redis
+# transport redelivers any unacked message after the visibility timeout. Keeping the
+# timeout far above the longest retry delay (RETRY_MAX_DELAY, capped at 15 min by the
+# task) means a waiting retry is never redelivered and run twice.
+VISIBILITY_TIMEOUT = 2 * 60 * 60
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """Build the Celery app for ``settings`` (the environment's by default)."""
+    settings = settings or get_settings()
+    app = Celery("faceid_batch", broker=settings.redis_url, include=["faceid_batch.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=Lane.ONBOARDING.value,
+        task_queues=[Queue(Lane.ONBOARDING.value), Queue(Lane.BACKFILL.value)],
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Fixed queue order: a worker takes from 'onboarding' before 'backfill'
+            # (the default round-robin would let a backfill backlog delay a sign-up).
+            "queue_order_strategy": "priority",
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+celery_app = make_celery()
+app = celery_app  # `celery -A faceid_batch.worker` finds `app`
+
+
+@dataclass
+class Resources:
+    """Clients built once per worker process and shared by its task threads."""
+
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+    @cached_property
+    def faceid(self) -> FaceIDClient:
+        s = self.settings
+        s.require_api()
+        assert s.faceid_secret_id and s.faceid_secret_key
+        return FaceIDClient(
+            endpoint=s.faceid_endpoint,
+            region=s.faceid_region,
+            secret_id=s.faceid_secret_id.get_secret_value(),
+            secret_key=s.faceid_secret_key.get_secret_value(),
+            token=s.faceid_token.get_secret_value() if s.faceid_token else None,
+            connect_timeout=s.faceid_connect_timeout,
+            read_timeout=s.faceid_read_timeout,
+        )
+
+    @cached_property
+    def stager(self) -> MediaStager:
+        self.settings.require_api()
+        return MediaStager(self.settings)
+
+    @cached_property
+    def limiter(self) -> GlobalRateLimiter:
+        s = self.settings
+        return GlobalRateLimiter(
+            self.redis, s.faceid_rate_limit, window=1.0 + s.rate_limit_margin_ms / 1000
+        )
+
+
+_resources: dict[int, Resources] = {}
+_lock = threading.Lock()
+
+
+def resources() -> Resources:
+    """This process's resources (rebuilt after a fork, never per task)."""
+    pid = os.getpid()
+    res = _resources.get(pid)
+    if res is None:
+        with _lock:
+            res = _resources.get(pid)
+            if res is None:
+                res = _resources[pid] = Resources(get_settings())
+    return res

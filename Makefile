@@ -1,0 +1,9 @@
+.PHONY: help demo test lint bench-ratelimit
+help:  ## list the developer commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+demo:  ## run the demo (SQLite, local redis-server, simulator, one worker)
+	bash scripts/demo
+test:  ## run the whole test suite (SQLite and PostgreSQL)
+	bash scripts/test
+lint:  ## ruff
+	.venv/bin/ruff check faceid_batch faceid_sim tests bench

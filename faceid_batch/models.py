@@ -89,6 +89,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Set once the task message is in Redis; NULL means a crash came between commit and send.
+    enqueued_at: Mapped[datetime | None]
+    # When a job waiting for a retry is due; the recovery sweep re-sends it if overdue.
+    next_attempt_at: Mapped[datetime | None]
 
     attempt_rows: Mapped[list[Attempt]] = relationship(
         back_populates="job", lazy="raise", order_by="Attempt.id"

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(2.0, gt=0)
     retry_max_delay: float = Field(120.0, gt=0)
     bestframe_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    broker_visibility_timeout: int = Field(900, ge=5)
+    breaker_probe_after: float = Field(30.0, gt=0)
+    stuck_after_seconds: int = Field(900, ge=5)
+    sweep_interval_seconds: float = Field(30.0, gt=0)
 
     @field_validator("faceid_endpoint")
     @classmethod

@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from faceid_batch.db import session_scope
 from faceid_batch.media import MediaError, inspect_local
-from faceid_batch.models import Job, JobState, Lane
+from faceid_batch.models import Job, JobState, Lane, utcnow
 from faceid_batch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,14 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
             ), False
 
 
-def enqueue(job_id: int, lane: str) -> None:
-    """Send the verify task for a committed job to its lane's queue."""
+def enqueue(settings: Settings, job_id: int, lane: str) -> None:
+    """Send the verify task for a committed job to its lane, then mark it sent."""
     from faceid_batch.tasks import verify
 
     verify.apply_async(args=[job_id], queue=lane)
+    # If we die before this line the job keeps enqueued_at NULL and the sweep re-sends it.
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
 
 
 def submit(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
@@ -135,5 +138,5 @@ def submit(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
     spec = validate_spec(spec)
     job_id, created = insert_job(settings, spec)
     if created:
-        enqueue(job_id, spec.lane)
+        enqueue(settings, job_id, spec.lane)
     return job_id, created

@@ -1,4 +1,4 @@
-"""Celery tasks. The verify task runs one job: stage media, take a token, call, classify, persist.
+"""Celery tasks. ``verify`` runs one job: stage media, take a token, call, classify, persist.
 
 Tasks get job ids, never rows, and re-load the row; the row was committed before the task
 was sent. Every task is declared through ``faceid_task`` so the defaults hold everywhere.
@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import requests
 from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
-from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
+from faceid_batch import answers
 from faceid_batch.db import session_scope
 from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, CompareRequest
@@ -34,8 +36,6 @@ from faceid_batch.worker import Resources, celery_app, resources
 log = logging.getLogger(__name__)
 
 _ALLOWED_OPTIONS = {"name", "queue", "soft_time_limit", "time_limit"}
-# Never let a countdown approach the broker's visibility timeout (see worker.py).
-MAX_COUNTDOWN = 15 * 60
 
 
 def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
@@ -56,10 +56,16 @@ def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
     )
 
 
+def max_countdown(res: Resources) -> float:
+    """A countdown retry is an ETA message held unacked by a worker; the Redis transport
+    redelivers it after the visibility timeout. Staying well under that timeout means a
+    waiting retry is never delivered twice."""
+    return min(res.settings.retry_max_delay, res.settings.broker_visibility_timeout / 3)
+
+
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
-    ceiling = min(cap, MAX_COUNTDOWN, base * (2 ** max(0, attempt - 1)))
-    return random.uniform(0, ceiling)
+    return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
 
 
 class _JobLock:
@@ -89,12 +95,23 @@ def verify(self: Task, job_id: int) -> str:
     with _JobLock(res, job_id, lock_ttl) as locked:
         if not locked:
             # Another delivery of this job is running; look again later rather than call twice.
-            raise self.retry(countdown=30)
-        return _verify_locked(self, res, job_id)
+            raise self.retry(countdown=min(30.0, max_countdown(res)))
+        try:
+            return _verify_locked(self, res, job_id)
+        except DBAPIError as exc:
+            # The database is unreachable. Any paid answer is already parked in Redis
+            # (answers.park) and is written first on the next run, without a new call.
+            log.warning("job %s: database error (%s); retrying", job_id, type(exc).__name__)
+            raise self.retry(countdown=backoff(3, 2.0, max_countdown(res))) from None
 
 
 def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     s = res.settings
+    parked = answers.take(res.redis, job_id)
+    if parked is not None:
+        # A paid answer that could not be written earlier: store it, never call again.
+        return _apply_parked(task, res, job_id, parked)
+
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -105,8 +122,13 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
             return job.state
         job.state = JobState.RUNNING.value
         job.started_at = job.started_at or utcnow()
+        job.enqueued_at = job.enqueued_at or utcnow()
         lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
         liveness, validate = job.liveness_type, job.validate_data
+
+    may_call, wait = res.breaker.before_call()
+    if not may_call:
+        return _requeue(task, res, job_id, wait + random.uniform(0, 2))
 
     try:
         photo = res.stager.stage("photo", photo_src)
@@ -119,7 +141,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         return JobState.FAILED.value
     except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
         log.warning("job %s: staging failed (%s); retrying", job_id, type(exc).__name__)
-        raise task.retry(countdown=backoff(2, s.retry_base_delay, s.retry_max_delay)) from None
+        raise task.retry(countdown=backoff(2, s.retry_base_delay, max_countdown(res))) from None
 
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
@@ -135,17 +157,43 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         validate_data=validate,
     )
     res.limiter.acquire(lane)
+    # The breaker may have opened while this job waited for its token.
+    may_call, wait = res.breaker.before_call()
+    if not may_call:
+        return _requeue(task, res, job_id, wait + random.uniform(0, 2))
     answer = res.faceid.compare(request)
     log.info("job %s: %s (RequestId %s, %d ms)", job_id, answer.code, answer.request_id,
              answer.latency_ms)
-    return _apply_answer(task, res, job_id, answer)
+    res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
+    return _apply_parked(task, res, job_id, answer)
+
+
+def _apply_parked(task: Task, res: Resources, job_id: int, answer: Answer) -> str:
+    """Write a paid answer; if the database fails, park it in Redis before giving up."""
+    try:
+        return _apply_answer(task, res, job_id, answer)
+    except DBAPIError:
+        answers.park(res.redis, job_id, answer)
+        raise
+
+
+def _requeue(task: Task, res: Resources, job_id: int, delay: float) -> str:
+    """Put the job back to wait (account breaker open): not an attempt, not a failure."""
+    delay = min(delay, max_countdown(res))
+    with session_scope(res.settings.database_url) as session:
+        job = session.get(Job, job_id)
+        job.state = JobState.QUEUED.value
+        job.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    raise task.retry(countdown=delay)
 
 
 def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer) -> str:
     s = res.settings
     kind = answer.rule.kind
     with session_scope(s.database_url) as session:
-        job = session.scalar(select(Job).where(Job.id == job_id))
+        job = session.get(Job, job_id)
+        if job.state in JobState.final():
+            return job.state
         record_attempt(session, job, answer)
         if kind in (Kind.SUCCESS, Kind.VERDICT):
             store_result(session, job, answer, s.pass_threshold)
@@ -159,21 +207,20 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer) -> st
                      f"gave up after {job.attempts} attempts: {answer.message or answer.rule.why}")
             state = JobState.FAILED.value
         else:
+            if kind == Kind.THROTTLED:
+                delay = random.uniform(0.5, 2.0)  # someone else used the budget: not a failure
+            elif kind == Kind.ACCOUNT:
+                delay = s.breaker_probe_after  # the breaker is open: keep the job queued
+            else:
+                delay = backoff(job.attempts, s.retry_base_delay, max_countdown(res))
             job.state = JobState.RETRYING.value if kind == Kind.TRANSIENT else JobState.QUEUED.value
+            job.next_attempt_at = utcnow() + timedelta(seconds=delay)
             state = job.state
-        attempts = job.attempts
 
     if state == JobState.COMPLETED.value and answer.best_frame is not None:
         _keep_best_frame(res, job_id, answer)
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
         return state
-
-    if kind == Kind.THROTTLED:
-        delay = random.uniform(0.5, 2.0)  # someone else used the budget; not a failed attempt
-    elif kind == Kind.ACCOUNT:
-        delay = 60.0  # the account cannot call: keep the job queued, try much later
-    else:
-        delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)
     raise task.retry(countdown=delay)
 
 
@@ -189,3 +236,11 @@ def _keep_best_frame(res: Resources, job_id: int, answer: Answer) -> None:
         return
     with session_scope(res.settings.database_url) as session:
         store_best_frame(session, job_id, content, md5)
+
+
+@faceid_task(name="faceid_batch.sweep")
+def sweep(self: Task) -> dict[str, int]:
+    """Re-send jobs that no message will bring back (see recovery.sweep_stuck_jobs)."""
+    from faceid_batch.recovery import sweep_stuck_jobs
+
+    return sweep_stuck_jobs(resources())

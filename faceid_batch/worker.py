@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
 from faceid_batch.models import Lane
 from faceid_batch.ratelimit import GlobalRateLimiter
@@ -22,13 +23,6 @@ from faceid_batch.settings import Settings, get_settings
 from faceid_batch.storage import MediaStager
 
 log = logging.getLogger(__name__)
-
-# A countdown retry is an ETA message that the worker holds unacknowledged; the Redis
-# transport redelivers any unacked message after the visibility timeout. Keeping the
-# timeout far above the longest retry delay (RETRY_MAX_DELAY, capped at 15 min by the
-# task) means a waiting retry is never redelivered and run twice.
-VISIBILITY_TIMEOUT = 2 * 60 * 60
-
 
 def make_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (the environment's by default)."""
@@ -42,7 +36,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_default_queue=Lane.ONBOARDING.value,
         task_queues=[Queue(Lane.ONBOARDING.value), Queue(Lane.BACKFILL.value)],
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Messages a worker took but never acknowledged (it was killed) come back after
+            # this long. Countdown retries are kept under a third of it (tasks.max_countdown)
+            # so that a retry waiting in a worker is not redelivered while it waits.
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_throttle": 1,
             # Fixed queue order: a worker takes from 'onboarding' before 'backfill'
             # (the default round-robin would let a backfill backlog delay a sign-up).
             "queue_order_strategy": "priority",
@@ -51,6 +49,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
+        beat_schedule={
+            "recovery-sweep": {
+                "task": "faceid_batch.sweep",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": Lane.ONBOARDING.value},
+            },
+        },
     )
     return app
 
@@ -88,6 +93,10 @@ class Resources:
     def stager(self) -> MediaStager:
         self.settings.require_api()
         return MediaStager(self.settings)
+
+    @cached_property
+    def breaker(self) -> AccountBreaker:
+        return AccountBreaker(self.redis, probe_after=self.settings.breaker_probe_after)
 
     @cached_property
     def limiter(self) -> GlobalRateLimiter:

@@ -24,7 +24,10 @@ stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing faceid-batch and its dependencies into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/pip-install.log 2>&1; then
+    tail -n 30 .venv/pip-install.log >&2
+    echo "bootstrap: pip install failed (full log: .venv/pip-install.log)" >&2; exit 1
+  fi
   .venv/bin/python -c "import faceid_batch, faceid_sim, celery, qcloud_cos" \
     || { echo "bootstrap: install failed" >&2; exit 1; }
   rm -f .venv/.installed-*; touch "$stamp"

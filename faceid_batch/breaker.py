@@ -1,0 +1,93 @@
+"""The account breaker: when FaceID says the account cannot call, every worker stops calling.
+
+State lives in Redis so that all workers on all hosts see it at once. While it is open, jobs
+stay queued (they are re-sent later, not failed). After ``probe_after`` seconds one worker
+— whoever takes the probe lock — makes a single real call: if the account answers anything
+but an account error, the breaker closes; otherwise it re-opens with a longer delay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger(__name__)
+
+KEY = "faceid:breaker"
+PROBE_KEY = "faceid:breaker:probe"
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    open: bool
+    code: str | None = None
+    opened_at: float | None = None
+    probe_at: float | None = None
+    failures: int = 0
+
+    def describe(self) -> str:
+        if not self.open:
+            return "closed: calls allowed"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.opened_at or 0))
+        wait = max(0.0, (self.probe_at or 0) - time.time())
+        return (f"OPEN since {when} UTC after {self.code} ({self.failures} time(s)); "
+                f"next probe call in {wait:.0f}s")
+
+
+class AccountBreaker:
+    """Shared breaker; ``before_call`` says whether this worker may call now."""
+
+    def __init__(self, client: redis.Redis, probe_after: float = 30.0,
+                 max_probe_after: float = 600.0) -> None:
+        self.redis = client
+        self.probe_after = probe_after
+        self.max_probe_after = max_probe_after
+
+    def state(self) -> BreakerState:
+        raw = self.redis.get(KEY)
+        if not raw:
+            return BreakerState(open=False)
+        data = json.loads(raw)
+        return BreakerState(open=True, code=data["code"], opened_at=data["opened_at"],
+                            probe_at=data["probe_at"], failures=data["failures"])
+
+    def before_call(self) -> tuple[bool, float]:
+        """(may_call, seconds to wait before asking again). A probe holder may call."""
+        st = self.state()
+        if not st.open:
+            return True, 0.0
+        wait = (st.probe_at or 0) - time.time()
+        if wait > 0:
+            return False, wait
+        # Only one caller across all workers makes the probe call.
+        if self.redis.set(PROBE_KEY, "1", nx=True, ex=max(5, int(self.probe_after))):
+            log.warning("account breaker: probing with one call")
+            return True, 0.0
+        return False, min(self.probe_after, 5.0)
+
+    def record(self, account_error: str | None) -> None:
+        """Report a call's outcome: an account error code opens, anything else closes."""
+        if account_error is None:
+            if self.redis.exists(KEY):
+                self.redis.delete(KEY, PROBE_KEY)
+                log.warning("account breaker: closed, calls resume")
+            return
+        st = self.state()
+        failures = st.failures + 1 if st.open else 1
+        delay = min(self.max_probe_after, self.probe_after * (2 ** (failures - 1)))
+        now = time.time()
+        self.redis.set(KEY, json.dumps({
+            "code": account_error, "opened_at": st.opened_at if st.open else now,
+            "probe_at": now + delay, "failures": failures,
+        }))
+        self.redis.delete(PROBE_KEY)
+        log.error("account breaker: OPEN after %s; all workers stop calling; probe in %.0fs",
+                  account_error, delay)
+
+    def close(self) -> None:
+        """Operator override: close the breaker now."""
+        self.redis.delete(KEY, PROBE_KEY)

@@ -1,0 +1,62 @@
+"""The recovery sweep: re-send every job that no message in Redis will bring back.
+
+- a paid answer parked in Redis while the database was down (written by the re-sent task);
+- ``queued`` with ``enqueued_at`` NULL: the producer died between the commit and the send;
+- ``queued``/``retrying`` whose ``next_attempt_at`` is long past: the retry message was lost
+  (Redis restarted without it, or a worker holding it died and it was never restored);
+- ``running`` not updated for STUCK_AFTER_SECONDS: its worker died mid-call.
+Re-sending is safe: a job with a stored answer is never called again, and a per-job lock
+keeps two deliveries from running side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+
+from faceid_batch import answers
+from faceid_batch.db import session_scope
+from faceid_batch.models import Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+UNSENT_GRACE = timedelta(seconds=60)
+
+
+def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Find stranded jobs and send them again; return counts by reason."""
+    from faceid_batch.tasks import verify
+
+    s = res.settings
+    now = utcnow()
+    overdue = now - timedelta(seconds=s.broker_visibility_timeout + 60)
+    stuck = now - timedelta(seconds=s.stuck_after_seconds)
+    counts = {"parked": 0, "unsent": 0, "overdue": 0, "stuck": 0}
+    # One sweeper at a time across all workers.
+    lock_ttl = max(5, int(s.sweep_interval_seconds))
+    if not res.redis.set("faceid:sweep:lock", "1", nx=True, ex=lock_ttl):
+        return counts
+    with session_scope(s.database_url) as session:
+        parked = set(answers.parked_jobs(res.redis))
+        rows = session.execute(
+            select(Job.id, Job.lane, Job.state, Job.enqueued_at).where(or_(
+                Job.id.in_(parked) if parked else False,
+                and_(Job.state == JobState.QUEUED.value, Job.enqueued_at.is_(None),
+                     Job.created_at < now - UNSENT_GRACE),
+                and_(Job.state.in_([JobState.QUEUED.value, JobState.RETRYING.value]),
+                     Job.next_attempt_at < overdue),
+                and_(Job.state == JobState.RUNNING.value, Job.updated_at < stuck),
+            )).limit(limit)
+        ).all()
+        for job_id, lane, state, enqueued_at in rows:
+            reason = ("parked" if job_id in parked else
+                      "stuck" if state == JobState.RUNNING.value else
+                      "unsent" if enqueued_at is None else "overdue")
+            verify.apply_async(args=[job_id], queue=lane)
+            session.execute(update(Job).where(Job.id == job_id).values(
+                enqueued_at=now, next_attempt_at=None, updated_at=now))
+            counts[reason] += 1
+    if any(counts.values()):
+        log.warning("recovery sweep re-sent jobs: %s", counts)
+    return counts

@@ -70,6 +70,7 @@ class Answer:
     description: str | None = None
     best_frame: BestFrameInfo | None = None
     latency_ms: int = 0
+    started_at: float | None = None  # epoch seconds when the request was sent
     rule: Rule = field(init=False)
 
     def __post_init__(self) -> None:
@@ -153,19 +154,28 @@ class FaceIDClient:
     def __repr__(self) -> str:  # never show the key
         return f"FaceIDClient(endpoint={self.endpoint!r}, region={self.region!r})"
 
-    def compare(self, request: CompareRequest) -> Answer:
-        """Make one VideoLivenessCompare call. Never raises for API or network failures."""
+    def prepare(self, request: CompareRequest) -> requests.PreparedRequest:
+        """Sign and build the HTTP request, so that sending it later costs almost nothing."""
         body = json.dumps(request.to_params(), separators=(",", ":")).encode("utf-8")
         signed = sign(
             secret_id=self._secret_id, secret_key=self._secret_key, service=SERVICE,
             host=self.host, action=ACTION, version=VERSION, region=self.region,
             body=body, timestamp=int(time.time()), token=self._token,
         )
+        return self.session.prepare_request(
+            requests.Request("POST", self.endpoint, data=body, headers=signed.headers)
+        )
+
+    def compare(self, request: CompareRequest) -> Answer:
+        """Make one VideoLivenessCompare call. Never raises for API or network failures."""
+        return self.send(self.prepare(request))
+
+    def send(self, prepared: requests.PreparedRequest) -> Answer:
+        """Send a prepared call (see ``prepare``) and parse the answer."""
+        started_at = time.time()
         started = time.monotonic()
         try:
-            resp = self.session.post(
-                self.endpoint, data=body, headers=signed.headers, timeout=self.timeout
-            )
+            resp = self.session.send(prepared, timeout=self.timeout, allow_redirects=False)
             answer = parse_response(resp.status_code, resp.content)
         except requests.ConnectTimeout:
             answer = Answer("ClientError.ConnectTimeout", "transport", message="connect timeout")
@@ -175,6 +185,7 @@ class FaceIDClient:
             answer = Answer("ClientError.ConnectionError", "transport",
                             message=type(exc).__name__)
         answer.latency_ms = int((time.monotonic() - started) * 1000)
+        answer.started_at = started_at
         return answer
 
     def close(self) -> None:

@@ -158,6 +158,7 @@ class Worker:
     concurrency: int = 8
     queues: str = "onboarding,backfill"
     name: str = "w1"
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
@@ -166,7 +167,7 @@ class Worker:
             [sys.executable, "-m", "celery", "-A", "faceid_batch.worker", "worker",
              "-P", self.pool, "-c", str(self.concurrency), "-Q", self.queues,
              "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel", "INFO"],
+             "--without-heartbeat", "--loglevel", "INFO", *self.extra_args],
             env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
             stderr=open(self.logfile, "ab"),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 
 import requests
 from sqlalchemy import select
@@ -24,6 +25,8 @@ def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
     attempt = Attempt(
         job_id=job.id,
         number=job.attempts,
+        started_at=(datetime.fromtimestamp(answer.started_at, UTC) if answer.started_at
+                    else utcnow()),
         latency_ms=answer.latency_ms,
         http_status=answer.http_status,
         request_id=answer.request_id,

@@ -93,17 +93,31 @@ class GlobalRateLimiter:
         )
         return Grant(bool(ok), int(wait_us) / 1_000_000)
 
-    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
-        """Block until this caller may start a call; return the seconds waited."""
+    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+        """Reserve a start; return it as a ``time.monotonic()`` deadline (may be in the past).
+
+        Refused backfill callers retry spread over one window, so that a crowd of them does
+        not wake together (a herd of wake-ups delays the threads whose slot has come).
+        """
         started = time.monotonic()
         while True:
+            asked = time.monotonic()
             grant = self.reserve(lane)
             if grant.granted:
-                if grant.wait > 0:
-                    self._sleep(grant.wait)
-                return time.monotonic() - started
-            # Jitter spreads the backfill callers that were refused together.
-            pause = grant.wait + random.uniform(0, 0.05)
+                return asked + grant.wait
+            pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
             self._sleep(pause)
+
+    def sleep_until(self, deadline: float) -> None:
+        """Sleep until a deadline from ``reserve_slot``."""
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._sleep(remaining)
+
+    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+        """Block until this caller may start a call; return the seconds waited."""
+        started = time.monotonic()
+        self.sleep_until(self.reserve_slot(lane, timeout))
+        return time.monotonic() - started

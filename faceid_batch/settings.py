@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     faceid_connect_timeout: float = Field(3.05, gt=0)
     faceid_read_timeout: float = Field(30.0, gt=0)
     faceid_rate_limit: int = Field(20, ge=1, le=10_000)
-    rate_limit_margin_ms: int = Field(15, ge=0, le=500)
+    rate_limit_margin_ms: int = Field(20, ge=0, le=500)
 
     cos_bucket: str | None = None
     cos_region: str | None = None

@@ -1,0 +1,28 @@
+"""The comparison point for bench/throughput.py: the same verify pipeline, limited only by
+Celery's own ``rate_limit="20/s"`` (which is per worker node) instead of our global limiter.
+
+Loaded into a worker with ``celery -A faceid_batch.worker worker -I bench.baseline``.
+"""
+
+from __future__ import annotations
+
+from celery import Task
+
+from faceid_batch.tasks import _JobLock, _verify_locked
+from faceid_batch.worker import celery_app, resources
+
+
+class _NoLimiter:
+    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+        return 0.0
+
+
+@celery_app.task(bind=True, name="bench.verify_plain", rate_limit="20/s", acks_late=True,
+                 ignore_result=True, max_retries=None)
+def verify_plain(self: Task, job_id: int) -> str:
+    res = resources()
+    res.__dict__["limiter"] = _NoLimiter()
+    with _JobLock(res, job_id, 300) as locked:
+        if not locked:
+            raise self.retry(countdown=5)
+        return _verify_locked(self, res, job_id)

@@ -4,15 +4,19 @@ The account may start at most ``limit`` calls in any sliding window of one secon
 caller *reserves* a start time in one atomic Lua script, timed by the Redis server's clock
 (``TIME``), never the hosts' clocks:
 
-    t = max(now, last reservation, the limit-th latest reservation + window)
+    t = max(now, last reservation + window/limit, the limit-th latest reservation + window)
 
-so that no window of ``window`` holds more than ``limit`` reserved starts, and the caller
-sleeps until ``t``. One Redis round trip per call and no polling: waiting never spins Redis.
+so that no window of ``window`` holds more than ``limit`` reserved starts, and starts are
+evenly spaced rather than bursts; the caller sleeps until ``t``. One Redis round trip per
+call and no polling: waiting never spins Redis.
 
 Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
 of now; beyond that it is told how long to sleep before asking again. An onboarding
 caller reserves whatever the next slot is, so it never queues behind more than a horizon
 of backfill reservations, however many backfill jobs are waiting.
+
+A caller that wakes late (a busy host) writes its real start back (``mark_started``), so
+the reservations made after it are spaced from when it really started.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local n = redis.call('ZCARD', key)
 local slot = now
 if n > 0 then
+  -- Evenly spaced starts: a burst of simultaneous calls would reach the API with jitter
+  -- and could crowd a sliding second even though the reservations do not.
   local last = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
-  if last > slot then slot = last end
+  if last + math.floor(window / limit) > slot then slot = last + math.floor(window / limit) end
 end
 if n >= limit then
   local kth = tonumber(redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')[2])
@@ -49,7 +55,7 @@ if horizon >= 0 and slot - now > horizon then
 end
 redis.call('ZADD', key, slot, ARGV[4])
 redis.call('PEXPIRE', key, math.floor((slot - now + window) / 1000) + 1000)
-return {1, slot - now}
+return {1, slot - now, slot}
 """
 
 
@@ -59,6 +65,20 @@ class Grant:
 
     granted: bool
     wait: float
+    slot_us: int = 0  # the reserved start on the Redis clock
+    member: str = ""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A granted start: ``deadline`` on this host's monotonic clock."""
+
+    deadline: float
+    slot_us: int
+    member: str
+
+
+LATE_TOLERANCE = 0.002  # seconds; later starts are written back to the shared schedule
 
 
 class RateLimitTimeout(Exception):
@@ -88,13 +108,14 @@ class GlobalRateLimiter:
     def reserve(self, lane: str = "onboarding") -> Grant:
         """Try once to reserve a start; never sleeps."""
         horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
-        ok, wait_us = self._script(
-            keys=[self.key], args=[self.limit, self.window_us, horizon, uuid.uuid4().hex]
-        )
-        return Grant(bool(ok), int(wait_us) / 1_000_000)
+        member = uuid.uuid4().hex
+        reply = self._script(keys=[self.key], args=[self.limit, self.window_us, horizon, member])
+        if not reply[0]:
+            return Grant(False, int(reply[1]) / 1_000_000)
+        return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member)
 
-    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> float:
-        """Reserve a start; return it as a ``time.monotonic()`` deadline (may be in the past).
+    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
+        """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
 
         Refused backfill callers retry spread over one window, so that a crowd of them does
         not wake together (a herd of wake-ups delays the threads whose slot has come).
@@ -104,20 +125,34 @@ class GlobalRateLimiter:
             asked = time.monotonic()
             grant = self.reserve(lane)
             if grant.granted:
-                return asked + grant.wait
+                return Slot(asked + grant.wait, grant.slot_us, grant.member)
             pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
             self._sleep(pause)
 
     def sleep_until(self, deadline: float) -> None:
-        """Sleep until a deadline from ``reserve_slot``."""
+        """Sleep until a deadline (``time.monotonic()``)."""
         remaining = deadline - time.monotonic()
         if remaining > 0:
             self._sleep(remaining)
 
+    def mark_started(self, slot: Slot) -> float:
+        """Record that the call starts now; return how late that is, in seconds.
+
+        A thread can wake late (a busy host, the GIL). Moving its entry to the real start
+        keeps the reservations made after it honest, so late starts do not crowd a second.
+        """
+        late = time.monotonic() - slot.deadline
+        if late > LATE_TOLERANCE:
+            self.redis.zadd(self.key, {slot.member: slot.slot_us + int(late * 1_000_000)},
+                            xx=True)
+        return late
+
     def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
         """Block until this caller may start a call; return the seconds waited."""
         started = time.monotonic()
-        self.sleep_until(self.reserve_slot(lane, timeout))
+        slot = self.reserve_slot(lane, timeout)
+        self.sleep_until(slot.deadline)
+        self.mark_started(slot)
         return time.monotonic() - started

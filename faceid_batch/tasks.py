@@ -152,7 +152,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     slot = res.limiter.reserve_slot(lane)
     # Everything but the send happens before the reserved start, so the call leaves on time
     # (late starts bunch up at the API and can exceed its limit in a sliding second).
-    res.limiter.sleep_until(slot - PREPARE_AHEAD)
+    res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
     # The breaker may have opened while this job waited for its slot.
     may_call, wait = res.breaker.before_call()
     if not may_call:
@@ -165,10 +165,11 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         liveness_type=liveness,
         validate_data=validate,
     ))
-    res.limiter.sleep_until(slot)
+    res.limiter.sleep_until(slot.deadline)
+    late_ms = res.limiter.mark_started(slot) * 1000
     answer = res.faceid.send(prepared)
-    log.info("job %s: %s (RequestId %s, %d ms)", job_id, answer.code, answer.request_id,
-             answer.latency_ms)
+    log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
+             answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
     return _apply_parked(task, res, job_id, answer)
 

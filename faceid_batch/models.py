@@ -1,4 +1,4 @@
-"""Typed SQLAlchemy 2.0 models: jobs, attempts, results, best frames.
+"""Typed SQLAlchemy 2.0 models: jobs, attempts, results, best frames, batches, webhooks.
 
 Every schema change is an Alembic revision under ``migrations/``; a test checks that
 these models and the migrations agree.
@@ -52,6 +52,9 @@ class JobState(StrEnum):
     RETRYING = "retrying"  # waiting for the next attempt after a transient failure
     COMPLETED = "completed"  # FaceID gave a final answer (pass or fail) — stored in results
     FAILED = "failed"  # no verdict: bad request, bad media, or attempts exhausted
+    # Its batch is paused: no message is in the broker; ``batch resume`` sends it again.
+    # Not swept by recovery (that would undo the pause).
+    PAUSED = "paused"
 
     @classmethod
     def final(cls) -> tuple[JobState, ...]:
@@ -61,6 +64,35 @@ class JobState(StrEnum):
 class Lane(StrEnum):
     ONBOARDING = "onboarding"  # a person is waiting
     BACKFILL = "backfill"  # bulk re-verification
+
+
+class BatchState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # workers park its jobs instead of calling (batches.batch_gate)
+    CANCELLED = "cancelled"  # jobs not yet called end failed with Local.BatchCancelled
+
+
+class Batch(Base):
+    """A group of jobs enqueued from one manifest (a backfill), controlled as one."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The manifest's absolute path unless --name is given; a re-run with the same name
+    # resumes this batch instead of starting another.
+    name: Mapped[str] = mapped_column(String(500), index=True)
+    manifest: Mapped[str | None] = mapped_column(Text)
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.BACKFILL.value)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.ACTIVE.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Figures of the last manifest run (job counts come from the jobs table).
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    rows_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    rows_known: Mapped[int] = mapped_column(Integer, default=0)
+    rows_bad: Mapped[int] = mapped_column(Integer, default=0)
+    enqueue_started_at: Mapped[datetime | None]
+    enqueue_finished_at: Mapped[datetime | None]
 
 
 class Job(Base):
@@ -93,7 +125,14 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None]
     # When a job waiting for a retry is due; the recovery sweep re-sends it if overdue.
     next_attempt_at: Mapped[datetime | None]
+    # The backfill batch the job came from, and the manifest line it was read from (so a
+    # re-run tells "this row, already in" from "a second row with the same key").
+    batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), index=True
+    )
+    batch_row: Mapped[int | None] = mapped_column(Integer)
 
+    batch: Mapped[Batch | None] = relationship(lazy="raise")
     attempt_rows: Mapped[list[Attempt]] = relationship(
         back_populates="job", lazy="raise", order_by="Attempt.id"
     )
@@ -159,3 +198,19 @@ class BestFrame(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="best_frame", lazy="raise")
+
+
+class WebhookDelivery(Base):
+    """One attempt to POST a job's outcome to its callback URL, whatever happened."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="raise")

@@ -116,6 +116,21 @@ def inspect_local(
     return MediaInfo(kind, fmt, size, digest.hexdigest())
 
 
+def peek_local(kind: str, path: str | os.PathLike[str], md5: str,
+               label: str | None = None) -> MediaInfo:
+    """Like ``inspect_local`` for a file whose MD5 is already known: reads only its head."""
+    p = Path(path)
+    label = label or str(path)
+    if not p.is_file():
+        raise MediaError(f"{kind} {label}: file not found")
+    with p.open("rb") as fh:
+        head = fh.read(16)
+        size = os.fstat(fh.fileno()).st_size
+    fmt = check_format_and_size(kind, label, head, size)
+    check_name_matches(kind, label, fmt)
+    return MediaInfo(kind, fmt, size, md5)
+
+
 def md5_stream(chunks: Iterable[bytes]) -> tuple[str, int]:
     """MD5 and total size of a stream of chunks, without holding it whole."""
     digest = hashlib.md5()

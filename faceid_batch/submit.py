@@ -44,6 +44,9 @@ class JobSpec:
     lane: str = Lane.ONBOARDING.value
     callback_url: str | None = None
     metadata: dict[str, Any] | None = None
+    # Filled in by validate_spec for local files, so that staging need not hash them again.
+    photo_md5: str | None = None
+    video_md5: str | None = None
 
 
 def validate_liveness(liveness_type: str, validate_data: str | None) -> str | None:
@@ -77,6 +80,7 @@ def validate_spec(spec: JobSpec) -> JobSpec:
     if spec.lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
         raise SubmitError(f"lane {spec.lane!r}: must be onboarding or backfill")
     data = validate_liveness(spec.liveness_type, spec.validate_data)
+    md5s: dict[str, str | None] = {"photo": None, "video": None}
     for kind, source in (("photo", spec.photo), ("video", spec.video)):
         if not source:
             raise SubmitError(f"{kind}: a path, http(s) URL or cos://bucket/key is required")
@@ -85,10 +89,11 @@ def validate_spec(spec: JobSpec) -> JobSpec:
             raise SubmitError(f"{kind}: URLs with a query string are not accepted")
         if not is_remote(source):
             try:
-                inspect_local(kind, source)
+                md5s[kind] = inspect_local(kind, source).md5
             except MediaError as exc:
                 raise SubmitError(str(exc)) from None
-    return JobSpec(**{**spec.__dict__, "validate_data": data})
+    return JobSpec(**{**spec.__dict__, "validate_data": data,
+                      "photo_md5": md5s["photo"], "video_md5": md5s["video"]})
 
 
 def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
@@ -109,6 +114,8 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
                 validate_data=spec.validate_data,
                 photo_source=spec.photo,
                 video_source=spec.video,
+                photo_md5=spec.photo_md5,
+                video_md5=spec.video_md5,
                 callback_url=spec.callback_url,
                 meta=spec.metadata,
             )

@@ -125,6 +125,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         job.started_at = job.started_at or utcnow()
         job.enqueued_at = job.enqueued_at or utcnow()
         lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
+        photo_md5, video_md5 = job.photo_md5, job.video_md5
         liveness, validate = job.liveness_type, job.validate_data
 
     may_call, wait = res.breaker.before_call()
@@ -132,8 +133,8 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         return _requeue(task, res, job_id, wait + random.uniform(0, 2))
 
     try:
-        photo = res.stager.stage("photo", photo_src)
-        video = res.stager.stage("video", video_src)
+        photo = res.stager.stage("photo", photo_src, photo_md5)
+        video = res.stager.stage("video", video_src, video_md5)
     except MediaError as exc:
         # Bad media fails the same way every time: final, and no API call is made.
         with session_scope(s.database_url) as session:

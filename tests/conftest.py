@@ -12,10 +12,7 @@ from sqlalchemy import create_engine, text
 from faceid_batch import migrate
 from faceid_batch.db import normalise_url
 from faceid_batch.local_services import RedisServer, Simulator, Worker
-
-FAKE_SECRET_ID = "AKIDtestFAKEkeyNOTrealXXXXXXXXXXXX"
-FAKE_SECRET_KEY = "testFAKEsecretKEYnotREAL00000000"
-BUCKET = "faceid-test-1250000000"
+from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 
 @pytest.fixture(scope="session")
@@ -114,9 +111,11 @@ def start_worker(tmp_path, app_env, database_url):
     """Start real Celery worker processes; all are stopped at the end of the test."""
     started: list[Worker] = []
 
-    def _start(name: str = "w1", concurrency: int = 8, **env: str) -> Worker:
+    def _start(name: str = "w1", concurrency: int = 8, extra_args: tuple[str, ...] = (),
+               **env: str) -> Worker:
         w = Worker(env={**app_env, "DATABASE_URL": database_url, **env},
-                   logfile=tmp_path / f"{name}.log", concurrency=concurrency, name=name)
+                   logfile=tmp_path / f"{name}.log", concurrency=concurrency, name=name,
+                   extra_args=list(extra_args))
         started.append(w.start())
         return w
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+# Obviously fake keys: they only ever reach the bundled simulator.
+FAKE_SECRET_ID = "AKIDtestFAKEkeyNOTrealXXXXXXXXXXXX"
+FAKE_SECRET_KEY = "testFAKEsecretKEYnotREAL00000000"
+BUCKET = "faceid-test-1250000000"
+
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
@@ -19,3 +24,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 def worker_log(tmp_path: Path, name: str = "w1") -> str:
     p = tmp_path / f"{name}.log"
     return p.read_text() if p.exists() else ""
+
+
+def file_md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def sim_config(control_url: str, **knobs) -> dict:
+    """Change simulator knobs (POST /_sim/config); return all knobs."""
+    import requests
+
+    resp = requests.post(f"{control_url}/config", json=knobs, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def sim_calls(control_url: str) -> list[dict]:
+    """The simulator's call log (every API call it answered, oldest first)."""
+    import requests
+
+    resp = requests.get(f"{control_url}/calls", timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def sim_script(control_url: str, video_md5: str, responses: list) -> None:
+    """Queue scripted answers for the calls about one video."""
+    import requests
+
+    requests.post(f"{control_url}/script", json={"video_md5": video_md5,
+                                                 "responses": responses},
+                  timeout=5).raise_for_status()

@@ -1,0 +1,55 @@
+"""Media staging with cos-python-sdk-v5 against the simulator's COS-compatible store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import requests
+
+from faceid_batch.media import MediaError
+from faceid_batch.samples import mp4_bytes
+from faceid_batch.settings import load_settings
+from faceid_batch.storage import MediaStager
+from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
+
+
+@pytest.fixture
+def stager(simulator):
+    settings = load_settings(
+        faceid_secret_id=FAKE_SECRET_ID, faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET,
+        cos_domain=simulator.cos_domain, cos_scheme="http", presign_expiry_seconds=60,
+        cos_key_prefix="staging-test/",
+    )
+    return MediaStager(settings)
+
+
+def test_upload_once_then_skip_and_presigned_get(stager, tmp_path):
+    data = mp4_bytes(11, 3 * 1024 * 1024 + 17)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(data)
+    first = stager.stage("video", str(path))
+    second = stager.stage("video", str(path))
+    assert first.uploaded and not second.uploaded
+    assert first.key == second.key == f"staging-test/{hashlib.md5(data).hexdigest()}.mp4"
+    url = stager.presign(first.key)
+    got = requests.get(url, timeout=10)
+    assert got.status_code == 200 and got.content == data
+    # The presigned URL is checked: a tampered signature is refused.
+    assert requests.get(url.replace("q-signature=", "q-signature=0"), timeout=10).status_code == 403
+
+
+def test_known_md5_skips_reading_and_detects_a_changed_file(stager, tmp_path):
+    path = tmp_path / "v.mp4"
+    path.write_bytes(mp4_bytes(12, 100_000))
+    submitted_md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    path.write_bytes(mp4_bytes(13, 100_000))  # changed after it was submitted
+    with pytest.raises(MediaError, match="file changed after it was submitted"):
+        stager.stage("video", str(path), known_md5=submitted_md5)
+    # Nothing is left under a key whose content does not match its name.
+    assert not stager.exists(f"staging-test/{submitted_md5}.mp4")
+
+
+def test_cos_source_must_be_our_bucket(stager):
+    with pytest.raises(MediaError, match="is not COS_BUCKET"):
+        stager.stage("video", "cos://someone-else-1250000000/v.mp4")

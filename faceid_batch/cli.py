@@ -80,6 +80,8 @@ def worker(
     queues: str = typer.Option("onboarding,backfill", "--queues", "-Q",
                                help="Lanes to consume, in priority order"),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    beat: bool = typer.Option(False, "--beat", "-B",
+                              help="Also run the scheduler of the recovery sweep (one per site)"),
 ) -> None:
     """Run a Celery worker (same as: celery -A faceid_batch.worker worker -P threads ...)."""
     settings = _settings()
@@ -89,8 +91,57 @@ def worker(
         _fail(str(exc))
     from faceid_batch.worker import celery_app
 
-    celery_app.worker_main(["worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
-                            "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+    argv = ["worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    celery_app.worker_main(argv + (["-B"] if beat else []))
+
+
+@app.command()
+def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+    """Run the scheduler of the recovery sweep (run exactly one per site)."""
+    _settings()
+    from faceid_batch.worker import celery_app
+
+    celery_app.start(["beat", "--loglevel", loglevel,
+                      "--schedule", "/tmp/faceid-batch-beat-schedule"])
+
+
+@app.command()
+def sweep() -> None:
+    """Re-send stranded jobs now (the recovery sweep that beat runs periodically)."""
+    from faceid_batch.recovery import sweep_stuck_jobs
+    from faceid_batch.worker import resources
+
+    _settings()
+    counts = sweep_stuck_jobs(resources())
+    typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+breaker_app = typer.Typer(no_args_is_help=True, help="The account breaker shared by all workers.")
+app.add_typer(breaker_app, name="breaker")
+
+
+def _breaker():  # type: ignore[no-untyped-def]
+    import redis
+
+    from faceid_batch.breaker import AccountBreaker
+
+    return AccountBreaker(redis.Redis.from_url(_settings().redis_url))
+
+
+@breaker_app.command("status")
+def breaker_status() -> None:
+    """Show whether workers may call FaceID (exit 1 when the breaker is open)."""
+    state = _breaker().state()
+    typer.echo(state.describe())
+    raise typer.Exit(1 if state.open else 0)
+
+
+@breaker_app.command("close")
+def breaker_close() -> None:
+    """Close the breaker now (after the account was fixed); workers resume calling."""
+    _breaker().close()
+    typer.echo("closed: calls allowed")
 
 
 @app.command()

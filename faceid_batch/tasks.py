@@ -102,7 +102,8 @@ def verify(self: Task, job_id: int) -> str:
         except DBAPIError as exc:
             # The database is unreachable. Any paid answer is already parked in Redis
             # (answers.park) and is written first on the next run, without a new call.
-            log.warning("job %s: database error (%s); retrying", job_id, type(exc).__name__)
+            log.warning("job %s: database error (%s: %s); retrying", job_id,
+                        type(exc.orig).__name__, str(exc.orig).splitlines()[0][:200])
             raise self.retry(countdown=backoff(3, 2.0, max_countdown(res))) from None
 
 

@@ -31,6 +31,7 @@ from faceid_batch.persist import (
     store_best_frame,
     store_result,
 )
+from faceid_batch.storage import StagedMedia
 from faceid_batch.worker import Resources, celery_app, resources
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,6 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         log.warning("job %s: staging failed (%s); retrying", job_id, type(exc).__name__)
         raise task.retry(countdown=backoff(2, s.retry_base_delay, max_countdown(res))) from None
 
-    with session_scope(s.database_url) as session:
-        job = session.get(Job, job_id)
-        job.photo_md5, job.photo_key = photo.info.md5, photo.key
-        job.video_md5, job.video_key = video.info.md5, video.key
-
     slot = res.limiter.reserve_slot(lane)
     # Everything but the send happens before the reserved start, so the call leaves on time
     # (late starts bunch up at the API and can exceed its limit in a sliding second).
@@ -173,13 +169,14 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
              answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
-    return _apply_parked(task, res, job_id, answer)
+    return _apply_parked(task, res, job_id, answer, (photo, video))
 
 
-def _apply_parked(task: Task, res: Resources, job_id: int, answer: Answer) -> str:
+def _apply_parked(task: Task, res: Resources, job_id: int, answer: Answer,
+                  staged: tuple[StagedMedia, StagedMedia] | None = None) -> str:
     """Write a paid answer; if the database fails, park it in Redis before giving up."""
     try:
-        return _apply_answer(task, res, job_id, answer)
+        return _apply_answer(task, res, job_id, answer, staged)
     except DBAPIError:
         answers.park(res.redis, job_id, answer)
         raise
@@ -195,13 +192,18 @@ def _requeue(task: Task, res: Resources, job_id: int, delay: float) -> str:
     raise task.retry(countdown=delay)
 
 
-def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer) -> str:
+def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
+                  staged: tuple[StagedMedia, StagedMedia] | None = None) -> str:
     s = res.settings
     kind = answer.rule.kind
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
         if job.state in JobState.final():
             return job.state
+        if staged is not None:
+            photo, video = staged
+            job.photo_md5, job.photo_key = photo.info.md5, photo.key
+            job.video_md5, job.video_key = video.info.md5, video.key
         record_attempt(session, job, answer)
         if kind in (Kind.SUCCESS, Kind.VERDICT):
             store_result(session, job, answer, s.pass_threshold)

@@ -30,6 +30,11 @@ SCRIPTS = {
     2: ["FailedOperation.LivessDetectFake"],  # fails liveness: a final verdict
     3: [{"code": "Success", "sim": 52.5}],  # answered, but below PASS_THRESHOLD
 }
+SCENARIOS = {
+    1: "DownLoadTimeoutError once (transient), retried with backoff, then passes",
+    2: "fails liveness (LivessDetectFake): a final verdict, not retried",
+    3: "answered Success but Sim 52.5 < PASS_THRESHOLD: fails",
+}
 
 
 def _md5(path: Path) -> str:
@@ -91,6 +96,9 @@ def run_demo(jobs: int = 5, timeout: float = 120.0, workdir: Path | None = None)
                 break
             time.sleep(0.5)
         print(format_results_table(rows))
+        print("\nwhat each sample shows:")
+        for i, job_id in enumerate(ids):
+            print(f"  job {job_id}: {SCENARIOS.get(i, 'an ordinary pass')}")
         if len(done) != len(ids):
             print(f"timed out: {len(ids) - len(done)} job(s) not finished; see "
                   f"{workdir}/worker.log", file=sys.stderr)

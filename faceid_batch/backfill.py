@@ -1,0 +1,303 @@
+"""A backfill: a manifest read a thousand rows at a time into jobs of one batch.
+
+For each chunk: read and shape the rows, drop duplicate keys, look the keys up in the
+database (one query), check the new rows for free (``manifest.check_row``), insert them
+(one statement, committed), send their messages (one Redis pipeline), mark them sent (one
+UPDATE). Bad rows go to the report; the run goes on.
+
+Dedupe and resume, without holding the manifest's keys in memory: each job keeps its batch
+and manifest line. A key already in the database is not enqueued again; if it is this
+batch's row from the same line it is the same row from an earlier run (sent again only if
+that run died before sending it); from another line of this batch, a duplicate key.
+A re-run with the same batch name (by default the manifest's absolute path) resumes the
+batch; a key seen twice in the same chunk is caught before the lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import select
+
+from faceid_batch import batches
+from faceid_batch.db import get_engine, session_scope
+from faceid_batch.enqueue import CHUNK, insert_jobs, mark_enqueued, send_verify_many
+from faceid_batch.manifest import (
+    Manifest,
+    RawRow,
+    Report,
+    RowError,
+    check_row,
+    default_report_path,
+)
+from faceid_batch.models import Batch, BatchState, Job, JobState, Lane, utcnow
+from faceid_batch.settings import Settings
+from faceid_batch.submit import JobSpec
+
+log = logging.getLogger(__name__)
+SAVE_EVERY = 10  # chunks between writes of the running figures to the batch row
+# Above this manifest size (about 10,000 rows) messages are published from a helper
+# process; below it the process start (~0.5 s) costs more than it saves.
+HELPER_PROCESS_BYTES = 1024 * 1024
+
+
+@dataclass
+class BackfillResult:
+    """What one run of a manifest did."""
+
+    batch_id: int
+    resumed: bool  # the batch existed (same name): this run continued it
+    report_path: Path
+    read: int = 0  # data rows read
+    accepted: int = 0  # new jobs inserted
+    sent: int = 0  # messages sent (new jobs, plus earlier rows that were never sent)
+    resent: int = 0  # of those, rows an earlier run inserted but did not send
+    known: int = 0  # keys already in the database: not enqueued again
+    bad: int = 0  # rows in the report
+    parked: int = 0  # new jobs stored but not sent because the batch is paused
+    stopped: str | None = None  # why the run stopped early (the batch was cancelled)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+Progress = Callable[[int, int, BackfillResult], None]
+
+
+def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
+    while chunk := list(islice(rows, size)):
+        yield chunk
+
+
+def open_batch(settings: Settings, manifest: Path, name: str | None,
+               lane: str) -> tuple[int, str, str, bool]:
+    """Find the batch to resume (same name, not cancelled) or create one.
+
+    Return (id, lane, state, resumed). A resumed batch keeps its own lane.
+    """
+    name = name or str(manifest.resolve())
+    with session_scope(settings.database_url) as session:
+        batch = session.scalars(
+            select(Batch).where(Batch.name == name,
+                                Batch.state != BatchState.CANCELLED.value)
+            .order_by(Batch.id.desc()).limit(1)
+        ).first()
+        resumed = batch is not None
+        if batch is None:
+            batch = Batch(name=name, lane=lane, state=BatchState.ACTIVE.value)
+            session.add(batch)
+        batch.manifest = str(manifest.resolve())
+        batch.enqueue_started_at = utcnow()
+        batch.enqueue_finished_at = None
+        session.flush()
+        return batch.id, batch.lane, batch.state, resumed
+
+
+def run_backfill(
+    settings: Settings,
+    manifest_path: str | Path,
+    *,
+    report_path: str | Path | None = None,
+    lane: str = Lane.BACKFILL.value,
+    name: str | None = None,
+    on_start: Callable[[int, bool, str], None] | None = None,
+    on_progress: Progress | None = None,
+    chunk_size: int = CHUNK,
+) -> BackfillResult:
+    """Read, check, dedupe, insert and enqueue every row of a manifest into one batch.
+
+    Raises ManifestError before anything is stored if the file is not a usable manifest.
+    ``on_start(batch id, resumed, batch state)`` is called once the batch exists;
+    ``on_progress(bytes read, file size, figures so far)`` after each chunk.
+    """
+    manifest = Manifest(manifest_path)  # refuses a non-manifest before a batch exists
+    if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
+        raise ValueError(f"lane {lane!r}: must be onboarding or backfill")
+    batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane)
+    if on_start is not None:
+        on_start(batch_id, resumed, state)
+    result = BackfillResult(batch_id, resumed,
+                            Path(report_path or default_report_path(manifest.path)))
+    client = redis.Redis.from_url(settings.redis_url)
+    engine = get_engine(settings.database_url)
+    started = time.monotonic()
+    try:
+        with Report(result.report_path) as report, \
+                Sender(engine, lane, manifest.size > HELPER_PROCESS_BYTES) as sender:
+            for number, chunk in enumerate(_chunks(manifest.rows(), chunk_size), start=1):
+                control = batches.control_state(client, settings.database_url, batch_id)
+                if control == BatchState.CANCELLED.value:
+                    result.stopped = f"batch {batch_id} was cancelled"
+                    break
+                _run_chunk(settings, engine, manifest, chunk, batch_id, lane,
+                           paused=control == BatchState.PAUSED.value,
+                           report=report, result=result, sender=sender)
+                report.flush()
+                result.seconds = time.monotonic() - started
+                if on_progress is not None:
+                    on_progress(manifest.bytes_read, manifest.size, result)
+                if number % SAVE_EVERY == 0:
+                    _save_figures(settings, result, finished=False)
+    finally:
+        result.seconds = time.monotonic() - started
+        _save_figures(settings, result, finished=True)
+        client.close()
+    return result
+
+
+def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[RawRow],
+               batch_id: int, lane: str, *, paused: bool, report: Report,
+               result: BackfillResult, sender: Sender) -> None:
+    # 1. Shape each row; catch a key repeated inside the chunk.
+    candidates: list[tuple[int, JobSpec]] = []
+    first_line: dict[str, int] = {}
+    for row in chunk:
+        result.read += 1
+        try:
+            spec = manifest.to_spec(row, lane)
+        except RowError as exc:
+            _bad(report, result, row.line, row.key, str(exc))
+            continue
+        seen = first_line.get(spec.idempotency_key)
+        if seen is not None:
+            _bad(report, result, row.line, spec.idempotency_key,
+                 f"duplicate key: already on row {seen}")
+            continue
+        first_line[spec.idempotency_key] = row.line
+        candidates.append((row.line, spec))
+
+    # 2. Keys the database knows.
+    with engine.connect() as conn:
+        known = {
+            key: (job_id, b_id, b_row, state, enq)
+            for key, job_id, b_id, b_row, state, enq in conn.execute(
+                select(Job.idempotency_key, Job.id, Job.batch_id, Job.batch_row, Job.state,
+                       Job.enqueued_at)
+                .where(Job.idempotency_key.in_([s.idempotency_key for _, s in candidates]))
+            )
+        } if candidates else {}
+    unsent: list[int] = []
+    new: list[tuple[int, JobSpec]] = []
+    for line, spec in candidates:
+        hit = known.get(spec.idempotency_key)
+        if hit is None:
+            new.append((line, spec))
+            continue
+        job_id, b_id, b_row, state, enqueued_at = hit
+        if b_id == batch_id and b_row is not None and b_row != line:
+            _bad(report, result, line, spec.idempotency_key,
+                 f"duplicate key: already on row {b_row}")
+        elif state == JobState.QUEUED.value and enqueued_at is None:
+            unsent.append(job_id)  # inserted by a run that died before sending it
+        else:
+            result.known += 1
+
+    # 3. Free checks of the new rows: nothing is stored or sent for a bad one.
+    rows: list[dict[str, Any]] = []
+    for line, spec in new:
+        try:
+            spec = check_row(spec, settings.cos_bucket)
+        except RowError as exc:
+            _bad(report, result, line, spec.idempotency_key, str(exc))
+            continue
+        rows.append({
+            "idempotency_key": spec.idempotency_key,
+            "lane": lane,
+            "state": JobState.PAUSED.value if paused else JobState.QUEUED.value,
+            "liveness_type": spec.liveness_type,
+            "validate_data": spec.validate_data,
+            "photo_source": spec.photo,
+            "video_source": spec.video,
+            "metadata": spec.metadata,
+            "batch_id": batch_id,
+            "batch_row": line,
+        })
+
+    # 4. Insert and commit, then send, then mark sent (the order submit.py keeps).
+    with engine.begin() as conn:
+        inserted = insert_jobs(conn, rows)
+    result.accepted += len(inserted)
+    result.known += len(rows) - len(inserted)  # inserted meanwhile by another producer
+    if paused:
+        result.parked += len(inserted)
+        return
+    to_send = [*unsent, *inserted.values()]
+    if to_send:
+        sender.submit(to_send)
+    result.sent += len(to_send)
+    result.resent += len(unsent)
+
+
+class Sender:
+    """Sends committed jobs' messages, then marks them sent; up to two chunks in flight.
+
+    Publishing is half of a chunk's cost and is pure Python (GIL-bound), so for a large
+    manifest it runs in a helper process while this one reads, checks and inserts the
+    next chunk; a small one uses a thread. Marking stays here, after the send is confirmed.
+    If sending fails the run stops; rows not marked are sent by a re-run.
+    """
+
+    IN_FLIGHT = 2
+
+    def __init__(self, engine: Any, lane: str, helper_process: bool) -> None:
+        self.engine = engine
+        self.lane = lane
+        self._pool: Executor = (
+            # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
+            # script without a __main__ guard. The child only publishes (no DB, no threads).
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            if helper_process else ThreadPoolExecutor(1, thread_name_prefix="backfill-send")
+        )
+        self._pending: deque[tuple[Future[int], list[int]]] = deque()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                while self._pending:
+                    self._finish_one()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, ids: list[int]) -> None:
+        while len(self._pending) >= self.IN_FLIGHT:
+            self._finish_one()
+        self._pending.append((self._pool.submit(send_verify_many, ids, self.lane), ids))
+
+    def _finish_one(self) -> None:
+        future, ids = self._pending.popleft()
+        future.result()  # re-raises a failed send: those rows stay unsent for a re-run
+        with self.engine.begin() as conn:
+            mark_enqueued(conn, ids)
+
+
+def _bad(report: Report, result: BackfillResult, line: int, key: str, reason: str) -> None:
+    report.add(line, key, reason)
+    result.bad += 1
+
+
+def _save_figures(settings: Settings, result: BackfillResult, finished: bool) -> None:
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, result.batch_id)
+        if batch is None:
+            return
+        batch.rows_read = result.read
+        batch.rows_accepted = result.accepted
+        batch.rows_known = result.known
+        batch.rows_bad = result.bad
+        if finished:
+            batch.enqueue_finished_at = utcnow()

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     stuck_after_seconds: int = Field(900, ge=5)
     sweep_interval_seconds: float = Field(30.0, gt=0)
 
+    # Completion callbacks (notify.py): HMAC-SHA256 key shared with the receiver.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(10.0, gt=0, le=120)
+    webhook_max_attempts: int = Field(8, ge=1, le=50)
+    webhook_retry_base_delay: float = Field(2.0, gt=0)
+
     @field_validator("faceid_endpoint")
     @classmethod
     def _endpoint_is_url(cls, value: str) -> str:

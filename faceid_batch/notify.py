@@ -1,0 +1,195 @@
+"""Completion callbacks: POST a finished job's outcome to its ``callback_url``, signed.
+
+The request (``Content-Type: application/json``) carries:
+
+- ``X-FaceID-Signature: sha256=<hex>``: HMAC-SHA256 of the raw request body, keyed with
+  ``WEBHOOK_SECRET``. Verify it over the bytes received, before parsing them, with a
+  constant-time comparison (``verify_signature`` below does exactly that).
+- ``X-FaceID-Timestamp``: Unix seconds when this attempt was sent. The same value is the
+  body's ``timestamp`` field, so it is covered by the signature: reject deliveries whose
+  timestamp is too old to stop replays.
+- ``X-FaceID-Delivery``: ``<job id>.<attempt>``; ``X-FaceID-Event: job.finished``.
+
+A non-2xx answer or a network error is retried with exponential backoff and full jitter,
+up to ``WEBHOOK_MAX_ATTEMPTS``; redirects are not followed (the signed outcome goes only to
+the URL given). Every attempt is a row in ``webhook_deliveries``. Receivers should be
+idempotent on ``job_id``: a delivery whose answer was lost is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+from celery import Task
+from sqlalchemy import func, select
+
+from faceid_batch.db import session_scope
+from faceid_batch.models import Job, Result, WebhookDelivery
+from faceid_batch.tasks import backoff, faceid_task, max_countdown
+from faceid_batch.worker import resources
+
+if TYPE_CHECKING:
+    from faceid_batch.worker import Resources
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-FaceID-Signature"
+TIMESTAMP_HEADER = "X-FaceID-Timestamp"
+DELIVERY_HEADER = "X-FaceID-Delivery"
+EVENT_HEADER = "X-FaceID-Event"
+EVENT = "job.finished"
+
+
+class CallbackURLError(ValueError):
+    """The callback URL cannot be used; the message says why."""
+
+
+def check_callback_url(url: str) -> str:
+    """Accept an absolute http(s) URL without credentials or query string (we keep it)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CallbackURLError(f"callback URL {url!r}: must be an absolute http(s) URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        # The URL is stored with the job; a token in it would be a kept secret. The
+        # signature (WEBHOOK_SECRET) is how the receiver knows the call is ours.
+        raise CallbackURLError(
+            "callback URL: no credentials, query string or fragment; the receiver checks "
+            f"the {SIGNATURE_HEADER} header instead"
+        )
+    return parts.geturl()
+
+
+def sign(secret: str | bytes, body: bytes) -> str:
+    """The ``X-FaceID-Signature`` value for ``body``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
+    """For receivers: does ``header`` sign ``body`` with ``secret``? (constant time)"""
+    return header is not None and hmac.compare_digest(sign(secret, body), header)
+
+
+def outcome(job: Job, result: Result | None) -> dict[str, Any]:
+    """The outcome of a finished job, as delivered (and as ``api.wait`` reports it)."""
+    return {
+        "job_id": job.id,
+        "key": job.idempotency_key,
+        "state": job.state,
+        "passed": job.passed,
+        "result": job.result_code,
+        "sim": result.sim if result else None,
+        "description": result.description if result else None,
+        "request_id": result.request_id if result else None,
+        "error": job.error_message,
+        "lane": job.lane,
+        "batch_id": job.batch_id,
+        "metadata": job.meta,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def job_finished(res: Resources, job_id: int) -> bool:
+    """Queue the completion callback of a job that has just reached a final state.
+
+    Returns whether one was queued. Never raises: the job's answer is stored already and
+    must not be retried because a callback could not be queued (that is logged instead).
+    """
+    try:
+        with session_scope(res.settings.database_url) as session:
+            row = session.execute(
+                select(Job.callback_url, Job.lane).where(Job.id == job_id)
+            ).first()
+        if row is None or not row.callback_url:
+            return False
+        deliver_webhook.apply_async(args=[job_id], queue=row.lane)
+        return True
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("job %s: completion callback could not be queued", job_id)
+        return False
+
+
+_sessions: dict[int, requests.Session] = {}
+_lock = threading.Lock()
+
+
+def _http() -> requests.Session:
+    """One pooled HTTP session per process (rebuilt after a fork)."""
+    pid = os.getpid()
+    with _lock:
+        session = _sessions.get(pid)
+        if session is None:
+            session = _sessions[pid] = requests.Session()
+        return session
+
+
+@faceid_task(name="faceid_batch.deliver_webhook")
+def deliver_webhook(self: Task, job_id: int) -> str:
+    """POST the job's outcome to its callback URL once; retry with backoff on failure."""
+    res = resources()
+    s = res.settings
+    round_attempt = self.request.retries + 1  # attempts for this outcome so far
+    with session_scope(s.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or not job.callback_url:
+            return "no-callback"
+        result = session.scalar(select(Result).where(Result.job_id == job_id))
+        url = job.callback_url
+        payload = outcome(job, result)
+        attempt = 1 + (session.scalar(
+            select(func.count()).select_from(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+        ) or 0)
+
+    status, error, latency_ms = None, None, 0
+    if s.webhook_secret is None or not s.webhook_secret.get_secret_value():
+        # Configuration, not a receiver failure: retrying cannot help until it is set.
+        error = "WEBHOOK_SECRET is not set: nothing is sent unsigned"
+        round_attempt = s.webhook_max_attempts
+    else:
+        timestamp = int(time.time())
+        body = json.dumps({"event": EVENT, "timestamp": timestamp, **payload},
+                          separators=(",", ":"), sort_keys=True).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "faceid-batch-webhook/1",
+            SIGNATURE_HEADER: sign(s.webhook_secret.get_secret_value(), body),
+            TIMESTAMP_HEADER: str(timestamp),
+            DELIVERY_HEADER: f"{job_id}.{attempt}",
+            EVENT_HEADER: EVENT,
+        }
+        started = time.monotonic()
+        try:
+            resp = _http().post(url, data=body, headers=headers, allow_redirects=False,
+                                timeout=(min(s.webhook_timeout, 5.0), s.webhook_timeout))
+            status = resp.status_code
+            resp.close()
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except requests.RequestException as exc:
+            error = type(exc).__name__
+        latency_ms = int((time.monotonic() - started) * 1000)
+
+    with session_scope(s.database_url) as session:
+        session.add(WebhookDelivery(job_id=job_id, attempt=attempt, status_code=status,
+                                    error=error, latency_ms=latency_ms))
+    if error is None:
+        log.info("job %s: callback delivered (attempt %d, HTTP %s)", job_id, attempt, status)
+        return "delivered"
+    if round_attempt >= s.webhook_max_attempts:
+        log.warning("job %s: callback not delivered after %d attempts: %s",
+                    job_id, round_attempt, error)
+        return "gave-up"
+    delay = backoff(round_attempt, s.webhook_retry_base_delay, max_countdown(res))
+    log.info("job %s: callback attempt %d failed (%s); retrying in %.1fs",
+             job_id, attempt, error, delay)
+    raise self.retry(countdown=delay)

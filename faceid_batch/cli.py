@@ -178,6 +178,12 @@ def simulator(ctx: typer.Context) -> None:
     sys.exit(main(list(ctx.args)))
 
 
+# Backfills and batch control live in batch_cli.py.
+from faceid_batch.batch_cli import register as _register_batch_commands  # noqa: E402
+
+_register_batch_commands(app)
+
+
 def _main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

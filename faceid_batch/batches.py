@@ -1,0 +1,361 @@
+"""Batch control: pause, resume, cancel, retry-failed, status; and the gate workers consult.
+
+The database holds each batch's state. Redis holds a copy that workers read: one hash,
+``faceid:batches:control`` (batch id -> ``paused`` | ``cancelled``), so checking a job costs
+one HMGET and no query. If Redis lost the hash (a restart without persistence), the first
+worker to notice rebuilds it from the database (the ``_synced`` field marks a built hash).
+
+A paused batch's jobs are *parked*: the worker that picks up the message drops it and sets
+the job ``paused`` (not swept by recovery); ``resume`` sends them again. A cancelled batch's
+jobs that have not been called end ``failed`` with ``Local.BatchCancelled``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import redis
+from sqlalchemy import and_, func, or_, select, update
+
+from faceid_batch.db import get_engine, session_scope
+from faceid_batch.enqueue import mark_enqueued, send_verify_many
+from faceid_batch.models import Batch, BatchState, Job, JobState, utcnow
+from faceid_batch.settings import Settings
+
+if TYPE_CHECKING:
+    from faceid_batch.worker import Resources
+
+CONTROL_KEY = "faceid:batches:control"
+SYNCED = "_synced"
+CANCELLED_CODE = "Local.BatchCancelled"
+# Jobs not yet called: what cancel closes and what pause may park.
+WAITING = (JobState.QUEUED.value, JobState.RETRYING.value, JobState.PAUSED.value)
+# After resume clears the flag, a worker that read "paused" just before may still be
+# committing its park; a second pass after this long sends those too.
+RESUME_SETTLE_SECONDS = 1.0
+PAGE = 1000
+
+
+class BatchError(ValueError):
+    """The batch does not exist or cannot do what was asked; the message says why."""
+
+
+# -- the worker side -------------------------------------------------------------------
+def batch_gate(res: Resources, job: Job) -> str | None:
+    """None if ``job`` may be called now; otherwise park or close it and say what it became.
+
+    Call it with the job loaded in the task's session, before it is marked running: the
+    changes made here are committed with that session. Costs nothing for jobs without a
+    batch and one Redis round trip for the others.
+    """
+    if job.batch_id is None:
+        return None
+    control = _control_state(res.redis, res.settings.database_url, job.batch_id)
+    if control == BatchState.PAUSED.value:
+        job.state = JobState.PAUSED.value
+        # No message is in the broker any more; resume sends one.
+        job.enqueued_at = None
+        job.next_attempt_at = None
+        return JobState.PAUSED.value
+    if control == BatchState.CANCELLED.value:
+        _close_cancelled(job)
+        return JobState.FAILED.value
+    return None
+
+
+def _close_cancelled(job: Job) -> None:
+    job.state = JobState.FAILED.value
+    job.result_code = CANCELLED_CODE
+    job.passed = None
+    job.error_message = f"batch {job.batch_id} was cancelled before this job was called"
+    job.finished_at = utcnow()
+    job.next_attempt_at = None
+
+
+def _control_state(client: redis.Redis, database_url: str, batch_id: int) -> str | None:
+    synced, state = client.hmget(CONTROL_KEY, SYNCED, str(batch_id))
+    if synced is None:
+        return sync_control(client, database_url).get(batch_id)
+    return state.decode() if isinstance(state, bytes) else state
+
+
+def sync_control(client: redis.Redis, database_url: str) -> dict[int, str]:
+    """Rebuild the Redis copy of paused/cancelled batches from the database; return it."""
+    with session_scope(database_url) as session:
+        states = dict(session.execute(
+            select(Batch.id, Batch.state).where(Batch.state != BatchState.ACTIVE.value)
+        ).tuples().all())
+    pipe = client.pipeline()
+    pipe.delete(CONTROL_KEY)
+    pipe.hset(CONTROL_KEY, mapping={SYNCED: "1", **{str(k): v for k, v in states.items()}})
+    pipe.execute()
+    return states
+
+
+def publish_state(client: redis.Redis, database_url: str, batch_id: int, state: str) -> None:
+    """Make workers see ``state`` for the batch (after the database has it)."""
+    if not client.hexists(CONTROL_KEY, SYNCED):
+        sync_control(client, database_url)  # already reads the new state
+        return
+    if state == BatchState.ACTIVE.value:
+        client.hdel(CONTROL_KEY, str(batch_id))
+    else:
+        client.hset(CONTROL_KEY, str(batch_id), state)
+
+
+def control_state(client: redis.Redis, database_url: str, batch_id: int) -> str:
+    """The batch's state as workers see it (``active`` when not flagged)."""
+    return _control_state(client, database_url, batch_id) or BatchState.ACTIVE.value
+
+
+# -- the operator side -----------------------------------------------------------------
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def get_batch(settings: Settings, batch_id: int) -> Batch:
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BatchError(f"batch {batch_id}: no such batch")
+        return batch
+
+
+def _set_state(settings: Settings, batch_id: int, state: str) -> Batch:
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BatchError(f"batch {batch_id}: no such batch")
+        if batch.state == BatchState.CANCELLED.value:
+            raise BatchError(f"batch {batch_id} is cancelled; a cancelled batch stays so")
+        batch.state = state
+        batch.updated_at = utcnow()
+    publish_state(_redis(settings), settings.database_url, batch_id, state)
+    return batch
+
+
+def pause(settings: Settings, batch_id: int) -> int:
+    """Pause a batch; return how many unsent jobs were parked at once.
+
+    Jobs whose message is in the broker are parked by the workers as they reach them
+    (``batch_gate``); jobs already running finish.
+    """
+    _set_state(settings, batch_id, BatchState.PAUSED.value)
+    with session_scope(settings.database_url) as session:
+        # Unsent jobs (a crashed backfill) would otherwise be sent by the recovery sweep.
+        return session.execute(update(Job).where(
+            Job.batch_id == batch_id, Job.state == JobState.QUEUED.value,
+            Job.enqueued_at.is_(None),
+        ).values(state=JobState.PAUSED.value, updated_at=utcnow())).rowcount
+
+
+def resume(settings: Settings, batch_id: int, settle: float = RESUME_SETTLE_SECONDS) -> int:
+    """Resume a batch and send every parked job of it again; return how many were sent."""
+    batch = _set_state(settings, batch_id, BatchState.ACTIVE.value)
+    sent = _send_parked(settings, batch_id, batch.lane)
+    if settle > 0:
+        time.sleep(settle)
+        sent += _send_parked(settings, batch_id, batch.lane)
+    return sent
+
+
+def _send_parked(settings: Settings, batch_id: int, lane: str) -> int:
+    """Send the batch's parked and unsent jobs, a page at a time (commit, send, mark)."""
+    engine = get_engine(settings.database_url)
+    sent, after = 0, 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(conn.scalars(select(Job.id).where(
+                Job.batch_id == batch_id, Job.id > after,
+                or_(Job.state == JobState.PAUSED.value,
+                    and_(Job.state == JobState.QUEUED.value, Job.enqueued_at.is_(None))),
+            ).order_by(Job.id).limit(PAGE)))
+            if not ids:
+                return sent
+            conn.execute(update(Job).where(Job.id.in_(ids)).values(
+                state=JobState.QUEUED.value, enqueued_at=None, updated_at=utcnow()))
+        send_verify_many(ids, lane)
+        with engine.begin() as conn:
+            mark_enqueued(conn, ids)
+        sent += len(ids)
+        after = ids[-1]
+
+
+def cancel(settings: Settings, batch_id: int) -> int:
+    """Cancel a batch: every job not yet called ends failed; return how many were closed.
+
+    Jobs already calling FaceID finish and keep their answer (it is paid for).
+    """
+    _set_state(settings, batch_id, BatchState.CANCELLED.value)
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        return session.execute(update(Job).where(
+            Job.batch_id == batch_id, Job.state.in_(WAITING),
+        ).values(
+            state=JobState.FAILED.value, result_code=CANCELLED_CODE, passed=None,
+            error_message=f"batch {batch_id} was cancelled before this job was called",
+            finished_at=now, updated_at=now, next_attempt_at=None,
+        )).rowcount
+
+
+def retry_failed(settings: Settings, batch_id: int) -> int:
+    """Queue the batch's failed jobs again with fresh attempts; return how many.
+
+    Jobs closed by a cancel are not retried. In a paused batch they are parked until resume.
+    """
+    batch = get_batch(settings, batch_id)
+    if batch.state == BatchState.CANCELLED.value:
+        raise BatchError(f"batch {batch_id} is cancelled; nothing is retried in it")
+    paused = batch.state == BatchState.PAUSED.value
+    engine = get_engine(settings.database_url)
+    total, after = 0, 0
+    while True:
+        with engine.begin() as conn:
+            ids = list(conn.scalars(select(Job.id).where(
+                Job.batch_id == batch_id, Job.id > after,
+                Job.state == JobState.FAILED.value,
+                or_(Job.result_code.is_(None), Job.result_code != CANCELLED_CODE),
+            ).order_by(Job.id).limit(PAGE)))
+            if not ids:
+                return total
+            # Attempts restart: the old ones stay in the attempts table for the audit.
+            conn.execute(update(Job).where(Job.id.in_(ids)).values(
+                state=JobState.PAUSED.value if paused else JobState.QUEUED.value,
+                attempts=0, result_code=None, error_message=None, passed=None,
+                finished_at=None, enqueued_at=None, next_attempt_at=None, updated_at=utcnow(),
+            ))
+        if not paused:
+            send_verify_many(ids, batch.lane)
+            with engine.begin() as conn:
+                mark_enqueued(conn, ids)
+        total += len(ids)
+        after = ids[-1]
+
+
+# -- status -----------------------------------------------------------------------------
+@dataclass
+class BatchStatus:
+    """A batch's progress: job counts by state and outcome, rate and ETA."""
+
+    id: int
+    name: str
+    lane: str
+    state: str
+    created_at: datetime
+    rows_read: int
+    rows_accepted: int
+    rows_known: int
+    rows_bad: int
+    enqueuing: bool
+    by_state: dict[str, int] = field(default_factory=dict)
+    passed: int = 0
+    not_passed: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    rate: float = 0.0  # jobs finished per second, recently
+    eta_seconds: float | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    @property
+    def done(self) -> int:
+        return sum(self.by_state.get(s.value, 0) for s in JobState.final())
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def status(settings: Settings, batch_id: int) -> BatchStatus:
+    """Counts by state and outcome for the batch, with the recent rate and an ETA."""
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BatchError(f"batch {batch_id}: no such batch")
+        st = BatchStatus(
+            id=batch.id, name=batch.name, lane=batch.lane, state=batch.state,
+            created_at=batch.created_at, rows_read=batch.rows_read,
+            rows_accepted=batch.rows_accepted, rows_known=batch.rows_known,
+            rows_bad=batch.rows_bad,
+            enqueuing=batch.enqueue_started_at is not None and batch.enqueue_finished_at is None,
+        )
+        rows = session.execute(
+            select(Job.state, Job.passed, Job.result_code, func.count())
+            .where(Job.batch_id == batch_id)
+            .group_by(Job.state, Job.passed, Job.result_code)
+        ).all()
+        for state, passed, code, n in rows:
+            st.by_state[state] = st.by_state.get(state, 0) + n
+            if state == JobState.COMPLETED.value:
+                if passed:
+                    st.passed += n
+                else:
+                    st.not_passed += n
+            elif state == JobState.FAILED.value:
+                key = code or "(no code)"
+                st.failed_by_code[key] = st.failed_by_code.get(key, 0) + n
+        first_start, recent = session.execute(
+            select(func.min(Job.started_at),
+                   func.count().filter(Job.finished_at >= now - RATE_WINDOW))
+            .where(Job.batch_id == batch_id)
+        ).one()
+    if first_start is not None and recent:
+        if first_start.tzinfo is None:  # SQLite hands back naive UTC
+            first_start = first_start.replace(tzinfo=now.tzinfo)
+        window = min(RATE_WINDOW.total_seconds(), max(1.0, (now - first_start).total_seconds()))
+        st.rate = recent / window
+    if st.rate > 0 and st.state == BatchState.ACTIVE.value:
+        st.eta_seconds = st.remaining / st.rate
+    elif st.remaining == 0:
+        st.eta_seconds = 0.0
+    return st
+
+
+def format_status(st: BatchStatus) -> str:
+    """Plain text for ``faceid-batch batch status``."""
+    lines = [
+        f"batch {st.id}  {st.name}",
+        f"  state {st.state}, lane {st.lane}, created {st.created_at:%Y-%m-%d %H:%M:%S}"
+        + ("  (manifest still being enqueued)" if st.enqueuing else ""),
+        f"  manifest: {st.rows_read} rows read, {st.rows_accepted} accepted, "
+        f"{st.rows_known} already known, {st.rows_bad} bad",
+        f"  jobs: {st.total} total, {st.done} done, {st.remaining} to go",
+        "  by state: " + (", ".join(f"{k} {v}" for k, v in sorted(st.by_state.items()))
+                          or "(no jobs)"),
+        f"  outcomes: {st.passed} passed, {st.not_passed} not passed (a verdict), "
+        f"{sum(st.failed_by_code.values())} failed without a verdict",
+    ]
+    for code, n in sorted(st.failed_by_code.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"    {code}: {n}")
+    lines.append(f"  rate: {st.rate:.1f} jobs/s over the last minute; ETA {format_eta(st)}")
+    return "\n".join(lines)
+
+
+def format_eta(st: BatchStatus) -> str:
+    if st.remaining == 0:
+        return "done"
+    if st.state != BatchState.ACTIVE.value:
+        return f"none ({st.state})"
+    if st.eta_seconds is None:
+        return "unknown (nothing finished in the last minute)"
+    return str(timedelta(seconds=int(st.eta_seconds)))
+
+
+def watch(settings: Settings, batch_id: int, render: Callable[[BatchStatus], None],
+          interval: float = 2.0) -> BatchStatus:
+    """Call ``render`` with fresh status until the batch has nothing left to do."""
+    while True:
+        st = status(settings, batch_id)
+        render(st)
+        if (st.remaining == 0 and not st.enqueuing) or st.state == BatchState.CANCELLED.value:
+            return st
+        time.sleep(interval)

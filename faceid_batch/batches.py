@@ -86,9 +86,9 @@ def _control_state(client: redis.Redis, database_url: str, batch_id: int) -> str
 def sync_control(client: redis.Redis, database_url: str) -> dict[int, str]:
     """Rebuild the Redis copy of paused/cancelled batches from the database; return it."""
     with session_scope(database_url) as session:
-        states = dict(session.execute(
+        states = {batch_id: state for batch_id, state in session.execute(
             select(Batch.id, Batch.state).where(Batch.state != BatchState.ACTIVE.value)
-        ).tuples().all())
+        )}
     pipe = client.pipeline()
     pipe.delete(CONTROL_KEY)
     pipe.hset(CONTROL_KEY, mapping={SYNCED: "1", **{str(k): v for k, v in states.items()}})

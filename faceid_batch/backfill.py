@@ -125,17 +125,21 @@ def run_backfill(
     manifest = Manifest(manifest_path)  # refuses a non-manifest before a batch exists
     if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
         raise ValueError(f"lane {lane!r}: must be onboarding or backfill")
-    batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane)
+    # Opened first: an unwritable report path fails before a batch exists.
+    report = Report(report_path or default_report_path(manifest.path))
+    try:
+        batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane)
+    except BaseException:
+        report.close()
+        raise
     if on_start is not None:
         on_start(batch_id, resumed, state)
-    result = BackfillResult(batch_id, resumed,
-                            Path(report_path or default_report_path(manifest.path)))
+    result = BackfillResult(batch_id, resumed, report.path)
     client = redis.Redis.from_url(settings.redis_url)
     engine = get_engine(settings.database_url)
     started = time.monotonic()
     try:
-        with Report(result.report_path) as report, \
-                Sender(engine, lane, manifest.size > HELPER_PROCESS_BYTES) as sender:
+        with report, Sender(engine, lane, manifest.size > HELPER_PROCESS_BYTES) as sender:
             for number, chunk in enumerate(_chunks(manifest.rows(), chunk_size), start=1):
                 control = batches.control_state(client, settings.database_url, batch_id)
                 if control == BatchState.CANCELLED.value:

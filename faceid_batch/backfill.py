@@ -5,12 +5,12 @@ database (one query), check the new rows for free (``manifest.check_row``), inse
 (one statement, committed), send their messages (one Redis pipeline), mark them sent (one
 UPDATE). Bad rows go to the report; the run goes on.
 
-Dedupe and resume, without holding the manifest's keys in memory: each job keeps its batch
-and manifest line. A key already in the database is not enqueued again; if it is this
-batch's row from the same line it is the same row from an earlier run (sent again only if
-that run died before sending it); from another line of this batch, a duplicate key.
-A re-run with the same batch name (by default the manifest's absolute path) resumes the
-batch; a key seen twice in the same chunk is caught before the lookup.
+Dedupe and resume, without holding the manifest's keys in memory: a key already in the
+database is not enqueued again (sent again only if the run that inserted it died before
+sending it). A key inserted earlier in this same run, by this batch, is a duplicate row of
+the file: a bad row. A key repeated inside one chunk is caught before the lookup. Each job
+keeps its batch and manifest line. A re-run with the same batch name (by default the
+manifest's absolute path) resumes the batch.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from faceid_batch import batches
 from faceid_batch.db import get_engine, session_scope
@@ -137,6 +137,9 @@ def run_backfill(
     result = BackfillResult(batch_id, resumed, report.path)
     client = redis.Redis.from_url(settings.redis_url)
     engine = get_engine(settings.database_url)
+    with engine.connect() as conn:
+        # Jobs with a larger id were inserted by this run (ids only grow).
+        first_new_id = conn.scalar(select(func.max(Job.id))) or 0
     started = time.monotonic()
     try:
         with report, Sender(engine, lane, manifest.size > HELPER_PROCESS_BYTES) as sender:
@@ -147,7 +150,8 @@ def run_backfill(
                     break
                 _run_chunk(settings, engine, manifest, chunk, batch_id, lane,
                            paused=control == BatchState.PAUSED.value,
-                           report=report, result=result, sender=sender)
+                           report=report, result=result, sender=sender,
+                           first_new_id=first_new_id)
                 report.flush()
                 result.seconds = time.monotonic() - started
                 if on_progress is not None:
@@ -163,7 +167,7 @@ def run_backfill(
 
 def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[RawRow],
                batch_id: int, lane: str, *, paused: bool, report: Report,
-               result: BackfillResult, sender: Sender) -> None:
+               result: BackfillResult, sender: Sender, first_new_id: int) -> None:
     # 1. Shape each row; catch a key repeated inside the chunk.
     candidates: list[tuple[int, JobSpec]] = []
     first_line: dict[str, int] = {}
@@ -200,7 +204,8 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
             new.append((line, spec))
             continue
         job_id, b_id, b_row, state, enqueued_at = hit
-        if b_id == batch_id and b_row is not None and b_row != line:
+        if b_id == batch_id and job_id > first_new_id:
+            # Inserted by this run, so from an earlier row of this file.
             _bad(report, result, line, spec.idempotency_key,
                  f"duplicate key: already on row {b_row}")
         elif state == JobState.QUEUED.value and enqueued_at is None:

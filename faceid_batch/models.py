@@ -125,8 +125,7 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None]
     # When a job waiting for a retry is due; the recovery sweep re-sends it if overdue.
     next_attempt_at: Mapped[datetime | None]
-    # The backfill batch the job came from, and the manifest line it was read from (so a
-    # re-run tells "this row, already in" from "a second row with the same key").
+    # The backfill batch the job came from, and the manifest line it was read from.
     batch_id: Mapped[int | None] = mapped_column(
         ForeignKey("batches.id", ondelete="SET NULL"), index=True
     )

@@ -77,6 +77,20 @@ def test_rerunning_a_manifest_enqueues_nothing_new(configured, tmp_path):
                         .where(Job.enqueued_at.is_(None))) == 0
 
 
+def test_duplicates_across_chunks_are_bad_rows_but_an_edited_manifest_is_not(configured,
+                                                                             tmp_path):
+    settings = configured
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, tmp_path / "media", ["d-1", "d-2", "d-3", "d-1", "d-4"])
+    first = run_backfill(settings, manifest, chunk_size=2, report_path=tmp_path / "r.csv")
+    assert (first.accepted, first.bad) == (4, 1)
+    assert "5,d-1,duplicate key: already on row 2" in (tmp_path / "r.csv").read_text()
+    # Rows added at the top move every line down: the known keys are not duplicates.
+    write_manifest(manifest, tmp_path / "media", ["d-0", "d-1", "d-2", "d-3", "d-4"], start=5)
+    again = run_backfill(settings, manifest, chunk_size=2, report_path=tmp_path / "r.csv")
+    assert (again.accepted, again.known, again.bad) == (1, 4, 0)
+
+
 def test_half_enqueued_run_then_rerun_runs_each_key_exactly_once(
         configured, sim_control, start_worker, tmp_path, monkeypatch):
     settings = configured

@@ -18,6 +18,7 @@ from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from sqlalchemy.exc import DBAPIError
 
 from faceid_batch import answers
+from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope
 from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, CompareRequest
@@ -123,6 +124,9 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         if job.state in JobState.final():
             # Already answered: a redelivery must never pay for a second call.
             return job.state
+        # A paused or cancelled batch: park or close the job without a call.
+        if (gated := batch_gate(res, job)) is not None:
+            return gated
         job.state = JobState.RUNNING.value
         job.started_at = job.started_at or utcnow()
         job.enqueued_at = job.enqueued_at or utcnow()
@@ -142,6 +146,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         with session_scope(s.database_url) as session:
             fail_job(session, session.get(Job, job_id), "Local.MediaInvalid", str(exc))
         log.info("job %s: media refused before any call: %s", job_id, exc)
+        notify.job_finished(res, job_id)
         return JobState.FAILED.value
     except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
         log.warning("job %s: staging failed (%s); retrying", job_id, type(exc).__name__)
@@ -230,6 +235,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     if state == JobState.COMPLETED.value and answer.best_frame is not None:
         _keep_best_frame(res, job_id, answer)
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
+        notify.job_finished(res, job_id)
         return state
     raise task.retry(countdown=delay)
 
@@ -254,3 +260,7 @@ def sweep(self: Task) -> dict[str, int]:
     from faceid_batch.recovery import sweep_stuck_jobs
 
     return sweep_stuck_jobs(resources())
+
+
+# Registers faceid_batch.deliver_webhook in every worker (notify imports faceid_task above).
+from faceid_batch import notify  # noqa: E402

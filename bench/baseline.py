@@ -6,14 +6,25 @@ Loaded into a worker with ``celery -A faceid_batch.worker worker -I bench.baseli
 
 from __future__ import annotations
 
+import time
+
 from celery import Task
 
+from faceid_batch.ratelimit import GlobalRateLimiter, Slot
 from faceid_batch.tasks import _JobLock, _verify_locked
 from faceid_batch.worker import celery_app, resources
 
 
-class _NoLimiter:
-    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+class _NoLimiter(GlobalRateLimiter):
+    """Every call may start at once: only Celery's rate_limit holds calls back."""
+
+    def __init__(self) -> None:  # no Redis budget at all
+        self._sleep = time.sleep
+
+    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
+        return Slot(time.monotonic(), 0, "")
+
+    def mark_started(self, slot: Slot) -> float:
         return 0.0
 
 

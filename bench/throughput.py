@@ -151,9 +151,11 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
 
     total = args.jobs + args.onboarding
     usage: dict[str, tuple[float, int]] = {}
+    usage_sim = (0.0, 0)
     while True:
         with session_scope(db_url) as s:
             done = s.query(Job).filter(Job.state.in_(["completed", "failed"])).count()
+        usage_sim = proc_usage(sim.proc.pid)
         for w in workers:
             cpu, hwm = proc_usage(w.proc.pid)
             old = usage.get(w.name, (0.0, 0))
@@ -201,6 +203,7 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
             pct([c["t_end"] - c["t_start"] for c in calls], 50),
             pct([c["t_end"] - c["t_start"] for c in calls], 95)),
         "worker CPU s per 1000 jobs": round(cpu / max(1, len(finished)) * 1000, 1),
+        "simulator CPU s per 1000 jobs": round(usage_sim[0] / max(1, len(finished)) * 1000, 1),
         "peak RSS of one worker process MB": ", ".join(
             f"{u[1] / 2**20:.0f}" for u in usage.values()),
         "attempts per job": round(statistics.mean(j.attempts for j in jobs), 3),
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.scenarios.split(","):
             results.append(run_scenario(name, args, redis_server.url, base))
-            print(f"[{name}] done", flush=True)
+            print(f"[{name}] done: {results[-1]}", flush=True)
     finally:
         redis_server.stop()
     print(f"\n{args.jobs} backfill + {args.onboarding} onboarding jobs, {args.video_mb} MB videos,"

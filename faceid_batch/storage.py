@@ -33,8 +33,9 @@ from faceid_batch.settings import Settings
 
 log = logging.getLogger(__name__)
 UPLOAD_READ = 1024 * 1024
-# The SDK logs full request URLs and headers at INFO/DEBUG; those carry signatures.
-logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
+# The SDK logs full request URLs and headers at INFO/DEBUG (they carry signatures), and a
+# WARNING for every expected 404 of the HEAD that checks whether an object is there.
+logging.getLogger("qcloud_cos").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -162,7 +163,7 @@ class MediaStager:
             key = f"{self.settings.cos_key_prefix}{info.md5}{info.extension}"
             if self.exists(key):
                 return StagedMedia(key, info, uploaded=False)
-            sent_md5 = self._upload(path, key)
+            sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
             if sent_md5 != info.md5:
                 # The file changed after it was checked: the object is not what its key says.
                 self.delete(key)
@@ -170,12 +171,19 @@ class MediaStager:
                                  f"(MD5 {sent_md5}, expected {info.md5})")
             return StagedMedia(key, info, uploaded=True)
 
-    def _upload(self, path: str, key: str) -> str:
-        """Simple PUT (media are at most 8 MB); return the MD5 of the bytes sent."""
+    def _upload(self, path: str, key: str, hash_locally: bool) -> str:
+        """Simple PUT (media are at most 8 MB); return the MD5 of what the store received.
+
+        COS answers a simple PUT with ETag = the MD5 of the object, so a file whose MD5 was
+        taken at submit is checked by the store's ETag and not hashed again here.
+        """
         with open(path, "rb") as fh:
-            reader = _HashingReader(fh)
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=reader)
-            return reader.hexdigest()
+            reader = _HashingReader(fh, hashing=hash_locally)
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=reader)
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        if hash_locally or not _MD5_HEX.match(etag):
+            return reader.hexdigest() if hash_locally else _md5_file(path)
+        return etag
 
     def presign(self, key: str) -> str:
         """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS. Never store it."""
@@ -194,13 +202,15 @@ class _HashingReader:
 
     mode = "rb"  # requests checks it to warn about text-mode files
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
         self._fh = fh
+        self._hashing = hashing
         self._md5 = hashlib.md5()
 
     def read(self, size: int | None = -1) -> bytes:
         chunk = self._fh.read(-1 if size is None or size < 0 else max(size, UPLOAD_READ))
-        self._md5.update(chunk)
+        if self._hashing:
+            self._md5.update(chunk)
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -216,6 +226,17 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._md5.hexdigest()
+
+
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _md5_file(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def display_source(source: str) -> str:

@@ -20,6 +20,7 @@ class _NoLimiter(GlobalRateLimiter):
 
     def __init__(self) -> None:  # no Redis budget at all
         self._sleep = time.sleep
+        self._executor = None
 
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         return Slot(time.monotonic(), 0, "")

@@ -124,10 +124,11 @@ class GlobalRateLimiter:
         """
         started = time.monotonic()
         while True:
-            asked = time.monotonic()
             grant = self.reserve(lane)
             if grant.granted:
-                return Slot(asked + grant.wait, grant.slot_us, grant.member)
+                # Counted from the reply, not the request: a slow round trip then makes the
+                # start late (harmless) instead of early (which could crowd a second).
+                return Slot(time.monotonic() + grant.wait, grant.slot_us, grant.member)
             pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")

@@ -60,6 +60,19 @@ return {1, slot - now, slot}
 """
 
 
+# KEYS[1] = reservations; ARGV = member, estimated start (us). Moves the member later only.
+_MARK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = math.max(tonumber(ARGV[2]), now)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if old and tonumber(old) < start then
+  redis.call('ZADD', KEYS[1], 'XX', start, ARGV[1])
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Grant:
     """A reserved start: sleep ``wait`` seconds, then start the call."""
@@ -104,6 +117,7 @@ class GlobalRateLimiter:
         self.key = key
         self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
         self._script = client.register_script(_RESERVE)
+        self._mark = client.register_script(_MARK)
         self._sleep = sleep
         self._executor: ThreadPoolExecutor | None = None
 
@@ -161,7 +175,9 @@ class GlobalRateLimiter:
 
     def _write_start(self, member: str, start_us: int) -> None:
         try:
-            self.redis.zadd(self.key, {member: start_us}, xx=True)
+            # The later of our estimate and the Redis clock now: the estimate misses the
+            # reply's travel time, and the helper thread runs once the call is on its way.
+            self._mark(keys=[self.key], args=[member, start_us])
         except redis.RedisError:
             pass  # the slot keeps its reserved time: the margin absorbs one late start
 

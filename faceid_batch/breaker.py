@@ -4,13 +4,20 @@ State lives in Redis so that all workers on all hosts see it at once. While it i
 stay queued (they are re-sent later, not failed). After ``probe_after`` seconds one worker
 — whoever takes the probe lock — makes a single real call: if the account answers anything
 but an account error, the breaker closes; otherwise it re-opens with a longer delay.
+
+Only the probe's answer moves an open breaker. Calls that were already in flight when it
+opened come back afterwards: their successes say nothing about the account now (they passed
+its check before it failed), and their account errors are the same news again — counting
+them as failed probes would push the next probe out by minutes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
@@ -39,13 +46,20 @@ class BreakerState:
 
 
 class AccountBreaker:
-    """Shared breaker; ``before_call`` says whether this worker may call now."""
+    """Shared breaker; ``before_call`` says whether this worker may call now.
+
+    One instance serves all task threads of a process. Who holds the probe is remembered per
+    thread: a caller asks ``before_call`` more than once before it sends (tasks.py checks
+    again after waiting for its rate-limit slot), and ``record`` must know whether the answer
+    it reports is the probe's.
+    """
 
     def __init__(self, client: redis.Redis, probe_after: float = 30.0,
                  max_probe_after: float = 600.0) -> None:
         self.redis = client
         self.probe_after = probe_after
         self.max_probe_after = max_probe_after
+        self._local = threading.local()
 
     def state(self) -> BreakerState:
         raw = self.redis.get(KEY)
@@ -59,24 +73,46 @@ class AccountBreaker:
         """(may_call, seconds to wait before asking again). A probe holder may call."""
         st = self.state()
         if not st.open:
+            self._local.probe = None
             return True, 0.0
         wait = (st.probe_at or 0) - time.time()
         if wait > 0:
             return False, wait
+        mine = getattr(self._local, "probe", None)
+        if mine is not None and self.redis.get(PROBE_KEY) == mine.encode():
+            return True, 0.0  # this caller took the probe and is about to send it
         # Only one caller across all workers makes the probe call.
-        if self.redis.set(PROBE_KEY, "1", nx=True, ex=max(5, int(self.probe_after))):
+        token = uuid.uuid4().hex
+        if self.redis.set(PROBE_KEY, token, nx=True, ex=max(5, int(self.probe_after))):
+            self._local.probe = token
             log.warning("account breaker: probing with one call")
             return True, 0.0
         return False, min(self.probe_after, 5.0)
 
     def record(self, account_error: str | None) -> None:
-        """Report a call's outcome: an account error code opens, anything else closes."""
+        """Report a call's outcome: an account error code opens, anything else closes.
+
+        Never raises: it runs between a paid answer and its write, and losing the answer
+        to a Redis error would pay for the call again. The next answer reports again.
+        """
+        probe = getattr(self._local, "probe", None) is not None
+        self._local.probe = None
+        try:
+            self._record(account_error, probe)
+        except redis.RedisError as exc:
+            log.error("account breaker: could not record %s (%s)",
+                      account_error or "a non-account answer", type(exc).__name__)
+
+    def _record(self, account_error: str | None, probe: bool) -> None:
+        st = self.state()
+        if st.open and not probe:
+            # A call that was in flight when the breaker opened: see the module docstring.
+            return
         if account_error is None:
-            if self.redis.exists(KEY):
+            if st.open:
                 self.redis.delete(KEY, PROBE_KEY)
                 log.warning("account breaker: closed, calls resume")
             return
-        st = self.state()
         failures = st.failures + 1 if st.open else 1
         delay = min(self.max_probe_after, self.probe_after * (2 ** (failures - 1)))
         now = time.time()

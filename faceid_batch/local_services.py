@@ -104,6 +104,26 @@ class RedisServer:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def kill(self) -> None:
+        """SIGKILL: what the server had not yet written to its AOF is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self, hard: bool = False, down_for: float = 0.0) -> RedisServer:
+        """Stop (SIGTERM, or SIGKILL when ``hard``) and start again on the same port and dir.
+
+        With ``appendonly`` the new server reloads the data from the AOF; without it, it
+        starts empty (``--save ""``: no RDB snapshot either).
+        """
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        if down_for > 0:
+            time.sleep(down_for)
+        return self.start()
+
 
 @dataclass
 class Simulator:

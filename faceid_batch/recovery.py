@@ -1,6 +1,8 @@
 """The recovery sweep: re-send every job that no message in Redis will bring back.
 
-- a paid answer parked in Redis while the database was down (written by the re-sent task);
+- a paid answer parked in Redis while the database was down (written by the re-sent task),
+  including one a task took out of the park and died before writing (``answers.take``):
+  taken longer than STUCK_AFTER_SECONDS ago and no attempt row carries its RequestId;
 - ``queued`` with ``enqueued_at`` NULL: the producer died between the commit and the send;
 - ``queued``/``retrying`` whose ``next_attempt_at`` is long past: the retry message was lost
   (Redis restarted without it, or a worker holding it died and it was never restored);
@@ -12,13 +14,14 @@ keeps two deliveries from running side by side.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 
 from faceid_batch import answers
 from faceid_batch.db import session_scope
-from faceid_batch.models import Job, JobState, utcnow
+from faceid_batch.models import Attempt, Job, JobState, utcnow
 
 log = logging.getLogger(__name__)
 UNSENT_GRACE = timedelta(seconds=60)
@@ -38,6 +41,7 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
     if not res.redis.set("faceid:sweep:lock", "1", nx=True, ex=lock_ttl):
         return counts
     with session_scope(s.database_url) as session:
+        _settle_taken_answers(res, session)
         parked = set(answers.parked_jobs(res.redis))
         rows = session.execute(
             select(Job.id, Job.lane, Job.state, Job.enqueued_at).where(or_(
@@ -60,3 +64,22 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
     if any(counts.values()):
         log.warning("recovery sweep re-sent jobs: %s", counts)
     return counts
+
+
+def _settle_taken_answers(res, session) -> None:  # type: ignore[no-untyped-def]
+    """Forget taken answers that were written; park again those a dead task never wrote."""
+    cutoff = time.time() - res.settings.stuck_after_seconds
+    for job_id, (taken_at, answer) in answers.taken(res.redis).items():
+        if taken_at > cutoff:
+            continue  # probably being written right now
+        written = answer.request_id is not None and session.scalar(
+            select(Attempt.id).where(Attempt.job_id == job_id,
+                                     Attempt.request_id == answer.request_id)
+        ) is not None
+        state = session.scalar(select(Job.state).where(Job.id == job_id))
+        if written or state is None or state in JobState.final() or answer.request_id is None:
+            # Without a RequestId it was no paid answer: the job's own retry calls again.
+            answers.settle(res.redis, job_id)
+        elif answers.restore(res.redis, job_id):
+            log.warning("job %s: answer %s (RequestId %s) was taken and never written; "
+                        "parked again", job_id, answer.code, answer.request_id)

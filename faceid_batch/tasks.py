@@ -7,11 +7,15 @@ was sent. Every task is declared through ``faceid_task`` so the defaults hold ev
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import redis
 import requests
 from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
@@ -71,6 +75,59 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+class _Leases:
+    """Keeps this process's job locks alive: one thread renews them all every ttl/3.
+
+    The lease is short, so the lock of a task whose worker died is gone before its message
+    comes back; renewing it means a task that runs long (a slow database) keeps its lock.
+    """
+
+    _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
+
+    def __init__(self, client: redis.Redis, ttl_ms: int) -> None:
+        self.redis = client
+        self.ttl_ms = ttl_ms
+        self._held: dict[str, str] = {}
+        self._guard = threading.Lock()
+        threading.Thread(target=self._run, name="job-leases", daemon=True).start()
+
+    def hold(self, key: str, token: str) -> None:
+        with self._guard:
+            self._held[key] = token
+
+    def drop(self, key: str) -> None:
+        with self._guard:
+            self._held.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.ttl_ms / 3000)
+            with self._guard:
+                held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for key, token in held:
+                    pipe.eval(self._RENEW, 1, key, token, self.ttl_ms)
+                pipe.execute()
+            except redis.RedisError:
+                pass  # Redis is away; a lease runs out by itself if it stays away
+
+
+_leases: dict[tuple[int, int], _Leases] = {}
+_leases_guard = threading.Lock()
+
+
+def _job_leases(res: Resources, ttl: float) -> _Leases:
+    key = (os.getpid(), int(ttl * 1000))
+    with _leases_guard:
+        if key not in _leases:
+            _leases[key] = _Leases(res.redis, key[1])
+        return _leases[key]
+
+
 class _JobLock:
     """A per-job Redis lock so a redelivered message never runs beside the first one."""
 
@@ -81,12 +138,20 @@ class _JobLock:
         self.key = f"faceid:job:{job_id}:lock"
         self.token = uuid.uuid4().hex
         self.ttl_ms = int(ttl * 1000)
+        self.leases = _job_leases(res, ttl)
 
     def __enter__(self) -> bool:
-        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if not self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self.leases.hold(self.key, self.token)
+        return True
 
     def __exit__(self, *exc: object) -> None:
-        self.redis.eval(self._RELEASE, 1, self.key, self.token)
+        self.leases.drop(self.key)
+        try:
+            self.redis.eval(self._RELEASE, 1, self.key, self.token)
+        except redis.RedisError:
+            pass  # the lease expires by itself
 
 
 @faceid_task(name="faceid_batch.verify")
@@ -94,7 +159,9 @@ def verify(self: Task, job_id: int) -> str:
     """Run one verification job to its next state."""
     res = resources()
     s = res.settings
-    lock_ttl = s.faceid_read_timeout + s.faceid_connect_timeout + 300
+    # Short and renewed (see _Leases): well under the visibility timeout, after which the
+    # message of a dead worker comes back and must find the lock gone.
+    lock_ttl = min(30.0, s.broker_visibility_timeout / 2)
     with _JobLock(res, job_id, lock_ttl) as locked:
         if not locked:
             # Another delivery of this job is running; look again later rather than call twice.

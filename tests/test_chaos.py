@@ -213,15 +213,6 @@ def in_flight(calls: list[dict], at: float) -> int:
 
 # --- 1. a worker SIGKILLed mid-batch -------------------------------------------------------
 
-LOCK_TTL_BUG = pytest.mark.xfail(strict=True, reason=(
-    "tasks._JobLock: the per-job lock is taken for FACEID_READ_TIMEOUT + FACEID_CONNECT_TIMEOUT "
-    "+ 300 s and never renewed, so a delivery that dies holding it (worker SIGKILLed, or redis "
-    "gone before the release) blocks the redelivered message and every sweep re-send for ~5 "
-    "min. Fix: a short lease (min(30, BROKER_VISIBILITY_TIMEOUT / 2)) renewed by the holder "
-    "every third of it while the task runs; a plain shorter TTL would let a redelivery run "
-    "beside a live task that waits out a database outage (test_database_outage_after_calls)"))
-
-@LOCK_TTL_BUG
 def test_worker_sigkilled_mid_batch(configured, sim_control, start_worker, tmp_path):
     settings = configured
     url = settings.database_url
@@ -269,7 +260,6 @@ def sender_via(settings, broker_url: str):
     return send
 
 
-@LOCK_TTL_BUG
 def test_redis_restarted_mid_batch(aof_redis, configured, sim_control, start_worker, tmp_path):
     settings = configured
     url = settings.database_url

@@ -130,6 +130,8 @@ class Job(Base):
         ForeignKey("batches.id", ondelete="SET NULL"), index=True
     )
     batch_row: Mapped[int | None] = mapped_column(Integer)
+    # Set by the retention purge (purge.py): media objects and best frame deleted, verdict kept.
+    media_purged_at: Mapped[datetime | None]
 
     batch: Mapped[Batch | None] = relationship(lazy="raise")
     attempt_rows: Mapped[list[Attempt]] = relationship(

@@ -12,7 +12,9 @@ The figures each test measured are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -236,6 +238,34 @@ def test_worker_sigkilled_mid_batch(configured, sim_control, start_worker, tmp_p
     # A threads-pool worker loses every answer in flight when it is killed, and only those.
     assert figures["duplicate_paid"] <= kills * CONCURRENCY
     assert figures["answers_lost"] <= kills * CONCURRENCY
+
+
+def _pool_children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_prefork_child_sigkilled_pays_at_most_once_per_kill(configured, sim_control,
+                                                            start_worker, tmp_path):
+    """With the prefork pool a process holds one call, so a kill costs at most one call."""
+    settings = configured
+    url = settings.database_url
+    sim_config(sim_control, latency={"fixed": 1.0})
+    w1 = start_worker("w1", 3, extra_args=("-P", "prefork"), **FAST)
+    batch = make_batch(sim_control, tmp_path / "media", 16, submitter(settings))
+    kills = 0
+    for target in (4, 8):
+        wait_until(lambda t=target: sum(c["charged"] for c in sim_calls(sim_control)) >= t,
+                   60, what=f"{target} paid calls")
+        children = wait_until(lambda: _pool_children(w1.proc.pid), 10, what="pool children")
+        os.kill(children[0], signal.SIGKILL)
+        kills += 1
+    wait_final(url, batch.ids, 60)
+    figures = check_outcomes(url, batch, sim_calls(sim_control))
+    report("prefork child SIGKILL", kills=kills, **figures)
+    assert figures["duplicate_paid"] <= kills
 
 
 # --- 2. redis-server restarted mid-batch ---------------------------------------------------

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, le=50)
     webhook_retry_base_delay: float = Field(2.0, gt=0)
 
+    # Operations (issue 7): worker log lines, the Prometheus endpoint, the retention purge.
+    log_format: Literal["json", "text"] = "json"
+    metrics_port: int = Field(9808, ge=0, le=65535)  # 0: no metrics endpoint
+    purge_after_days: float | None = Field(None, gt=0)  # unset: no scheduled purge
+    purge_interval_seconds: float = Field(3600.0, gt=0)
+
     @field_validator("faceid_endpoint")
     @classmethod
     def _endpoint_is_url(cls, value: str) -> str:

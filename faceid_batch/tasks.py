@@ -21,7 +21,7 @@ from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from sqlalchemy.exc import DBAPIError
 
-from faceid_batch import answers
+from faceid_batch import answers, logs
 from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope
 from faceid_batch.errors import Kind
@@ -180,6 +180,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     s = res.settings
     parked = answers.take(res.redis, job_id)
     if parked is not None:
+        logs.bind(request_id=parked.request_id)
         # A paid answer that could not be written earlier: store it, never call again.
         return _apply_parked(task, res, job_id, parked)
 
@@ -238,6 +239,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     res.limiter.sleep_until(slot.deadline)
     late_ms = res.limiter.mark_started(slot) * 1000
     answer = res.faceid.send(prepared)
+    logs.bind(request_id=answer.request_id)
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
              answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)

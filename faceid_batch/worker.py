@@ -13,8 +13,15 @@ from functools import cached_property
 
 import redis
 from celery import Celery
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_postrun,
+    task_prerun,
+)
 from kombu import Queue
 
+from faceid_batch import logs
 from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
 from faceid_batch.models import Lane
@@ -62,6 +69,23 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 celery_app = make_celery()
 app = celery_app  # `celery -A faceid_batch.worker` finds `app`
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _setup_logging(logger: logging.Logger, **_: object) -> None:
+    logs.configure(logger, get_settings().log_format)
+
+
+@task_prerun.connect
+def _bind_job(task: object = None, args: tuple | None = None, **_: object) -> None:
+    logs.clear()
+    if getattr(task, "name", None) in logs.JOB_TASKS and args:
+        logs.bind(job_id=args[0])
+
+
+@task_postrun.connect
+def _unbind_job(**_: object) -> None:
+    logs.clear()
 
 
 @dataclass

@@ -8,7 +8,9 @@ searched for the key, the tokens and any presigned-URL signature.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -111,6 +113,7 @@ def test_no_secret_in_logs_database_or_rows(redis_server, canary_sim, tmp_path, 
     log = log_file.read_bytes()
     assert b"RequestId" in log or b"request_id" in log  # the log is about these jobs
     assert find_needles(log) == [], "secret material in the worker log"
+    check_json_log_lines(log.decode())
 
     # Every stored row, every column, as text.
     engine = create_engine(url)
@@ -127,6 +130,26 @@ def test_no_secret_in_logs_database_or_rows(redis_server, canary_sim, tmp_path, 
     for path in (db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-journal")):
         if path.exists():
             assert find_needles(path.read_bytes()) == [], path.name
+
+
+def check_json_log_lines(log: str) -> None:
+    """LOG_FORMAT=json: our lines are JSON; a line about a job names it (and its RequestId)."""
+    about_jobs = 0
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue  # Celery's start-up banner and Python warnings go to stderr as text
+        entry = json.loads(line)
+        assert {"ts", "level", "logger", "message"} <= set(entry)
+        m = re.match(r"job (\d+): ", entry["message"])
+        if m:
+            about_jobs += 1
+            assert entry.get("job_id") == int(m.group(1)), entry
+        rid = re.search(r"RequestId ([0-9a-f-]{36})", entry["message"])
+        if rid:
+            assert entry.get("request_id") == rid.group(1), entry
+        if "faceid_batch.verify[" in entry["message"]:
+            assert isinstance(entry.get("job_id"), int), entry
+    assert about_jobs >= 5
 
 
 def test_settings_never_show_secrets(monkeypatch):

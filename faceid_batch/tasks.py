@@ -21,7 +21,7 @@ from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from sqlalchemy.exc import DBAPIError
 
-from faceid_batch import answers, logs
+from faceid_batch import answers, logs, metrics
 from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope
 from faceid_batch.errors import Kind
@@ -221,6 +221,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         raise task.retry(countdown=backoff(2, s.retry_base_delay, max_countdown(res))) from None
 
     slot = res.limiter.reserve_slot(lane)
+    metrics.RATE_LIMIT_WAIT.observe(max(0.0, slot.deadline - time.monotonic()))
     # Everything but the send happens before the reserved start, so the call leaves on time
     # (late starts bunch up at the API and can exceed its limit in a sliding second).
     res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
@@ -240,6 +241,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     late_ms = res.limiter.mark_started(slot) * 1000
     answer = res.faceid.send(prepared)
     logs.bind(request_id=answer.request_id)
+    metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late_ms / 1000)
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
              answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
@@ -304,6 +306,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     if state == JobState.COMPLETED.value and answer.best_frame is not None:
         _keep_best_frame(res, job_id, answer)
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
+        metrics.JOBS_FINISHED.labels(state=state).inc()
         notify.job_finished(res, job_id)
         return state
     raise task.retry(countdown=delay)

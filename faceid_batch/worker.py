@@ -18,10 +18,11 @@ from celery.signals import (
     after_setup_task_logger,
     task_postrun,
     task_prerun,
+    worker_ready,
 )
 from kombu import Queue
 
-from faceid_batch import logs
+from faceid_batch import logs, metrics
 from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
 from faceid_batch.models import Lane
@@ -86,6 +87,12 @@ def _bind_job(task: object = None, args: tuple | None = None, **_: object) -> No
 @task_postrun.connect
 def _unbind_job(**_: object) -> None:
     logs.clear()
+
+
+@worker_ready.connect
+def _start_metrics(**_: object) -> None:
+    s = get_settings()
+    metrics.start(s.metrics_port, s.metrics_addr, resources)
 
 
 @dataclass

@@ -183,6 +183,11 @@ from faceid_batch.batch_cli import register as _register_batch_commands  # noqa:
 
 _register_batch_commands(app)
 
+# The retention purge (purge.py) lives in purge_cli.py.
+from faceid_batch.purge_cli import register as _register_purge_command  # noqa: E402
+
+_register_purge_command(app)
+
 
 def _main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

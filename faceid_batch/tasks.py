@@ -335,4 +335,5 @@ def sweep(self: Task) -> dict[str, int]:
 
 
 # Registers faceid_batch.deliver_webhook in every worker (notify imports faceid_task above).
-from faceid_batch import notify  # noqa: E402
+# Also registers faceid_batch.purge (the scheduled retention purge, purge.py).
+from faceid_batch import notify, purge  # noqa: E402, F401

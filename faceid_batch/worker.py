@@ -65,6 +65,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
             },
         },
     )
+    if settings.purge_after_days:
+        # The retention purge of biometric data (purge.py), on the same beat as the sweep.
+        app.conf.beat_schedule["media-purge"] = {
+            "task": "faceid_batch.purge",
+            "schedule": settings.purge_interval_seconds,
+            "args": [settings.purge_after_days],
+            "options": {"queue": Lane.BACKFILL.value},
+        }
     return app
 
 

@@ -71,8 +71,8 @@ def test_the_check_fails_without_the_limiter(redis_server):
 def test_onboarding_gets_a_slot_within_the_backfill_horizon(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-prio", backfill_horizon=0.15)
-    # Backfill reserves the spaced slots within its horizon, then is refused.
-    spacing = WINDOW / LIMIT / 2
+    # Backfill reserves the evenly spaced slots within its horizon, then is refused.
+    spacing = WINDOW / LIMIT
     granted = 0
     while limiter.reserve("backfill").granted:
         granted += 1
@@ -86,13 +86,13 @@ def test_onboarding_gets_a_slot_within_the_backfill_horizon(redis_server):
     assert grant.wait <= 0.15 + spacing + 0.01
 
 
-def test_starts_are_spaced(redis_server):
+def test_starts_are_evenly_spaced(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-even")
     waits = [limiter.reserve("onboarding").wait for _ in range(LIMIT * 2)]
     gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
-    # No burst: each reservation is at least half the even spacing after the previous one.
-    assert min(gaps) >= WINDOW / LIMIT / 2 - 0.002
+    # No burst: each reservation is one even spacing after the previous one.
+    assert min(gaps) >= WINDOW / LIMIT - 0.002
 
 
 def test_waiting_does_not_spin_redis(redis_server):

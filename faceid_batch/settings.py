@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     purge_after_days: float | None = Field(None, gt=0)  # unset: no scheduled purge
     purge_interval_seconds: float = Field(3600.0, gt=0)
 
+    # Admin service (issue 6): the bearer token every route needs, and how long its
+    # signed image links live.
+    admin_token: SecretStr | None = None
+    admin_link_seconds: int = Field(60, ge=5, le=3600)
+
     @field_validator("faceid_endpoint")
     @classmethod
     def _endpoint_is_url(cls, value: str) -> str:

@@ -1,0 +1,177 @@
+"""The admin app factory: JSON routes mirroring queries.py, the review pages, signed images.
+
+Every route except the login form needs ADMIN_TOKEN, as ``Authorization: Bearer`` or as the
+HttpOnly cookie the login form sets (a browser cannot put a header on a link or an image).
+Image routes need the token *and* a valid short-lived signature.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from faceid_batch import queries
+from faceid_batch.admin import pages
+from faceid_batch.admin.auth import COOKIE, KINDS, TokenCheck
+from faceid_batch.admin.images import ImageSource
+from faceid_batch.admin_cli import make_filters
+from faceid_batch.settings import Settings
+
+NO_STORE = {"Cache-Control": "no-store, private", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"}
+
+
+class AdminConfigError(RuntimeError):
+    """The admin service cannot start with these settings; the message says why."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the admin app; raise AdminConfigError when ADMIN_TOKEN is unset."""
+    token = settings.admin_token.get_secret_value().strip() if settings.admin_token else ""
+    if not token:
+        raise AdminConfigError(
+            "ADMIN_TOKEN is not set: the admin service shows face images and refuses to start "
+            "without a token (set ADMIN_TOKEN to a long random string)")
+    check = TokenCheck(token)
+    url = settings.database_url
+    images = ImageSource(settings)
+    app = FastAPI(title="faceid-batch admin", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.database_url = url
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for k, v in NO_STORE.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    def authorised(request: Request) -> None:
+        if not check.accepts(request.headers.get("authorization"), request.cookies.get(COOKIE)):
+            raise HTTPException(401, "missing or wrong admin token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def filters(
+        batch: int | None = None, lane: str | None = None, state: str | None = None,
+        code: str | None = None, verdict: str | None = None,
+        sim_min: float | None = None, sim_max: float | None = None,
+        since: str | None = None, until: str | None = None, key_prefix: str | None = None,
+    ) -> queries.Filters:
+        try:
+            return make_filters(batch=batch, lane=lane, state=state, code=code or None,
+                                verdict=verdict, sim_min=sim_min, sim_max=sim_max, since=since,
+                                until=until, key_prefix=key_prefix)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    def listing(f: queries.Filters, sort: str, page: int, limit: int) -> queries.Listing:
+        try:
+            return queries.list_results(url, f, queries.Page(sort=sort, page=page, limit=limit))
+        except queries.QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    def shown(job_id: int) -> dict[str, Any]:
+        job = queries.show(url, job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        job["images"] = {kind: check.image_link(job_id, kind, settings.admin_link_seconds)
+                         for kind in KINDS}
+        return job
+
+    auth = [Depends(authorised)]
+
+    # -- JSON -----------------------------------------------------------------------------
+    @app.get("/api/results", dependencies=auth)
+    def api_results(f: queries.Filters = Depends(filters), sort: str = "-id",
+                    page: int = 1, limit: int = 50) -> dict[str, Any]:
+        out = listing(f, sort, page, limit)
+        return {"rows": [r.as_dict() for r in out.rows], "page": out.page, "limit": out.limit,
+                "has_more": out.has_more, "sort": out.sort, "filters": out.filters}
+
+    @app.get("/api/jobs/{job_id}", dependencies=auth)
+    def api_job(job_id: int) -> dict[str, Any]:
+        return shown(job_id)
+
+    @app.get("/api/stats", dependencies=auth)
+    def api_stats(batch: int | None = None, since: str | None = None,
+                  until: str | None = None) -> dict[str, Any]:
+        return queries.stats(url, filters(batch=batch, since=since, until=until))
+
+    @app.get("/api/export", dependencies=auth)
+    def api_export(f: queries.Filters = Depends(filters),
+                   format: str = Query("csv", pattern="^(csv|jsonl)$")) -> StreamingResponse:
+        media = "text/csv" if format == "csv" else "application/x-ndjson"
+        return StreamingResponse(
+            _export_chunks(queries.iter_results(url, f), format), media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="results.{format}"'})
+
+    # -- images ---------------------------------------------------------------------------
+    @app.get("/media/{job_id}/{kind}", dependencies=auth)
+    def media(job_id: int, kind: str, exp: int, sig: str) -> Response:
+        if not check.link_valid(job_id, kind, exp, sig):
+            raise HTTPException(403, "image link expired or invalid")
+        if kind == "best_frame":
+            return images.best_frame(url, job_id)
+        return images.id_photo(url, job_id)
+
+    # -- review pages ---------------------------------------------------------------------
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form() -> str:
+        return pages.login()
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        presented = (form.get("token") or [""])[0]
+        if not check.accepts(f"Bearer {presented}"):
+            return HTMLResponse(pages.login("Wrong token."), status_code=401)
+        response = RedirectResponse("/review", status_code=303)
+        response.set_cookie(COOKIE, presented, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def _errors(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/review") and exc.status_code == 401:
+            return RedirectResponse("/login", status_code=303)
+        return Response(json.dumps({"detail": exc.detail}), status_code=exc.status_code,
+                        media_type="application/json", headers=exc.headers)
+
+    @app.get("/", dependencies=auth)
+    def root() -> Response:
+        return RedirectResponse("/review", status_code=303)
+
+    @app.get("/review", response_class=HTMLResponse, dependencies=auth)
+    def review(request: Request, f: queries.Filters = Depends(filters), sort: str = "-id",
+               page: int = 1, limit: int = 50) -> str:
+        return pages.listing(listing(f, sort, page, limit), dict(request.query_params))
+
+    @app.get("/review/jobs/{job_id}", response_class=HTMLResponse, dependencies=auth)
+    def review_job(job_id: int) -> str:
+        return pages.job(shown(job_id))
+
+    return app
+
+
+def _export_chunks(rows: Iterator[queries.ResultRow], fmt: str) -> Iterator[str]:
+    """CSV or JSONL text in chunks of a few hundred rows (constant memory)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    if fmt == "csv":
+        writer.writerow(queries.EXPORT_FIELDS)
+    for n, row in enumerate(rows, 1):
+        if fmt == "csv":
+            writer.writerow([queries.csv_cell(getattr(row, f)) for f in queries.EXPORT_FIELDS])
+        else:
+            queries.write_jsonl([row], buf)
+        if n % 500 == 0:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()

@@ -145,18 +145,6 @@ def breaker_close() -> None:
 
 
 @app.command()
-def results(
-    limit: int = typer.Option(50, help="Rows to show"),
-    state: str = typer.Option(None, help="Only jobs in this state"),
-) -> None:
-    """A table of jobs and their outcomes, newest first."""
-    from faceid_batch.report import format_results_table, load_results
-
-    settings = _settings()
-    typer.echo(format_results_table(load_results(settings, limit=limit, state=state)))
-
-
-@app.command()
 def demo(
     jobs: int = typer.Option(5, help="Sample jobs to run (at least 4)"),
     timeout: float = typer.Option(120.0, help="Seconds to wait for all outcomes"),
@@ -187,6 +175,11 @@ _register_batch_commands(app)
 from faceid_batch.purge_cli import register as _register_purge_command  # noqa: E402
 
 _register_purge_command(app)
+
+# Admin queries (results, show, export, stats) and the admin service live in admin_cli.py.
+from faceid_batch.admin_cli import register as _register_admin_commands  # noqa: E402
+
+_register_admin_commands(app)
 
 
 def _main() -> None:

@@ -100,7 +100,9 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
-    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value)
+    # Indexes on lane, result_code, created_at, finished_at (and results.sim) serve the
+    # admin filters (queries.py; revision 0005).
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value, index=True)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
     liveness_type: Mapped[str] = mapped_column(String(8))
     validate_data: Mapped[str | None] = mapped_column(String(32))
@@ -112,15 +114,15 @@ class Job(Base):
     photo_key: Mapped[str | None] = mapped_column(String(512))
     video_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    result_code: Mapped[str | None] = mapped_column(String(80))
+    result_code: Mapped[str | None] = mapped_column(String(80), index=True)
     passed: Mapped[bool | None] = mapped_column(Boolean)
     error_message: Mapped[str | None] = mapped_column(Text)
     callback_url: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
     # Set once the task message is in Redis; NULL means a crash came between commit and send.
     enqueued_at: Mapped[datetime | None]
     # When a job waiting for a retry is due; the recovery sweep re-sends it if overdue.
@@ -174,7 +176,7 @@ class Result(Base):
     )
     result: Mapped[str] = mapped_column(String(80))
     description: Mapped[str | None] = mapped_column(Text)
-    sim: Mapped[float | None] = mapped_column(Float)
+    sim: Mapped[float | None] = mapped_column(Float, index=True)
     request_id: Mapped[str | None] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)
     threshold: Mapped[float] = mapped_column(Float)

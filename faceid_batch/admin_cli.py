@@ -1,0 +1,224 @@
+"""Admin commands added to ``faceid-batch`` by ``register``: query, inspect, export, serve.
+
+    faceid-batch results [filters] [--sort -sim] [--page 2 --limit 50]
+    faceid-batch show JOB [--json]
+    faceid-batch export --format csv|jsonl [--output FILE] [filters]
+    faceid-batch stats [--batch ID | --since T --until T] [--json]
+    faceid-batch admin [--host 127.0.0.1] [--port 8088]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import typer
+
+from faceid_batch.settings import Settings, SettingsError
+
+# Filter options shared by results and export (typer reads them as default values).
+BATCH = typer.Option(None, "--batch", help="Only jobs of this batch id")
+LANE = typer.Option(None, help="onboarding or backfill")
+STATE = typer.Option(None, help="queued, running, retrying, completed, failed, paused")
+CODE = typer.Option(None, help="Outcome code, e.g. FailedOperation.LivessDetectFake")
+VERDICT = typer.Option(None, help="pass or fail")
+SIM_MIN = typer.Option(None, "--sim-min", help="Sim at least this")
+SIM_MAX = typer.Option(None, "--sim-max", help="Sim at most this")
+SINCE = typer.Option(None, help="Created at or after (ISO 8601; UTC unless an offset is given)")
+UNTIL = typer.Option(None, help="Created before (ISO 8601)")
+KEY_PREFIX = typer.Option(None, "--key-prefix", help="Idempotency key starts with this")
+
+
+def register(app: typer.Typer) -> None:
+    """Add results, show, export, stats and admin to the main command line."""
+    app.command("results")(results)
+    app.command("show")(show)
+    app.command("export")(export)
+    app.command("stats")(stats)
+    app.command("admin")(admin)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    from faceid_batch.settings import get_settings
+
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time as an aware UTC datetime (a naive one is taken as UTC)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name}: not an ISO 8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_verdict(value: str | None) -> bool | None:
+    if value is None or value == "":
+        return None
+    if value.lower() in ("pass", "passed", "true"):
+        return True
+    if value.lower() in ("fail", "failed", "false"):
+        return False
+    raise ValueError(f"verdict: must be pass or fail, got {value!r}")
+
+
+def make_filters(**kw: Any) -> Any:
+    """Filters from option values; raise ValueError naming a bad one."""
+    from faceid_batch.queries import Filters
+
+    return Filters(
+        batch_id=kw.get("batch"), lane=kw.get("lane"), state=kw.get("state"),
+        code=kw.get("code"), passed=parse_verdict(kw.get("verdict")),
+        sim_min=kw.get("sim_min"), sim_max=kw.get("sim_max"),
+        created_from=parse_time(kw.get("since"), "since"),
+        created_to=parse_time(kw.get("until"), "until"),
+        key_prefix=kw.get("key_prefix"),
+    )
+
+
+def _filters(**kw: Any) -> Any:
+    try:
+        return make_filters(**kw)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def results(
+    batch: int = BATCH, lane: str = LANE, state: str = STATE, code: str = CODE,
+    verdict: str = VERDICT, sim_min: float = SIM_MIN, sim_max: float = SIM_MAX,
+    since: str = SINCE, until: str = UNTIL, key_prefix: str = KEY_PREFIX,
+    sort: str = typer.Option("-id", help="id, created, finished, key, state, code, attempts "
+                             "or sim; a leading - sorts descending"),
+    page: int = typer.Option(1, help="Page number (from 1)"),
+    limit: int = typer.Option(50, help="Rows per page"),
+) -> None:
+    """A table of jobs and their outcomes, filtered, sorted and paged (newest first)."""
+    from faceid_batch import queries
+    from faceid_batch.report import Row, format_results_table
+
+    filters = _filters(batch=batch, lane=lane, state=state, code=code, verdict=verdict,
+                       sim_min=sim_min, sim_max=sim_max, since=since, until=until,
+                       key_prefix=key_prefix)
+    try:
+        listing = queries.list_results(_settings().database_url, filters,
+                                       queries.Page(sort=sort, page=page, limit=limit))
+    except queries.QueryError as exc:
+        _fail(str(exc))
+    typer.echo(format_results_table([
+        Row(r.id, r.key, r.lane, r.state, r.attempts, r.code, r.sim, r.passed, r.request_id,
+            r.error) for r in listing.rows]))
+    if listing.has_more:
+        typer.echo(f"(more: --page {page + 1})")
+
+
+def show(
+    job_id: int = typer.Argument(..., metavar="JOB"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """One job: every attempt with its RequestId and code, the result, the best frame."""
+    from faceid_batch import queries
+
+    shown = queries.show(_settings().database_url, job_id)
+    if shown is None:
+        _fail(f"no job {job_id}", 1)
+    if as_json:
+        typer.echo(json.dumps(shown, default=str, indent=2))
+        return
+    job, result, frame = shown["job"], shown["result"], shown["best_frame"]
+    for name in ("id", "key", "batch_id", "lane", "state", "liveness_type", "attempts", "code",
+                 "passed", "error", "photo_key", "video_key", "created_at", "finished_at"):
+        typer.echo(f"{name:>14}: {job[name] if job[name] is not None else '-'}")
+    typer.echo("\nattempts:")
+    for a in shown["attempts"]:
+        typer.echo(f"  #{a['number']} {a['started_at']} {a['code']} ({a['kind']}) "
+                   f"RequestId={a['request_id'] or '-'} http={a['http_status'] or '-'} "
+                   f"{a['latency_ms']} ms")
+    if result:
+        typer.echo(f"\nresult: {result['result']} sim={result['sim']} passed={result['passed']} "
+                   f"threshold={result['threshold']} RequestId={result['request_id']}")
+    if frame:
+        typer.echo(f"best frame: {frame['location']} size={frame['size']} md5={frame['md5']}")
+
+
+def export(
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
+    output: str = typer.Option(None, "--output", "-o", help="File to write (default: stdout)"),
+    batch: int = BATCH, lane: str = LANE, state: str = STATE, code: str = CODE,
+    verdict: str = VERDICT, sim_min: float = SIM_MIN, sim_max: float = SIM_MAX,
+    since: str = SINCE, until: str = UNTIL, key_prefix: str = KEY_PREFIX,
+) -> None:
+    """Stream matching jobs to CSV (formulas neutralised) or JSONL, in id order."""
+    from faceid_batch import queries
+
+    if fmt not in ("csv", "jsonl"):
+        _fail(f"--format: must be csv or jsonl, got {fmt!r}")
+    filters = _filters(batch=batch, lane=lane, state=state, code=code, verdict=verdict,
+                       sim_min=sim_min, sim_max=sim_max, since=since, until=until,
+                       key_prefix=key_prefix)
+    rows = queries.iter_results(_settings().database_url, filters)
+    write = queries.write_csv if fmt == "csv" else queries.write_jsonl
+    if output:
+        with open(output, "w", newline="", encoding="utf-8") as out:
+            n = write(rows, out)
+        typer.echo(f"{n} rows written to {output}", err=True)
+    else:
+        write(rows, sys.stdout)
+
+
+def stats(
+    batch: int = BATCH, since: str = SINCE, until: str = UNTIL,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Pass rate, outcome codes, attempts per job and throughput per minute."""
+    from faceid_batch import queries
+
+    filters = _filters(batch=batch, since=since, until=until)
+    st = queries.stats(_settings().database_url, filters)
+    if as_json:
+        typer.echo(json.dumps(st, default=str, indent=2))
+        return
+    rate = "-" if st["pass_rate"] is None else f"{st['pass_rate'] * 100:.1f} %"
+    typer.echo(f"jobs {st['jobs']}  finished {st['finished']}  passed {st['passed']}  "
+               f"failed {st['failed']}  pass rate {rate}")
+    typer.echo("states: " + "  ".join(f"{k}={v}" for k, v in st["by_state"].items()))
+    typer.echo("\noutcome codes:")
+    for name, n in st["codes"].items():
+        typer.echo(f"  {n:>8}  {name}")
+    typer.echo("\nattempts per job:")
+    for a, n in st["attempts"].items():
+        typer.echo(f"  {a:>3}: {n}")
+    typer.echo("\nfinished per minute:")
+    for minute, n in st["per_minute"].items():
+        typer.echo(f"  {minute}  {n}")
+
+
+def admin(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8088, help="Port to listen on"),
+) -> None:
+    """Serve the admin API and review page (every route needs ADMIN_TOKEN as a bearer token)."""
+    settings = _settings()
+    from faceid_batch.admin import AdminConfigError, create_app
+
+    try:
+        app = create_app(settings)
+    except AdminConfigError as exc:
+        _fail(str(exc))
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -45,10 +46,42 @@ def _job_of_message(data: object) -> int | None:
         return None
 
 
+# A presigned COS URL's query (signature, key id, session token), and any such parameter or
+# credential header wherever a library might print one.
+_SIGNED_QUERY = re.compile(r"\?[^\s\"'<>]*(?:q-sign|x-cos-security-token)[^\s\"'<>]*", re.I)
+_SIGNED = re.compile(r"(?:q-signature|q-sign-[a-z-]+|q-ak|q-key-time|x-cos-security-token"
+                     r"|X-TC-Token|Authorization|Signature)[=:]\s*[^&\s\"',]+", re.I)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without URL signatures, tokens, or any of ``secrets``."""
+    text = _SIGNED_QUERY.sub("?[redacted]", text)
+    text = _SIGNED.sub("[redacted]", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 class ContextFilter(logging.Filter):
-    """Copies the job id / RequestId of the running task onto the record."""
+    """Copies the job id / RequestId of the running task onto the record, and redacts
+    signatures and the configured secrets from the message (a second line of defence:
+    the code never logs them on purpose)."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if len(s) >= 8)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, None
+        # Tracebacks too: a transport error's text can hold the URL it failed on.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         if getattr(record, "job_id", None) is None:
             record.job_id = job_id_var.get() or _job_of_message(getattr(record, "data", None))
         if getattr(record, "request_id", None) is None:
@@ -71,8 +104,8 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         out.setdefault("process", record.process)
         out["thread"] = record.threadName
-        if record.exc_info:
-            out["exc_info"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            out["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)
@@ -92,10 +125,10 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure(logger: logging.Logger, log_format: str) -> None:
-    """Give ``logger``'s handlers our formatter and the context filter."""
+def configure(logger: logging.Logger, log_format: str, secrets: tuple[str, ...] = ()) -> None:
+    """Give ``logger``'s handlers our formatter and the context/redaction filter."""
     formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     for handler in logger.handlers:
         handler.setFormatter(formatter)
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
-            handler.addFilter(ContextFilter())
+            handler.addFilter(ContextFilter(secrets))

@@ -82,7 +82,11 @@ app = celery_app  # `celery -A faceid_batch.worker` finds `app`
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _setup_logging(logger: logging.Logger, **_: object) -> None:
-    logs.configure(logger, get_settings().log_format)
+    s = get_settings()
+    secrets = tuple(v.get_secret_value() for v in (
+        s.faceid_secret_key, s.faceid_token, s.cos_secret_key, s.cos_token, s.webhook_secret)
+        if v is not None)
+    logs.configure(logger, s.log_format, secrets)
 
 
 @task_prerun.connect

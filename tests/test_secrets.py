@@ -172,3 +172,37 @@ def test_settings_never_show_secrets(monkeypatch):
     finally:
         get_settings.cache_clear()
     assert find_needles(shown.encode()) == []
+
+
+def test_log_lines_are_redacted_and_tagged():
+    """The log filter strips signatures, tokens and configured secrets, even in tracebacks."""
+    import io
+    import logging
+
+    from faceid_batch import logs
+
+    stream = io.StringIO()
+    logger = logging.getLogger("faceid_batch.test_redact")
+    logger.handlers[:] = [logging.StreamHandler(stream)]
+    logger.propagate = False
+    logs.configure(logger, "json", (SECRET_KEY, FACEID_TOKEN))
+    url = ("http://cos.example/faceid-batch/media/abc.mp4?q-sign-algorithm=sha1&q-ak=AKIDx"
+           "&q-sign-time=1;2&q-key-time=1;2&q-header-list=host&q-url-param-list="
+           "&q-signature=0123456789abcdef0123456789abcdef01234567"
+           "&x-cos-security-token=" + COS_TOKEN)
+    logs.bind(job_id=7, request_id="req-1")
+    try:
+        logger.warning("download of %s failed with key %s", url, SECRET_KEY)
+        try:
+            raise ConnectionError(f"Max retries exceeded with url: {url} ({FACEID_TOKEN})")
+        except ConnectionError:
+            logger.exception("job 7: staging failed")
+    finally:
+        logs.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert find_needles(stream.getvalue().encode()) == []
+    assert SECRET_KEY not in stream.getvalue() and COS_TOKEN not in stream.getvalue()
+    assert "0123456789abcdef0123456789abcdef01234567" not in stream.getvalue()
+    assert "cos.example/faceid-batch/media/abc.mp4" in lines[0]["message"]
+    assert all(e["job_id"] == 7 and e["request_id"] == "req-1" for e in lines)
+    assert "ConnectionError" in lines[1]["exc_info"]

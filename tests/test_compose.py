@@ -54,8 +54,8 @@ def _args(cmd) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_file_parses_and_has_the_stack():
-    assert {"redis", "postgres", "migrate", "worker", "beat", "flower", "simulator"} <= set(
-        services())
+    assert {"redis", "postgres", "migrate", "worker", "beat", "admin", "flower",
+            "simulator"} <= set(services())
     for name, svc in services().items():
         assert "image" in svc or "build" in svc, name
 
@@ -128,6 +128,13 @@ def test_workers_scale_and_stop_gracefully():
     assert "worker" in _args(worker["command"])
     assert worker["stop_grace_period"]  # time for Celery's warm shutdown
     assert "METRICS_PORT" in worker["environment"]
+
+
+def test_admin_service_needs_its_token():
+    admin = services()["admin"]
+    assert _args(admin["command"])[0] == "admin"
+    assert admin["environment"]["ADMIN_TOKEN"].startswith("${ADMIN_TOKEN:?")
+    assert admin["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_simulator_is_a_profile():

@@ -87,3 +87,23 @@ def test_purge_is_scheduled_on_beat_when_configured(app_env):
     from faceid_batch.tasks import celery_app
 
     assert "faceid_batch.purge" in celery_app.tasks
+
+
+def test_beat_runs_the_purge(configured, sim_control, start_worker, tmp_path):
+    """With PURGE_AFTER_DAYS set, beat (here inside the worker) purges on its own."""
+    settings = configured
+    photo, video = write_pair(tmp_path / "m", 90)
+    # A retention of ~1 s, checked every second.
+    start_worker(extra_args=("-B", "-s", str(tmp_path / "beat-schedule")),
+                 PURGE_AFTER_DAYS="0.00001", PURGE_INTERVAL_SECONDS="1")
+    job_id = submit(settings, JobSpec("beat-purge", str(photo), str(video), "SILENT"))[0]
+
+    def purged() -> Job | None:
+        with session_scope(settings.database_url) as s:
+            job = s.get(Job, job_id)
+            return job if job.media_purged_at is not None else None
+
+    job = wait_until(purged, 30, what="beat to purge the job's media")
+    stager = MediaStager(settings)
+    assert job.state == "completed" and job.passed is True
+    assert not stager.exists(job.video_key) and not stager.exists(job.photo_key)

@@ -83,6 +83,9 @@ def test_filters_and_sql_as_data(admin):
     assert client.get("/api/results", headers=AUTH,
                       params={"sort": "id desc; DROP TABLE jobs"}).status_code == 422
     assert client.get("/api/results", headers=AUTH, params={"since": "soon"}).status_code == 422
+    # The review form sends every field, empty ones meaning "any".
+    assert keys(batch="", sim_min="", verdict="", key_prefix="bob") == {"bob-1", "bob-2"}
+    assert client.get("/api/results", headers=AUTH, params={"batch": "1 OR 1=1"}).status_code == 422
     with session_scope(client.app.state.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == len(SEED)
 

@@ -58,15 +58,19 @@ def create_app(settings: Settings) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     def filters(
-        batch: int | None = None, lane: str | None = None, state: str | None = None,
+        batch: str | None = None, lane: str | None = None, state: str | None = None,
         code: str | None = None, verdict: str | None = None,
-        sim_min: float | None = None, sim_max: float | None = None,
+        sim_min: str | None = None, sim_max: str | None = None,
         since: str | None = None, until: str | None = None, key_prefix: str | None = None,
     ) -> queries.Filters:
+        # Strings, not int/float: the review form sends empty fields, which mean "any".
         try:
-            return make_filters(batch=batch, lane=lane, state=state, code=code or None,
-                                verdict=verdict, sim_min=sim_min, sim_max=sim_max, since=since,
-                                until=until, key_prefix=key_prefix)
+            return make_filters(
+                batch=_number(int, "batch", batch), lane=lane or None, state=state or None,
+                code=code or None, verdict=verdict or None,
+                sim_min=_number(float, "sim_min", sim_min),
+                sim_max=_number(float, "sim_max", sim_max), since=since, until=until,
+                key_prefix=key_prefix or None)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -99,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         return shown(job_id)
 
     @app.get("/api/stats", dependencies=auth)
-    def api_stats(batch: int | None = None, since: str | None = None,
+    def api_stats(batch: str | None = None, since: str | None = None,
                   until: str | None = None) -> dict[str, Any]:
         return queries.stats(url, filters(batch=batch, since=since, until=until))
 
@@ -157,6 +161,15 @@ def create_app(settings: Settings) -> FastAPI:
         return pages.job(shown(job_id))
 
     return app
+
+
+def _number(kind: type, name: str, value: str | None) -> Any:
+    if value is None or not value.strip():
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {value!r}") from None
 
 
 def _export_chunks(rows: Iterator[queries.ResultRow], fmt: str) -> Iterator[str]:

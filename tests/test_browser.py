@@ -1,0 +1,136 @@
+"""The review page in real headless Chromium, served by uvicorn on 127.0.0.1: log in, filter,
+open one job, and see the ID photo (from COS) and the best frame (from the database) load."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from test_queries import seed
+
+from faceid_batch.admin import create_app
+from faceid_batch.db import session_scope
+from faceid_batch.models import BestFrame, Job
+from faceid_batch.settings import load_settings
+from faceid_batch.storage import MediaStager
+from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+TOKEN = "browser-test-token-0123456789"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real, decodable PNG (the sample media are not images a browser can draw)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path, simulator):
+    """The admin app on a real uvicorn server (SQLite), with one job's two images in place."""
+    import uvicorn
+
+    url = f"sqlite:///{tmp_path}/faceid.db"
+    from faceid_batch import migrate
+
+    migrate.upgrade(url)
+    settings = load_settings(
+        database_url=url, admin_token=TOKEN, faceid_secret_id=FAKE_SECRET_ID,
+        faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET, cos_domain=simulator.cos_domain,
+        cos_scheme="http")
+    ids = seed(url)
+    photo = tmp_path / "id.png"
+    photo.write_bytes(png(40, 50, (200, 120, 40)))
+    key = MediaStager(settings).stage("photo", str(photo)).key
+    job = ids["bob-1"]
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job).values(photo_key=key))
+        s.execute(update(BestFrame).where(BestFrame.job_id == job)
+                  .values(content=png(32, 24, (30, 90, 200))))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", job
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_review_page_shows_both_images(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, job = served
+    browser.get(f"{base}/review")  # no cookie yet: sent to the login form
+    assert browser.current_url.endswith("/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/review"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.job")) == 9
+
+    browser.find_element(By.ID, "f-key_prefix").send_keys("bob-")
+    browser.find_element(By.ID, "apply").click()
+    WebDriverWait(browser, 10).until(lambda d: "key_prefix=bob-" in d.current_url)
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.job")
+    assert len(rows) == 2
+    browser.find_element(By.LINK_TEXT, str(job)).click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith(f"/review/jobs/{job}"))
+    assert "40.00" in browser.find_element(By.ID, "sim").text
+    assert "fail" in browser.find_element(By.ID, "verdict").text
+
+    def loaded(img_id: str) -> int:
+        return browser.execute_script(
+            "const i = document.getElementById(arguments[0]);"
+            "return i.complete ? i.naturalWidth : -1;", img_id)
+
+    WebDriverWait(browser, 10).until(lambda d: loaded("id-photo") >= 0
+                                     and loaded("best-frame") >= 0)
+    assert loaded("id-photo") == 40
+    assert loaded("best-frame") == 32
+    src = browser.find_element(By.ID, "id-photo").get_attribute("src")
+    assert "/media/" in src and "sig=" in src and BUCKET not in src

@@ -206,3 +206,26 @@ def test_log_lines_are_redacted_and_tagged():
     assert "cos.example/faceid-batch/media/abc.mp4" in lines[0]["message"]
     assert all(e["job_id"] == 7 and e["request_id"] == "req-1" for e in lines)
     assert "ConnectionError" in lines[1]["exc_info"]
+
+
+def test_text_log_format_names_the_job():
+    import io
+    import logging
+
+    from faceid_batch import logs
+
+    stream = io.StringIO()
+    logger = logging.getLogger("faceid_batch.test_text")
+    logger.handlers[:] = [logging.StreamHandler(stream)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logs.configure(logger, "text")
+    logs.bind(job_id=9, request_id="req-9")
+    try:
+        logger.info("job 9: Success")
+    finally:
+        logs.clear()
+    logger.info("no job here")
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("job 9: Success [job_id=9 request_id=req-9]")
+    assert second.endswith("no job here")

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Operations (issue 7): worker log lines, the Prometheus endpoint, the retention purge.
     log_format: Literal["json", "text"] = "json"
     metrics_port: int = Field(9808, ge=0, le=65535)  # 0: no metrics endpoint
-    metrics_addr: str = "0.0.0.0"
+    metrics_addr: str = "127.0.0.1"  # compose sets 0.0.0.0 inside its network
     purge_after_days: float | None = Field(None, gt=0)  # unset: no scheduled purge
     purge_interval_seconds: float = Field(3600.0, gt=0)
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -97,12 +98,18 @@ class Batch(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # The admin filters (queries.py, revision 0005): a filter column then the id, so a
+    # filtered page in id order (the default listing) reads only its own rows.
+    __table_args__ = (
+        Index("ix_jobs_batch_id_id", "batch_id", "id"),
+        Index("ix_jobs_lane_id", "lane", "id"),
+        Index("ix_jobs_result_code_id", "result_code", "id"),
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
-    # Indexes on lane, result_code, created_at, finished_at (and results.sim) serve the
-    # admin filters (queries.py; revision 0005).
-    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value, index=True)
+    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
     liveness_type: Mapped[str] = mapped_column(String(8))
     validate_data: Mapped[str | None] = mapped_column(String(32))
@@ -114,12 +121,12 @@ class Job(Base):
     photo_key: Mapped[str | None] = mapped_column(String(512))
     video_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    result_code: Mapped[str | None] = mapped_column(String(80), index=True)
+    result_code: Mapped[str | None] = mapped_column(String(80))
     passed: Mapped[bool | None] = mapped_column(Boolean)
     error_message: Mapped[str | None] = mapped_column(Text)
     callback_url: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -169,6 +176,7 @@ class Result(Base):
     """FaceID's final answer for a job (one per job)."""
 
     __tablename__ = "results"
+    __table_args__ = (Index("ix_results_sim_job_id", "sim", "job_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(
@@ -176,7 +184,7 @@ class Result(Base):
     )
     result: Mapped[str] = mapped_column(String(80))
     description: Mapped[str | None] = mapped_column(Text)
-    sim: Mapped[float | None] = mapped_column(Float, index=True)
+    sim: Mapped[float | None] = mapped_column(Float)
     request_id: Mapped[str | None] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)
     threshold: Mapped[float] = mapped_column(Float)

@@ -34,6 +34,8 @@ SORTS: dict[str, Any] = {
     "sim": Result.sim,
 }
 
+NULLABLE_SORTS = {"finished", "code", "sim"}
+
 
 class QueryError(ValueError):
     """A filter, sort or page the query layer refuses; the message says which."""
@@ -98,7 +100,11 @@ class Page:
                              f"(optionally with a leading -), got {self.sort!r}")
         desc = self.sort.startswith("-")
         col = SORTS[name]
-        primary = col.desc().nulls_last() if desc else col.asc().nulls_last()
+        primary = col.desc() if desc else col.asc()
+        if name in NULLABLE_SORTS:
+            # The same order on both backends (PostgreSQL and SQLite differ by default).
+            # Only here: on a NOT NULL column the clause would keep an index from serving it.
+            primary = primary.nulls_last()
         tie = Job.id.desc() if desc else Job.id.asc()
         return [primary, tie] if name != "id" else [tie]
 

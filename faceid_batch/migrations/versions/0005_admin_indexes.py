@@ -1,4 +1,7 @@
-"""indexes for the admin filters: jobs lane, result_code, created_at, finished_at; results sim
+"""indexes for the admin filters (queries.py)
+
+A filter column followed by the id, so that a filtered page in id order (the default listing)
+reads only the rows it shows; created_at and finished_at for date ranges and throughput.
 
 Revision ID: 0005
 Revises: 0004
@@ -14,20 +17,28 @@ branch_labels = None
 depends_on = None
 
 INDEXES = {
-    "jobs": ("lane", "result_code", "created_at", "finished_at"),
-    "results": ("sim",),
+    "jobs": {
+        "ix_jobs_batch_id_id": ["batch_id", "id"],
+        "ix_jobs_lane_id": ["lane", "id"],
+        "ix_jobs_result_code_id": ["result_code", "id"],
+        "ix_jobs_created_at_id": ["created_at", "id"],
+        "ix_jobs_finished_at": ["finished_at"],
+    },
+    "results": {
+        "ix_results_sim_job_id": ["sim", "job_id"],
+    },
 }
 
 
 def upgrade() -> None:
-    for table, columns in INDEXES.items():
+    for table, indexes in INDEXES.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
-            for column in columns:
-                batch_op.create_index(batch_op.f(f"ix_{table}_{column}"), [column], unique=False)
+            for name, columns in indexes.items():
+                batch_op.create_index(name, columns, unique=False)
 
 
 def downgrade() -> None:
-    for table, columns in INDEXES.items():
+    for table, indexes in INDEXES.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
-            for column in columns:
-                batch_op.drop_index(batch_op.f(f"ix_{table}_{column}"))
+            for name in indexes:
+                batch_op.drop_index(name)

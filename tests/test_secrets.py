@@ -229,3 +229,24 @@ def test_text_log_format_names_the_job():
     first, second = stream.getvalue().splitlines()
     assert first.endswith("job 9: Success [job_id=9 request_id=req-9]")
     assert second.endswith("no job here")
+
+
+def test_temporary_credentials_reach_both_clients(monkeypatch):
+    """FACEID_TOKEN signs API calls (X-TC-Token); COS_TOKEN goes to the COS client."""
+    from faceid_batch.worker import Resources
+
+    for k, v in {"FACEID_SECRET_ID": SECRET_ID, "FACEID_SECRET_KEY": SECRET_KEY,
+                 "FACEID_TOKEN": FACEID_TOKEN, "COS_TOKEN": COS_TOKEN, "COS_BUCKET": BUCKET,
+                 "COS_DOMAIN": "127.0.0.1:9", "COS_SCHEME": "http"}.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    try:
+        res = Resources(get_settings())
+        assert res.faceid._token == FACEID_TOKEN
+        assert res.stager.client._conf._token == COS_TOKEN
+        monkeypatch.delenv("COS_TOKEN")
+        get_settings.cache_clear()
+        # Without a COS token of its own, COS uses the API's temporary credentials.
+        assert Resources(get_settings()).stager.client._conf._token == FACEID_TOKEN
+    finally:
+        get_settings.cache_clear()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, case, func, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from faceid_batch.db import get_engine, session_scope
@@ -166,6 +166,10 @@ def list_results(url: str, filters: Filters = Filters(), page: Page = Page()) ->
     query = (_rows_query(filters).order_by(*page.order_by())
              .offset((page.page - 1) * page.limit).limit(page.limit + 1))
     with session_scope(url) as session:
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            # A page reads a few hundred index entries; starting parallel workers for it
+            # costs more (~30 ms measured) than it could save.
+            session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
         rows = [ResultRow(*r) for r in session.execute(query)]
     return Listing(rows[:page.limit], page.page, page.limit, len(rows) > page.limit, page.sort,
                    {k: v for k, v in asdict(filters).items() if v is not None})

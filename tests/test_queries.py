@@ -165,3 +165,34 @@ def test_stats(seeded):
     assert st["per_minute"] == {"2026-01-01T10:00": 1, "2026-01-01T10:01": 2}
     ranged = queries.stats(url, Filters(created_from=T0 + timedelta(days=1)))
     assert ranged["jobs"] == 2 and ranged["pass_rate"] == 1.0
+
+
+def test_cli_commands(seeded, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from faceid_batch.cli import app
+    from faceid_batch.settings import get_settings
+
+    url, ids = seeded
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        run = CliRunner().invoke
+        out = run(app, ["results", "--verdict", "fail", "--sort", "-sim"])
+        assert out.exit_code == 0, out.output
+        lines = out.output.splitlines()
+        assert [line.split()[1] for line in lines[1:]] == ["bob-1", "alice-2"]
+        out = run(app, ["results", "--key-prefix", INJECTION, "--limit", "5"])
+        assert out.exit_code == 0 and INJECTION + "1" in out.output and "alice" not in out.output
+        assert run(app, ["results", "--sort", "sim; DROP TABLE jobs"]).exit_code == 2
+        out = run(app, ["show", str(ids["bob-1"])])
+        assert out.exit_code == 0 and f"RequestId=req-{ids['bob-1']}-3" in out.output
+        target = tmp_path / "out.csv"
+        out = run(app, ["export", "--format", "csv", "--output", str(target), "--lane",
+                        "onboarding"])
+        assert out.exit_code == 0, out.output
+        assert "'=HYPERLINK" in target.read_text() and "alice" not in target.read_text()
+        out = run(app, ["stats", "--since", "2026-01-02", "--json"])
+        assert out.exit_code == 0 and json.loads(out.output)["jobs"] == 2
+    finally:
+        get_settings.cache_clear()

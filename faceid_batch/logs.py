@@ -73,9 +73,11 @@ class ContextFilter(logging.Filter):
         self.secrets = tuple(s for s in secrets if len(s) >= 8)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact(message, self.secrets)
-        if clean != message:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler's handleError
+            message = None
+        if message is not None and (clean := redact(message, self.secrets)) != message:
             record.msg, record.args = clean, None
         # Tracebacks too: a transport error's text can hold the URL it failed on.
         if record.exc_info and not record.exc_text:

@@ -79,6 +79,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
 celery_app = make_celery()
 app = celery_app  # `celery -A faceid_batch.worker` finds `app`
 
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _setup_logging(logger: logging.Logger, **_: object) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Select, case, func, select, text
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from faceid_batch.db import get_engine, session_scope
@@ -254,34 +255,37 @@ def stats(url: str, filters: Filters = Filters()) -> dict[str, Any]:
         base = base.outerjoin(Result, Result.job_id == Job.id)
     dialect = get_engine(url).dialect.name
     with session_scope(url) as session:
-        total, passed, failed, finished = session.execute(base.add_columns(
-            func.count(),
-            func.count(case((Job.passed.is_(True), 1))),
-            func.count(case((Job.passed.is_(False), 1))),
-            func.count(Job.finished_at),
-        ).where(*where)).one()
-        by_state = dict(session.execute(
-            base.add_columns(Job.state, func.count()).where(*where).group_by(Job.state)).all())
-        codes = session.execute(
-            base.add_columns(Job.result_code, func.count()).where(*where)
-            .group_by(Job.result_code).order_by(func.count().desc())).all()
-        attempts = session.execute(
-            base.add_columns(Job.attempts, func.count()).where(*where)
-            .group_by(Job.attempts).order_by(Job.attempts)).all()
+        # One pass over the jobs grouped by everything counted; the groups are few.
+        groups = session.execute(
+            base.add_columns(Job.state, Job.result_code, Job.attempts, Job.passed,
+                             func.count(), func.count(Job.finished_at))
+            .where(*where).group_by(Job.state, Job.result_code, Job.attempts, Job.passed)).all()
         minute = _minute(Job.finished_at, dialect).label("minute")
         per_minute = session.execute(
             base.add_columns(minute, func.count()).where(*where, Job.finished_at.is_not(None))
             .group_by(minute).order_by(minute)).all()
+    total = passed = failed = finished = 0
+    by_state: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    attempts: Counter[int] = Counter()
+    for state, code, tries, verdict, n, n_finished in groups:
+        total += n
+        finished += n_finished
+        passed += n if verdict is True else 0
+        failed += n if verdict is False else 0
+        by_state[state] += n
+        codes[code or "-"] += n
+        attempts[int(tries)] += n
     verdicts = passed + failed
     return {
         "jobs": total,
         "finished": finished,
-        "by_state": by_state,
+        "by_state": dict(by_state.most_common()),
         "passed": passed,
         "failed": failed,
         "pass_rate": round(passed / verdicts, 4) if verdicts else None,
-        "codes": {(code or "-"): n for code, n in codes},
-        "attempts": {int(a): n for a, n in attempts},
+        "codes": dict(codes.most_common()),
+        "attempts": dict(sorted(attempts.items())),
         "per_minute": {m: n for m, n in per_minute},
         "filters": {k: v for k, v in asdict(filters).items() if v is not None},
     }

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, BestFrameInfo
+from faceid_batch.logs import redact
 from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcnow
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
         code=answer.code,
         kind=answer.rule.kind.value,
         channel=answer.channel,
-        message=answer.message or None,
+        # Stored as received but without URL signatures or tokens, should an answer echo one.
+        message=redact(answer.message) or None,
         counted=counted,
     )
     session.add(attempt)

@@ -80,6 +80,8 @@ def app_env(redis_server, simulator, tmp_path):
         "COS_SCHEME": "http",
         "RETRY_BASE_DELAY": "0.2",
         "RETRY_MAX_DELAY": "1",
+        # No metrics endpoint unless a test asks for one: test workers would fight over a port.
+        "METRICS_PORT": "0",
     }
 
 

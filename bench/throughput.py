@@ -21,19 +21,11 @@ from pathlib import Path
 
 import requests
 
+from faceid_batch.ratelimit import max_starts_in_window
+
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_ID = "AKIDbenchFAKEkeyNOTrealXXXXXXXXXXX"
 SECRET_KEY = "benchFAKEsecretKEYnotREAL0000000"
-
-
-def max_in_window(starts: list[float], window: float = 1.0) -> int:
-    starts = sorted(starts)
-    best, lo = 0, 0
-    for hi, t in enumerate(starts):
-        while starts[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def pct(values: list[float], q: float) -> float:
@@ -199,12 +191,12 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
         "throughput jobs/s (steady, p5-p95)": round(steady, 2),
         "ratio of limit (steady)": round(steady / args.limit, 3),
         "API calls": len(calls),
-        "max call starts in any 1 s": max_in_window(starts),
+        "max call starts in any 1 s": max_starts_in_window(starts),
         "RequestLimitExceeded": sum(1 for c in calls if c["code"] == "RequestLimitExceeded"),
         "onboarding e2e p50 s": round(pct(on_e2e, 50), 2),
         "onboarding e2e p95 s": round(pct(on_e2e, 95), 2),
         "onboarding overhead over its API call p95 s": round(pct(on_over, 95), 2),
-        "max starts in any 1 s (client send time)": max_in_window(sent),
+        "max starts in any 1 s (client send time)": max_starts_in_window(sent),
         "API latency p50/p95 s": "{:.2f}/{:.2f}".format(
             pct([c["t_end"] - c["t_start"] for c in calls], 50),
             pct([c["t_end"] - c["t_start"] for c in calls], 95)),

@@ -190,3 +190,14 @@ class GlobalRateLimiter:
         self.sleep_until(slot.deadline)
         self.mark_started(slot)
         return time.monotonic() - started
+
+
+def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:
+    """The largest number of ``starts`` (seconds) in any half-open window [t, t + window)."""
+    starts = sorted(starts)
+    best, lo = 0, 0
+    for hi, t in enumerate(starts):
+        while starts[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 
@@ -35,28 +35,36 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
     now = utcnow()
     overdue = now - timedelta(seconds=s.broker_visibility_timeout + 60)
     stuck = now - timedelta(seconds=s.stuck_after_seconds)
-    counts = {"parked": 0, "unsent": 0, "overdue": 0, "stuck": 0}
+    counts = {"parked": 0, "unsent": 0, "overdue": 0, "stuck": 0, "before_redis_start": 0}
     # One sweeper at a time across all workers.
     lock_ttl = max(5, int(s.sweep_interval_seconds))
     if not res.redis.set("faceid:sweep:lock", "1", nx=True, ex=lock_ttl):
         return counts
+    # Messages live in Redis. One sent before this Redis server started may have been lost
+    # with the old one (no AOF, or the last second before a crash with AOF): send it again.
+    uptime = int(res.redis.info("server").get("uptime_in_seconds", 0))
+    redis_started = now - timedelta(seconds=uptime)
     with session_scope(s.database_url) as session:
         _settle_taken_answers(res, session)
         parked = set(answers.parked_jobs(res.redis))
         rows = session.execute(
-            select(Job.id, Job.lane, Job.state, Job.enqueued_at).where(or_(
+            select(Job.id, Job.lane, Job.state, Job.enqueued_at, Job.next_attempt_at).where(or_(
                 Job.id.in_(parked) if parked else False,
                 and_(Job.state == JobState.QUEUED.value, Job.enqueued_at.is_(None),
                      Job.created_at < now - UNSENT_GRACE),
                 and_(Job.state.in_([JobState.QUEUED.value, JobState.RETRYING.value]),
                      Job.next_attempt_at < overdue),
                 and_(Job.state == JobState.RUNNING.value, Job.updated_at < stuck),
+                and_(Job.state.in_([JobState.QUEUED.value, JobState.RETRYING.value]),
+                     Job.enqueued_at < redis_started),
             )).limit(limit)
         ).all()
-        for job_id, lane, state, enqueued_at in rows:
+        for job_id, lane, state, enqueued_at, next_attempt_at in rows:
             reason = ("parked" if job_id in parked else
                       "stuck" if state == JobState.RUNNING.value else
-                      "unsent" if enqueued_at is None else "overdue")
+                      "unsent" if enqueued_at is None else
+                      "overdue" if next_attempt_at is not None
+                      and _as_utc(next_attempt_at) < overdue else "before_redis_start")
             verify.apply_async(args=[job_id], queue=lane)
             session.execute(update(Job).where(Job.id == job_id).values(
                 enqueued_at=now, next_attempt_at=None, updated_at=now))
@@ -64,6 +72,11 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
     if any(counts.values()):
         log.warning("recovery sweep re-sent jobs: %s", counts)
     return counts
+
+
+def _as_utc(when: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored as UTC).
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _settle_taken_answers(res, session) -> None:  # type: ignore[no-untyped-def]

@@ -265,6 +265,7 @@ def _requeue(task: Task, res: Resources, job_id: int, delay: float) -> str:
         job = session.get(Job, job_id)
         job.state = JobState.QUEUED.value
         job.next_attempt_at = utcnow() + timedelta(seconds=delay)
+        job.enqueued_at = utcnow()  # the retry is a new message (see recovery)
     raise task.retry(countdown=delay)
 
 
@@ -301,6 +302,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
                 delay = backoff(job.attempts, s.retry_base_delay, max_countdown(res))
             job.state = JobState.RETRYING.value if kind == Kind.TRANSIENT else JobState.QUEUED.value
             job.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            job.enqueued_at = utcnow()  # the retry is a new message (see recovery)
             state = job.state
 
     if state == JobState.COMPLETED.value and answer.best_frame is not None:

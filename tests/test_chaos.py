@@ -576,7 +576,8 @@ def test_sweep_resends_stranded_jobs(configured, sim_control, start_worker, tmp_
     time.sleep(1.1)
     res = Resources(settings.model_copy(update={"stuck_after_seconds": 1,
                                                 "broker_visibility_timeout": 8}))
-    assert sweep_stuck_jobs(res) == {"parked": 2, "unsent": 1, "overdue": 1, "stuck": 1}
+    assert sweep_stuck_jobs(res) == {"parked": 2, "unsent": 1, "overdue": 1, "stuck": 1,
+                                     "before_redis_start": 0}
     assert answers.taken(client) == {}
 
     start_worker("w1", CONCURRENCY, **FAST)
@@ -605,3 +606,22 @@ def test_sweep_runs_on_beat(configured, sim_control, start_worker, tmp_path):
     wait_final(settings.database_url, [job_id], 30)
     assert [c["video_md5"] for c in sim_calls(sim_control)] == [md5]
     assert "recovery sweep re-sent jobs: {'parked': 0, 'unsent': 1" in worker_log(tmp_path)
+
+
+def test_sweep_resends_jobs_sent_before_redis_started(configured, tmp_path):
+    """A message sent to a Redis that has since restarted may be gone: send it again, once."""
+    settings = configured
+    uptime = redis.Redis.from_url(settings.redis_url).info("server")["uptime_in_seconds"]
+    before = datetime.now(UTC) - timedelta(seconds=uptime + 60)
+    lost, _ = insert_stranded(settings, tmp_path / "media", 0, enqueued_at=before,
+                              created_at=before)
+    recent, _ = insert_stranded(settings, tmp_path / "media", 1,
+                                enqueued_at=datetime.now(UTC))
+    res = Resources(settings.model_copy(update={"sweep_interval_seconds": 1}))
+    counts = sweep_stuck_jobs(res)
+    assert counts["before_redis_start"] == 1 and sum(counts.values()) == 1
+    time.sleep(1.1)  # the sweep lock
+    # Re-sent now, so the next sweep leaves it alone.
+    assert sum(sweep_stuck_jobs(res).values()) == 0
+    with session_scope(settings.database_url) as s:
+        assert s.get(Job, lost).enqueued_at is not None and recent

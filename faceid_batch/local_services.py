@@ -63,6 +63,12 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     raise ServiceError(f"{what} did not become ready within {timeout:.0f}s")
 
 
+def _kill(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
 def _stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -70,8 +76,7 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+        _kill(proc)
 
 
 @dataclass
@@ -106,9 +111,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL: what the server had not yet written to its AOF is lost."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        _kill(self.proc)
 
     def restart(self, hard: bool = False, down_for: float = 0.0) -> RedisServer:
         """Stop (SIGTERM, or SIGKILL when ``hard``) and start again on the same port and dir.
@@ -197,6 +200,4 @@ class Worker:
         _stop(self.proc, timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        _kill(self.proc)

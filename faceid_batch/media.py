@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,28 +96,10 @@ def check_name_matches(kind: str, path: str, fmt: str) -> None:
         )
 
 
-def inspect_local(
-    kind: str, path: str | os.PathLike[str], label: str | None = None
-) -> MediaInfo:
-    """Check a local file (format, name, size) and compute its MD5 in one streaming pass."""
-    p = Path(path)
-    label = label or str(path)
-    if not p.is_file():
-        raise MediaError(f"{kind} {label}: file not found")
-    size = p.stat().st_size
-    with p.open("rb") as fh:
-        head = fh.read(16)
-        fmt = check_format_and_size(kind, label, head, size)
-        check_name_matches(kind, label, fmt)
-        digest = hashlib.md5(head)
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return MediaInfo(kind, fmt, size, digest.hexdigest())
-
-
 def peek_local(kind: str, path: str | os.PathLike[str], md5: str,
                label: str | None = None) -> MediaInfo:
-    """Like ``inspect_local`` for a file whose MD5 is already known: reads only its head."""
+    """Check a local file (exists, format, name, size) reading only its head; ``md5`` is
+    the file's MD5 when already known (see ``inspect_local``)."""
     p = Path(path)
     label = label or str(path)
     if not p.is_file():
@@ -131,11 +112,18 @@ def peek_local(kind: str, path: str | os.PathLike[str], md5: str,
     return MediaInfo(kind, fmt, size, md5)
 
 
-def md5_stream(chunks: Iterable[bytes]) -> tuple[str, int]:
-    """MD5 and total size of a stream of chunks, without holding it whole."""
+def inspect_local(
+    kind: str, path: str | os.PathLike[str], label: str | None = None
+) -> MediaInfo:
+    """Check a local file (format, name, size), then compute its MD5 streaming."""
+    info = peek_local(kind, path, "", label)
+    return MediaInfo(kind, info.fmt, info.size, file_md5(path))
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    """MD5 of a file, read in chunks (never whole in memory)."""
     digest = hashlib.md5()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

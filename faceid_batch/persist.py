@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
     """Add one attempt row; throttled answers do not use up one of the job's attempts."""
-    counted = answer.rule.kind != Kind.THROTTLED and answer.rule.kind != Kind.ACCOUNT
+    counted = answer.rule.kind not in (Kind.THROTTLED, Kind.ACCOUNT)
     if counted:
         job.attempts += 1
     attempt = Attempt(

@@ -26,6 +26,7 @@ from faceid_batch.media import (
     CHUNK,
     MediaError,
     MediaInfo,
+    file_md5,
     inspect_local,
     max_raw_size,
     peek_local,
@@ -182,7 +183,7 @@ class MediaStager:
             resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=reader)
         etag = str(resp.get("ETag", "")).strip('"').lower()
         if hash_locally or not _MD5_HEX.match(etag):
-            return reader.hexdigest() if hash_locally else _md5_file(path)
+            return reader.hexdigest() if hash_locally else file_md5(path)
         return etag
 
     def presign(self, key: str) -> str:
@@ -229,14 +230,6 @@ class _HashingReader:
 
 
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _md5_file(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def display_source(source: str) -> str:

@@ -56,10 +56,13 @@ class JobState(StrEnum):
     # Its batch is paused: no message is in the broker; ``batch resume`` sends it again.
     # Not swept by recovery (that would undo the pause).
     PAUSED = "paused"
+    # Preflight (preflight.py) predicted a refusal the API would charge for: no call was
+    # made; result_code holds the predicted code and ``jobs.preflight`` the findings.
+    REFUSED = "refused"
 
     @classmethod
     def final(cls) -> tuple[JobState, ...]:
-        return (cls.COMPLETED, cls.FAILED)
+        return (cls.COMPLETED, cls.FAILED, cls.REFUSED)
 
 
 class Lane(StrEnum):
@@ -141,6 +144,9 @@ class Job(Base):
     batch_row: Mapped[int | None] = mapped_column(Integer)
     # Set by the retention purge (purge.py): media objects and best frame deleted, verdict kept.
     media_purged_at: Mapped[datetime | None]
+    # Preflight findings (revision 0006): a list of {"rule", "code", "action", "detail"};
+    # action "refuse" made the job REFUSED, "warn" only recorded it. NULL: no finding.
+    preflight: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     batch: Mapped[Batch | None] = relationship(lazy="raise")
     attempt_rows: Mapped[list[Attempt]] = relationship(
@@ -168,6 +174,9 @@ class Attempt(Base):
     message: Mapped[str | None] = mapped_column(Text)
     # False for a RequestLimitExceeded answer: it is retried without using up an attempt.
     counted: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Whether Tencent bills this call (billing.py maps the answer's code; revision 0006).
+    # NULL on rows written before 0006: ``faceid-batch cost`` maps their code then.
+    billable: Mapped[bool | None] = mapped_column(Boolean)
 
     job: Mapped[Job] = relationship(back_populates="attempt_rows", lazy="raise")
 
@@ -225,3 +234,58 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(lazy="raise")
+
+
+class DedupeHit(Base):
+    """Submissions answered from an existing job instead of a new call (cost accounting).
+
+    One row per duplicate ``submit`` and one row per manifest run (``count`` = its known
+    rows), so a re-run of a 1M-row manifest writes one row, not a million.
+    """
+
+    __tablename__ = "dedupe_hits"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    source: Mapped[str] = mapped_column(String(16))  # "submit" | "api" | "backfill"
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    batch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), index=True
+    )
+    # The existing job a single duplicate resolved to (NULL for a manifest run's total).
+    job_id: Mapped[int | None] = mapped_column(BigId)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class AdminToken(Base):
+    """A named bearer token of the admin service; only its SHA-256 is stored."""
+
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class AccessAudit(Base):
+    """One row per read of a job's media or best frame, by any surface. Append-only: the
+    application never updates or deletes a row, and triggers (revision 0006) refuse it.
+
+    No foreign key: an audit row outlives anything it names.
+    """
+
+    __tablename__ = "access_audit"
+    __table_args__ = (Index("ix_access_audit_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)  # token name or cli:user@host
+    token_id: Mapped[int | None] = mapped_column(BigId)
+    surface: Mapped[str] = mapped_column(String(16))  # "web" | "api" | "cli"
+    what: Mapped[str] = mapped_column(String(32))  # "best_frame" | "id_photo" | "video" | ...
+    job_id: Mapped[int] = mapped_column(BigId)
+    remote: Mapped[str | None] = mapped_column(String(200))  # client address or host
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -50,6 +50,8 @@ class FaceIdHandler(SimHandler):
 
     sim: Simulator
     server_version = "faceid-sim"
+    # The rate-limit window counts kernel arrival times (see SimHandler.stamp_arrivals).
+    stamp_arrivals = True
 
     def do_POST(self) -> None:
         self._dispatch()
@@ -71,7 +73,7 @@ class FaceIdHandler(SimHandler):
         sim = self.sim
         record: dict[str, Any] = {
             "request_id": str(uuid.uuid4()),
-            "t_start": time.time(),
+            "t_start": self.arrival_wall or time.time(),
             "t_end": None,
             "secret_id": None,
             "action": self.headers.get("X-TC-Action"),
@@ -85,7 +87,7 @@ class FaceIdHandler(SimHandler):
             "scripted": False,
             "charged": False,
         }
-        arrival = time.monotonic()
+        arrival = self.arrival_monotonic()
         try:
             body = self.read_body(MAX_BODY)
             if body is None:

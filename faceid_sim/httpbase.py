@@ -11,7 +11,9 @@ import json
 import logging
 import re
 import socket
+import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -154,9 +156,52 @@ class SimHandler(BaseHTTPRequestHandler):
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_bytes(status, body, "application/json", headers)
 
+    # --- arrival time ---------------------------------------------------------------------
+    # A handler that sets this stamps each request with the kernel's receive time of its first
+    # bytes (SO_TIMESTAMPNS), like a gateway would, instead of when a Python thread got round
+    # to it: on a busy host a handler thread can wait tens of ms for the GIL, which would make
+    # the simulator's rate-limit window see requests later (and crowded) than they arrived.
+    stamp_arrivals = False
+    arrival_wall: float = 0.0  # time.time() scale
+
+    def setup(self) -> None:
+        super().setup()
+        if self.stamp_arrivals and hasattr(socket, "SO_TIMESTAMPNS"):
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_TIMESTAMPNS, 1)
+            except OSError:
+                pass
+
+    def _wait_for_request(self) -> bool:
+        """Block until the next request's first bytes are here; stamp them. False on EOF."""
+        self.arrival_wall = 0.0
+        try:
+            data, ancillary, _flags, _addr = self.connection.recvmsg(
+                1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+        except OSError:
+            return True  # let the normal read path meet (and handle) the same error
+        if not data:
+            return False
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SO_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                self.arrival_wall = sec + nsec / 1e9
+        if not self.arrival_wall:
+            self.arrival_wall = time.time()
+        return True
+
+    def arrival_monotonic(self) -> float:
+        """The request's arrival on the ``time.monotonic()`` clock."""
+        if not self.arrival_wall:
+            return time.monotonic()
+        return time.monotonic() - max(0.0, time.time() - self.arrival_wall)
+
     def handle_one_request(self) -> None:
         self._body_consumed = False
         try:
+            if self.stamp_arrivals and not self._wait_for_request():
+                self.close_connection = True
+                return
             super().handle_one_request()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             # The client went away (often on purpose: a timed-out download); nothing to answer.

@@ -251,3 +251,33 @@ def test_call_record_fields(sim, upload, call_api):
         "ACTION",
     )
     assert call["sim"] == resp["Sim"] and call["t_start"] <= call["t_end"]
+
+
+def test_arrival_is_stamped_when_the_first_bytes_arrive(sim, upload):
+    """The rate-limit window counts when a request reached the host (kernel receive time),
+    not when a handler thread got round to it: here the request line arrives, the rest of
+    the request 0.4 s later, and the call is stamped at the request line."""
+    import json
+    import socket
+
+    from .sim_helpers import tc3_headers
+
+    media = upload()
+    host = sim.api_url.split("//", 1)[1]
+    body = json.dumps(media.params).encode()
+    headers = tc3_headers(body, host)
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    address, port = host.rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=10) as conn:
+        sent_head = time.time()
+        conn.sendall(b"POST / HTTP/1.1\r\n")
+        time.sleep(0.4)
+        conn.sendall(head.split("\r\n", 1)[1].encode() + body)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert b"200 OK" in reply.split(b"\r\n", 1)[0]
+    (call,) = sim.sim.calls()
+    assert call["code"] == "Success"
+    assert abs(call["t_start"] - sent_head) < 0.1, call["t_start"] - sent_head

@@ -181,6 +181,11 @@ from faceid_batch.admin_cli import register as _register_admin_commands  # noqa:
 
 _register_admin_commands(app)
 
+# Cost accounting (billing.py, cost.py) lives in cost_cli.py.
+from faceid_batch.cost_cli import register as _register_cost_command  # noqa: E402
+
+_register_cost_command(app)
+
 
 def _main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

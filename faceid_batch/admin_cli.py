@@ -1,7 +1,7 @@
 """Admin commands added to ``faceid-batch`` by ``register``: query, inspect, export, serve.
 
     faceid-batch results [filters] [--sort -sim] [--page 2 --limit 50]
-    faceid-batch show JOB [--json]
+    faceid-batch show JOB [--json] [--save-images DIR]
     faceid-batch export --format csv|jsonl [--output FILE] [filters]
     faceid-batch stats [--batch ID | --since T --until T] [--json]
     faceid-batch admin [--host 127.0.0.1] [--port 8088]
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -129,13 +130,21 @@ def results(
 def show(
     job_id: int = typer.Argument(..., metavar="JOB"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    save_images: str = typer.Option(
+        None, "--save-images", metavar="DIR",
+        help="Also write the best frame (and the ID photo, when COS is configured) to DIR; "
+             "each image written is recorded in the access audit as cli:<user>@<host>"),
 ) -> None:
     """One job: every attempt with its RequestId and code, the result, the best frame."""
     from faceid_batch import queries
 
-    shown = queries.show(_settings().database_url, job_id)
+    settings = _settings()
+    shown = queries.show(settings.database_url, job_id)
     if shown is None:
         _fail(f"no job {job_id}", 1)
+    if save_images:
+        for line in _save_images(settings, job_id, save_images):
+            typer.echo(line, err=True)
     if as_json:
         typer.echo(json.dumps(shown, default=str, indent=2))
         return
@@ -153,6 +162,60 @@ def show(
                    f"threshold={result['threshold']} RequestId={result['request_id']}")
     if frame:
         typer.echo(f"best frame: {frame['location']} size={frame['size']} md5={frame['md5']}")
+
+
+def _save_images(settings: Settings, job_id: int, directory: str) -> list[str]:
+    """Write the job's face images to ``directory`` (mode 0600); return one note per image.
+
+    The audit row is written after the image is read and before the file is: when the audit
+    cannot be written, no file is.
+    """
+    from faceid_batch import audit, queries
+    from faceid_batch.admin.images import sniff
+
+    actor, host = audit.cli_actor()
+    os.makedirs(directory, exist_ok=True)
+    notes = []
+
+    def keep(what: str, content: bytes) -> None:
+        ext = {"image/png": ".png", "image/jpeg": ".jpg"}.get(sniff(content[:16]), ".bin")
+        path = os.path.join(directory, f"job-{job_id}-{what}{ext}")
+        audit.record(settings.database_url, actor=actor, surface="cli", what=what,
+                     job_id=job_id, remote=host, detail=os.path.abspath(path))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        notes.append(f"{what}: written to {path}")
+
+    frame = queries.best_frame_bytes(settings.database_url, job_id)
+    if frame:
+        keep("best_frame", frame)
+    else:
+        notes.append("best_frame: none stored for this job")
+    key = queries.photo_key(settings.database_url, job_id)
+    if not key or not settings.cos_bucket:
+        notes.append("id_photo: not saved (" + ("no ID photo staged" if not key
+                                                 else "COS_BUCKET is not set") + ")")
+        return notes
+    photo = _fetch_id_photo(settings, key)
+    if photo is None:
+        notes.append("id_photo: not saved (COS did not return it; purged?)")
+    else:
+        keep("id_photo", photo)
+    return notes
+
+
+def _fetch_id_photo(settings: Settings, key: str) -> bytes | None:
+    import requests
+
+    from faceid_batch.storage import MediaStager
+
+    try:
+        # A photo is at most 3 MB after Base64, so one read in memory is fine.
+        answer = requests.get(MediaStager(settings).presign(key), timeout=(5, 30))
+    except (SettingsError, requests.RequestException):
+        return None
+    return answer.content if answer.status_code == 200 and answer.content else None
 
 
 def export(
@@ -211,7 +274,7 @@ def admin(
     host: str = typer.Option("127.0.0.1", help="Address to listen on"),
     port: int = typer.Option(8088, help="Port to listen on"),
 ) -> None:
-    """Serve the admin API and review page (every route needs ADMIN_TOKEN as a bearer token)."""
+    """Serve the admin API and review page (every route needs an admin token)."""
     settings = _settings()
     from faceid_batch.admin import AdminConfigError, create_app
 

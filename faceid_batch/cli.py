@@ -181,10 +181,10 @@ from faceid_batch.admin_cli import register as _register_admin_commands  # noqa:
 
 _register_admin_commands(app)
 
-# Cost accounting (billing.py, cost.py) lives in cost_cli.py.
-from faceid_batch.cost_cli import register as _register_cost_command  # noqa: E402
+# Admin tokens and the access audit live in audit_cli.py.
+from faceid_batch.audit_cli import register as _register_audit_commands  # noqa: E402
 
-_register_cost_command(app)
+_register_audit_commands(app)
 
 
 def _main() -> None:

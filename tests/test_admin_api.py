@@ -12,12 +12,13 @@ from sqlalchemy import func, select, update
 from test_queries import FRAME, INJECTION, SEED, seed
 
 from faceid_batch.admin import AdminConfigError, create_app
-from faceid_batch.admin.auth import TokenCheck
+from faceid_batch.admin.auth import TokenCheck, link_key
 from faceid_batch.db import session_scope
 from faceid_batch.models import Job
 from faceid_batch.samples import png_bytes
 from faceid_batch.settings import load_settings
 from faceid_batch.storage import MediaStager
+from faceid_batch.tokens import Authenticator, Principal
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 with warnings.catch_warnings():
@@ -117,7 +118,14 @@ def test_job_images_through_signed_links(admin):
     other = ids["alice-1"]
     assert client.get(link.replace(f"/{ids['bob-1']}/", f"/{other}/"),
                       headers=AUTH).status_code == 403
-    old = TokenCheck(TOKEN).image_link(ids["bob-1"], "best_frame", 60, now=time.time() - 120)
+    url = client.app.state.database_url
+    key, source = link_key(load_settings(database_url=url, admin_token=TOKEN))
+    assert source == "ADMIN_TOKEN"
+    signer = TokenCheck(Authenticator(url, TOKEN), key)
+    me = Principal(0, "ADMIN_TOKEN")
+    fresh = signer.image_link(ids["bob-1"], "best_frame", 60, me, "api")
+    assert client.get(fresh, headers=AUTH).status_code == 200
+    old = signer.image_link(ids["bob-1"], "best_frame", 60, me, "api", now=time.time() - 120)
     assert client.get(old, headers=AUTH).status_code == 403
 
 

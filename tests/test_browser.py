@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 from test_queries import seed
 
+from faceid_batch import audit
 from faceid_batch.admin import create_app
 from faceid_batch.db import session_scope
 from faceid_batch.models import BestFrame, Job
@@ -79,7 +80,7 @@ def served(tmp_path, simulator):
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", job
+    yield f"http://127.0.0.1:{port}", job, url
     server.should_exit = True
     thread.join(10)
 
@@ -105,7 +106,7 @@ def test_review_page_shows_both_images(served, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    base, job = served
+    base, job, url = served
     browser.get(f"{base}/review")  # no cookie yet: sent to the login form
     assert browser.current_url.endswith("/login")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
@@ -134,3 +135,8 @@ def test_review_page_shows_both_images(served, browser):
     assert loaded("best-frame") == 32
     src = browser.find_element(By.ID, "id-photo").get_attribute("src")
     assert "/media/" in src and "sig=" in src and BUCKET not in src
+    # Each image the browser was shown is one audit row: who, which job, from where.
+    seen = [(r.actor, r.surface, r.what, r.job_id, r.remote)
+            for r in audit.entries(url, audit.Query(job_id=job))]
+    assert sorted(seen) == [("ADMIN_TOKEN", "web", "best_frame", job, "127.0.0.1"),
+                            ("ADMIN_TOKEN", "web", "id_photo", job, "127.0.0.1")]

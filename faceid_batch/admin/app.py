@@ -1,8 +1,10 @@
 """The admin app factory: JSON routes mirroring queries.py, the review pages, signed images.
 
-Every route except the login form needs ADMIN_TOKEN, as ``Authorization: Bearer`` or as the
-HttpOnly cookie the login form sets (a browser cannot put a header on a link or an image).
-Image routes need the token *and* a valid short-lived signature.
+Every route except the login form needs an admin token (a named one from ``faceid-batch token
+add``, or the bootstrap ADMIN_TOKEN), as ``Authorization: Bearer`` or as the HttpOnly cookie
+the login form sets (a browser cannot put a header on a link or an image). Image routes need
+the token *and* a valid short-lived signature issued to that same token; every image served
+is first written to the access audit (audit.py) under the token's name.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from urllib.parse import parse_qs
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from faceid_batch import queries
+from faceid_batch import audit, queries, tokens
 from faceid_batch.admin import pages
-from faceid_batch.admin.auth import COOKIE, KINDS, TokenCheck
+from faceid_batch.admin.auth import COOKIE, KINDS, TokenCheck, link_key
 from faceid_batch.admin.images import ImageSource
 from faceid_batch.admin_cli import make_filters
 from faceid_batch.settings import Settings
+from faceid_batch.tokens import Principal
 
 NO_STORE = {"Cache-Control": "no-store, private", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"}
@@ -33,14 +36,16 @@ class AdminConfigError(RuntimeError):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the admin app; raise AdminConfigError when ADMIN_TOKEN is unset."""
+    """Build the admin app; raise AdminConfigError when no token could ever be accepted."""
     token = settings.admin_token.get_secret_value().strip() if settings.admin_token else ""
-    if not token:
-        raise AdminConfigError(
-            "ADMIN_TOKEN is not set: the admin service shows face images and refuses to start "
-            "without a token (set ADMIN_TOKEN to a long random string)")
-    check = TokenCheck(token)
     url = settings.database_url
+    if not token and not tokens.any_active(url):
+        raise AdminConfigError(
+            "no admin token: the admin service shows face images and refuses to start without "
+            "one (add a named token with `faceid-batch token add NAME`, or set ADMIN_TOKEN to "
+            "a long random string)")
+    key, _ = link_key(settings)
+    check = TokenCheck(tokens.Authenticator(url, token or None), key)
     images = ImageSource(settings)
     app = FastAPI(title="faceid-batch admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.database_url = url
@@ -52,10 +57,12 @@ def create_app(settings: Settings) -> FastAPI:
             response.headers.setdefault(k, v)
         return response
 
-    def authorised(request: Request) -> None:
-        if not check.accepts(request.headers.get("authorization"), request.cookies.get(COOKIE)):
-            raise HTTPException(401, "missing or wrong admin token",
+    def authorised(request: Request) -> Principal:
+        who = check.who(request.headers.get("authorization"), request.cookies.get(COOKIE))
+        if who is None:
+            raise HTTPException(401, "missing, wrong or revoked admin token",
                                 headers={"WWW-Authenticate": "Bearer"})
+        return who
 
     def filters(
         batch: str | None = None, lane: str | None = None, state: str | None = None,
@@ -80,11 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
         except queries.QueryError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    def shown(job_id: int) -> dict[str, Any]:
+    def shown(job_id: int, who: Principal, via: str) -> dict[str, Any]:
         job = queries.show(url, job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
-        job["images"] = {kind: check.image_link(job_id, kind, settings.admin_link_seconds)
+        job["images"] = {kind: check.image_link(job_id, kind, settings.admin_link_seconds,
+                                                who, via)
                          for kind in KINDS}
         return job
 
@@ -98,9 +106,10 @@ def create_app(settings: Settings) -> FastAPI:
         return {"rows": [r.as_dict() for r in out.rows], "page": out.page, "limit": out.limit,
                 "has_more": out.has_more, "sort": out.sort, "filters": out.filters}
 
-    @app.get("/api/jobs/{job_id}", dependencies=auth)
-    def api_job(job_id: int) -> dict[str, Any]:
-        return shown(job_id)
+    # The JSON carries links, not bytes: the audit records the fetch of an image, not this.
+    @app.get("/api/jobs/{job_id}")
+    def api_job(job_id: int, who: Principal = Depends(authorised)) -> dict[str, Any]:
+        return shown(job_id, who, "api")
 
     @app.get("/api/stats", dependencies=auth)
     def api_stats(batch: str | None = None, since: str | None = None,
@@ -116,13 +125,25 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="results.{format}"'})
 
     # -- images ---------------------------------------------------------------------------
-    @app.get("/media/{job_id}/{kind}", dependencies=auth)
-    def media(job_id: int, kind: str, exp: int, sig: str) -> Response:
-        if not check.link_valid(job_id, kind, exp, sig):
+    @app.get("/media/{job_id}/{kind}")
+    def media(request: Request, job_id: int, kind: str, exp: int, by: int, via: str, sig: str,
+              who: Principal = Depends(authorised)) -> Response:
+        if not check.link_valid(job_id, kind, exp, by, via, sig):
             raise HTTPException(403, "image link expired or invalid")
+        # The link names the token it was issued to; only that token, still active (it just
+        # authenticated), may use it, so the audit row names who actually looked.
+        if by != who.token_id:
+            raise HTTPException(403, "image link was issued to another token")
+
+        def record() -> None:
+            audit.record(url, actor=who.name, token_id=who.token_id or None, surface=via,
+                         what=kind, job_id=job_id,
+                         remote=request.client.host if request.client else None,
+                         detail=(request.headers.get("user-agent") or "")[:200] or None)
+
         if kind == "best_frame":
-            return images.best_frame(url, job_id)
-        return images.id_photo(url, job_id)
+            return images.best_frame(url, job_id, record)
+        return images.id_photo(url, job_id, record)
 
     # -- review pages ---------------------------------------------------------------------
     @app.get("/login", response_class=HTMLResponse)
@@ -132,8 +153,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/login")
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        presented = (form.get("token") or [""])[0]
-        if not check.accepts(f"Bearer {presented}"):
+        presented = (form.get("token") or [""])[0].strip()
+        if check.who(f"Bearer {presented}") is None:
             return HTMLResponse(pages.login("Wrong token."), status_code=401)
         response = RedirectResponse("/review", status_code=303)
         response.set_cookie(COOKIE, presented, httponly=True, samesite="strict",
@@ -156,9 +177,9 @@ def create_app(settings: Settings) -> FastAPI:
                page: int = 1, limit: int = 50) -> str:
         return pages.listing(listing(f, sort, page, limit), dict(request.query_params))
 
-    @app.get("/review/jobs/{job_id}", response_class=HTMLResponse, dependencies=auth)
-    def review_job(job_id: int) -> str:
-        return pages.job(shown(job_id))
+    @app.get("/review/jobs/{job_id}", response_class=HTMLResponse)
+    def review_job(job_id: int, who: Principal = Depends(authorised)) -> str:
+        return pages.job(shown(job_id, who, "web"))
 
     return app
 

@@ -1,12 +1,13 @@
 """Face images for the review page: the best frame from the database, the ID photo from COS.
 
 The ID photo is fetched server-side through a presigned GET and streamed back; the presigned
-URL never reaches the browser or a log.
+URL never reaches the browser or a log. Each method calls ``record`` (the access audit) once
+it has the image and before any byte of it is sent: no row, no image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 
 import requests
@@ -43,13 +44,14 @@ class ImageSource:
                 raise HTTPException(503, f"COS is not configured: {exc}") from None
         return self._stager
 
-    def best_frame(self, url: str, job_id: int) -> Response:
+    def best_frame(self, url: str, job_id: int, record: Callable[[], None]) -> Response:
         content = queries.best_frame_bytes(url, job_id)
         if not content:
             raise HTTPException(404, "no best frame stored for this job")
+        record()
         return Response(content, media_type=sniff(content[:16]))
 
-    def id_photo(self, url: str, job_id: int) -> Response:
+    def id_photo(self, url: str, job_id: int, record: Callable[[], None]) -> Response:
         key = queries.photo_key(url, job_id)
         if not key:
             raise HTTPException(404, "no ID photo staged for this job")
@@ -63,7 +65,12 @@ class ImageSource:
             raise HTTPException(404 if upstream.status_code == 404 else 502,
                                 f"COS answered {upstream.status_code} for the ID photo")
         body = upstream.iter_content(CHUNK)
-        first = next(body, b"")
+        try:
+            first = next(body, b"")
+            record()
+        except BaseException:
+            upstream.close()
+            raise
 
         def stream() -> Iterator[bytes]:
             try:

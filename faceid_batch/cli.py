@@ -186,6 +186,11 @@ from faceid_batch.audit_cli import register as _register_audit_commands  # noqa:
 
 _register_audit_commands(app)
 
+# Cost accounting (billing.py, cost.py) lives in cost_cli.py.
+from faceid_batch.cost_cli import register as _register_cost_command  # noqa: E402
+
+_register_cost_command(app)
+
 
 def _main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -10,6 +10,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from faceid_batch import billing
 from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, BestFrameInfo
 from faceid_batch.logs import redact
@@ -18,8 +19,13 @@ from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcno
 log = logging.getLogger(__name__)
 
 
-def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
-    """Add one attempt row; throttled answers do not use up one of the job's attempts."""
+def record_attempt(session: Session, job: Job, answer: Answer,
+                   bill: billing.BillingTable | None = None) -> Attempt:
+    """Add one attempt row; throttled answers do not use up one of the job's attempts.
+
+    Every call's row is written here (parked answers too), so every row says whether Tencent
+    bills it: ``bill`` (default: the table of this process's BILLING_OVERRIDES) maps its code.
+    """
     counted = answer.rule.kind not in (Kind.THROTTLED, Kind.ACCOUNT)
     if counted:
         job.attempts += 1
@@ -37,6 +43,7 @@ def record_attempt(session: Session, job: Job, answer: Answer) -> Attempt:
         # Stored as received but without URL signatures or tokens, should an answer echo one.
         message=redact(answer.message) or None,
         counted=counted,
+        billable=(bill or billing.current()).billable(answer.code),
     )
     session.add(attempt)
     return attempt

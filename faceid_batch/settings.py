@@ -7,6 +7,7 @@ error that names the variable; nothing is called or charged before that check.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
 
@@ -80,6 +81,20 @@ class Settings(BaseSettings):
     # Access audit (issue 8, part 3): the key of the admin's signed image links. Unset: derived
     # from ADMIN_TOKEN, else random per process (links then die with the process).
     admin_link_secret: SecretStr | None = None
+
+    # Cost accounting (issue 8, part 2): which answers are billed (billing.py), and the
+    # price of one billed call for `faceid-batch cost`'s estimate.
+    billing_overrides: str = ""  # "Code=billable|free,Prefix*=free", before the defaults
+    faceid_price_per_call: Decimal = Field(Decimal("0"), ge=0)  # 0: amount not estimated
+    faceid_price_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+
+    @field_validator("billing_overrides")
+    @classmethod
+    def _billing_overrides_parse(cls, value: str) -> str:
+        from faceid_batch.billing import parse_overrides
+
+        parse_overrides(value)  # BillingError (a ValueError) names BILLING_OVERRIDES
+        return value
 
     @field_validator("faceid_endpoint")
     @classmethod

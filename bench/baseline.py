@@ -25,7 +25,7 @@ class _NoLimiter(GlobalRateLimiter):
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         return Slot(time.monotonic(), 0, "")
 
-    def mark_started(self, slot: Slot) -> float:
+    def started_at(self, slot: Slot, when: float) -> float:
         return 0.0
 
 

@@ -10,13 +10,17 @@ Transport problems (timeouts, connection errors, non-200, unparsable bodies) bec
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from faceid_batch.errors import Rule, classify
 from faceid_batch.signing import sign
@@ -121,6 +125,42 @@ def parse_response(status: int, body: bytes) -> Answer:
     )
 
 
+# --- when did the request really leave? ----------------------------------------------------
+# The rate limit counts when a call reaches the API. The worker knows when it *meant* to send
+# (its reserved slot) and when its thread woke, but on a busy host the first byte can leave
+# later still. These connections report the moment a request's first bytes are handed to the
+# kernel to a callback set for the calling thread (``FaceIDClient.send(on_sent=...)``).
+_first_byte = threading.local()
+
+
+class _StampMixin:
+    def send(self, data: Any) -> None:
+        hook = getattr(_first_byte, "hook", None)
+        if hook is None:
+            super().send(data)  # type: ignore[misc]
+            return
+        _first_byte.hook = None
+        when = time.monotonic()
+        super().send(data)  # type: ignore[misc]
+        hook(when)
+
+
+class _StampedHTTPConnection(_StampMixin, HTTPConnection):
+    pass
+
+
+class _StampedHTTPSConnection(_StampMixin, HTTPSConnection):
+    pass
+
+
+class _StampedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _StampedHTTPConnection
+
+
+class _StampedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _StampedHTTPSConnection
+
+
 class FaceIDClient:
     """A signed, pooled client for one account and region. Thread-safe for concurrent calls."""
 
@@ -148,6 +188,9 @@ class FaceIDClient:
         # One pool sized to the calls in flight, so keep-alive connections are reused
         # instead of a new TLS handshake per call.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {
+            "http": _StampedHTTPPool, "https": _StampedHTTPSPool,
+        }
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -170,10 +213,14 @@ class FaceIDClient:
         """Make one VideoLivenessCompare call. Never raises for API or network failures."""
         return self.send(self.prepare(request))
 
-    def send(self, prepared: requests.PreparedRequest) -> Answer:
-        """Send a prepared call (see ``prepare``) and parse the answer."""
+    def send(self, prepared: requests.PreparedRequest,
+             on_sent: Callable[[float], None] | None = None) -> Answer:
+        """Send a prepared call (see ``prepare``) and parse the answer. ``on_sent`` is called
+        with the ``time.monotonic()`` at which the request's first bytes left (not at all if
+        nothing was sent, e.g. the connection could not be made)."""
         started_at = time.time()
         started = time.monotonic()
+        _first_byte.hook = on_sent
         try:
             resp = self.session.send(prepared, timeout=self.timeout, allow_redirects=False)
             answer = parse_response(resp.status_code, resp.content)
@@ -184,6 +231,8 @@ class FaceIDClient:
         except requests.RequestException as exc:
             answer = Answer("ClientError.ConnectionError", "transport",
                             message=type(exc).__name__)
+        finally:
+            _first_byte.hook = None
         answer.latency_ms = int((time.monotonic() - started) * 1000)
         answer.started_at = started_at
         return answer

@@ -15,8 +15,9 @@ of now; beyond that it is told how long to sleep before asking again. An onboard
 caller reserves whatever the next slot is, so it never queues behind more than a horizon
 of backfill reservations, however many backfill jobs are waiting.
 
-A caller that wakes late (a busy host) writes its real start back (``mark_started``), so
-the reservations made after it are spaced from when it really started.
+A caller that starts late (a busy host) writes its real start back (``started_at``: the
+moment its request's first bytes were handed to the kernel), so the reservations made after
+it are spaced from when it really started.
 """
 
 from __future__ import annotations
@@ -62,14 +63,11 @@ return {1, slot - now, slot}
 """
 
 
-# KEYS[1] = reservations; ARGV = member, estimated start (us). Moves the member later only.
+# KEYS[1] = reservations; ARGV = member, real start (us, Redis clock). Moves it later only.
 _MARK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local start = math.max(tonumber(ARGV[2]), now)
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if old and tonumber(old) < start then
-  redis.call('ZADD', KEYS[1], 'XX', start, ARGV[1])
+if old and tonumber(old) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
 end
 return 1
 """
@@ -92,6 +90,9 @@ class Slot:
     deadline: float
     slot_us: int
     member: str
+    # The reservation's round trip: the reply may have spent up to this long on its way, so
+    # ``deadline`` can be that much later than ``slot_us`` really is (never earlier).
+    rtt: float = 0.0
 
 
 LATE_TOLERANCE = 0.002  # seconds; later starts are written back to the shared schedule
@@ -140,11 +141,13 @@ class GlobalRateLimiter:
         """
         started = time.monotonic()
         while True:
+            asked = time.monotonic()
             grant = self.reserve(lane)
             if grant.granted:
                 # Counted from the reply, not the request: a slow round trip then makes the
                 # start late (harmless) instead of early (which could crowd a second).
-                return Slot(time.monotonic() + grant.wait, grant.slot_us, grant.member)
+                replied = time.monotonic()
+                return Slot(replied + grant.wait, grant.slot_us, grant.member, replied - asked)
             pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
@@ -157,17 +160,25 @@ class GlobalRateLimiter:
             self._sleep(remaining)
 
     def mark_started(self, slot: Slot) -> float:
-        """Record that the call starts now; return how late that is, in seconds.
+        """Record that the call starts now; return how late that is, in seconds."""
+        return self.started_at(slot, time.monotonic())
+
+    def started_at(self, slot: Slot, when: float) -> float:
+        """Record that the call's first bytes left at ``when`` (``time.monotonic()``); return
+        how late that was, in seconds.
 
         A thread can wake late (a busy host, the GIL). Moving its entry to the real start
         keeps the reservations made after it honest, so late starts do not crowd a second.
+        The start written is ``slot + lateness + rtt``: the reply's travel time is unknown
+        but at most the round trip, so the written start is never earlier than the real one.
         """
-        late = time.monotonic() - slot.deadline
-        if late > LATE_TOLERANCE:
+        late = when - slot.deadline
+        if late > LATE_TOLERANCE and slot.member:
             # Written from a helper thread: a Redis round trip here would delay the very
-            # call whose start it records.
+            # call whose start it records. The reservations this start constrains are made
+            # a window later (minus the backfill horizon), long after this write lands.
             self._writer().submit(self._write_start, slot.member,
-                                  slot.slot_us + int(late * 1_000_000))
+                                  slot.slot_us + int((late + slot.rtt) * 1_000_000))
         return late
 
     def _writer(self) -> ThreadPoolExecutor:
@@ -177,8 +188,6 @@ class GlobalRateLimiter:
 
     def _write_start(self, member: str, start_us: int) -> None:
         try:
-            # The later of our estimate and the Redis clock now: the estimate misses the
-            # reply's travel time, and the helper thread runs once the call is on its way.
             self._mark(keys=[self.key], args=[member, start_us])
         except redis.RedisError:
             pass  # the slot keeps its reserved time: the margin absorbs one late start

@@ -238,8 +238,10 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         validate_data=validate,
     ))
     res.limiter.sleep_until(slot.deadline)
-    late_ms = res.limiter.mark_started(slot) * 1000
-    answer = res.faceid.send(prepared)
+    late: list[float] = []
+    answer = res.faceid.send(
+        prepared, on_sent=lambda when: late.append(res.limiter.started_at(slot, when)))
+    late_ms = (late[0] if late else 0.0) * 1000
     logs.bind(request_id=answer.request_id)
     metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late_ms / 1000)
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,

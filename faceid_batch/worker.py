@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +19,8 @@ from celery.signals import (
     after_setup_task_logger,
     task_postrun,
     task_prerun,
+    worker_init,
+    worker_process_init,
     worker_ready,
 )
 from kombu import Queue
@@ -88,6 +91,15 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
         s.faceid_secret_key, s.faceid_token, s.cos_secret_key, s.cos_token, s.webhook_secret)
         if v is not None)
     logs.configure(logger, s.log_format, secrets)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _set_switch_interval(**_: object) -> None:
+    # Forty task threads share one GIL. A thread whose rate-limit slot has come must get the
+    # GIL back from the busy ones (staging, parsing); each ms it waits is a ms the shared
+    # schedule loses (ratelimit.started_at writes the late start back).
+    sys.setswitchinterval(get_settings().worker_switch_interval_ms / 1000)
 
 
 @task_prerun.connect

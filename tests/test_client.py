@@ -9,7 +9,7 @@ from faceid_batch.faceid_client import CompareRequest, FaceIDClient
 from faceid_batch.samples import write_pair
 from faceid_batch.settings import load_settings
 from faceid_batch.storage import MediaStager
-from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
+from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY, sim_calls
 
 
 @pytest.fixture
@@ -54,3 +54,28 @@ def test_unreachable_endpoint_is_a_transient_transport_error(staged_request):
 
 def test_repr_never_shows_the_key(simulator):
     assert FAKE_SECRET_KEY not in repr(client(simulator))
+
+
+def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, staged_request):
+    """The limiter's write-back uses this moment: it must be the request's real departure,
+    which the simulator stamps (kernel receive time) within a few ms, once per call."""
+    import time
+
+    c = client(simulator)
+    sent: list[float] = []
+    offset = time.time() - time.monotonic()
+    before = time.monotonic()
+    answer = c.send(c.prepare(staged_request), on_sent=sent.append)
+    after = time.monotonic()
+    assert answer.code == "Success"
+    assert len(sent) == 1 and before <= sent[0] <= after
+    (call,) = [k for k in sim_calls(sim_control) if k["request_id"] == answer.request_id]
+    assert abs(call["t_start"] - (sent[0] + offset)) < 0.02
+
+
+def test_on_sent_is_not_called_when_nothing_was_sent(staged_request):
+    sent: list[float] = []
+    c = FaceIDClient(endpoint="http://127.0.0.1:9", region="ap-singapore", secret_id="x",
+                     secret_key="y", connect_timeout=0.5)
+    c.send(c.prepare(staged_request), on_sent=sent.append)
+    assert sent == []

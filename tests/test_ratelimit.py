@@ -100,3 +100,26 @@ def test_waiting_does_not_spin_redis(redis_server):
     assert elapsed >= 0.9
     # ...done with one script call per token, not a poll loop.
     assert script_calls() - before <= 15 + 1
+
+
+def test_a_late_start_pushes_the_next_window(redis_server):
+    """A call that left 0.3 s after its slot is written back as slot + lateness + round trip,
+    and the next reservation of a full window is spaced from that real start."""
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-late")
+    first = limiter.reserve_slot("onboarding")
+    assert limiter.started_at(first, first.deadline + 0.3) == pytest.approx(0.3)
+    limiter._writer().submit(lambda: None).result(timeout=5)  # the write-back has landed
+    written = r.zscore("rl-late", first.member)
+    assert written == first.slot_us + int((0.3 + first.rtt) * 1_000_000)
+    second = limiter.reserve("onboarding")
+    assert second.slot_us >= written + 1_000_000
+
+
+def test_an_on_time_start_is_not_written_back(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-ontime")
+    slot = limiter.reserve_slot("onboarding")
+    limiter.started_at(slot, slot.deadline)
+    limiter._writer().submit(lambda: None).result(timeout=5)
+    assert r.zscore("rl-ontime", slot.member) == slot.slot_us

@@ -15,7 +15,7 @@ from typing import Any
 
 from faceid_sim.codes import SUCCESS, description, is_failed_operation
 from faceid_sim.control import ScriptItem, Simulator
-from faceid_sim.media import MediaError, check_photo, check_video, download
+from faceid_sim.media import MediaError, check_photo, check_video, content_verdict, download
 
 REQUIRED = ("ImageUrl", "ImageMd5", "VideoUrl", "VideoMd5", "LivenessType")
 OPTIONAL = ("ValidateData",)
@@ -110,14 +110,25 @@ def _media_verdict(
         photo = download(params["ImageUrl"], "ImageUrl", budget, sim.frames.root, remote)
     except MediaError as exc:
         return _failure(sim, exc.code, item, exc.message)
+    video = None
     try:
         fmt = check_photo(photo, params["ImageMd5"])
-        video = download(params["VideoUrl"], "VideoUrl", budget, None, remote)
-        check_video(video, params["VideoMd5"])
+        # Kept on disk for a moment: the engine reads the container's duration and tracks.
+        video = download(params["VideoUrl"], "VideoUrl", budget, sim.frames.root, remote)
+        video_fmt = check_video(video, params["VideoMd5"])
+        assert photo.path is not None
+        if item is None:  # a scripted answer is the script's, whatever the media say
+            refusal = content_verdict(photo.path, video.path, video_fmt,
+                                      params["LivenessType"])
+            if refusal is not None:
+                raise refusal
     except MediaError as exc:
         if photo.path:
             os.unlink(photo.path)
         return _failure(sim, exc.code, item, exc.message)
+    finally:
+        if video is not None and video.path:
+            os.unlink(video.path)
     best_frame = None
     assert photo.path is not None
     if item is None or item.best_frame:

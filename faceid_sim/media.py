@@ -204,3 +204,106 @@ def check_video(d: Downloaded, expected_md5: str) -> str:
             "FailedOperation.LipSizeError", "The video exceeds 8 MB after Base64 encoding."
         )
     return fmt
+
+
+# --- what the engine reads from the media (its own minimal parsers) -------------------------
+# The API's documented expectations: a video longer than 2 s; a LIP recording of "about
+# 6 seconds" (the window is our reading of "about"); a photo big enough to hold a face.
+MIN_VIDEO_SECONDS = 2.0
+LIP_MIN_SECONDS = 3.0
+LIP_MAX_SECONDS = 10.0
+PHOTO_MIN_SIDE = 200
+_CONTAINER_BOXES = (b"moov", b"trak", b"mdia")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Duration (mvhd) and whether a sound track ('soun' handler) exists."""
+
+    seconds: float
+    sound: bool
+
+
+def _boxes(data: bytes, start: int, end: int):  # type: ignore[no-untyped-def]
+    pos = start
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        header = 8
+        if size == 1 and pos + 16 <= end:
+            size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def mp4_info(path: str) -> VideoInfo | None:
+    """Read an MP4's moov: the mvhd duration and the track handlers. None if unreadable."""
+    with open(path, "rb") as fh:
+        data = fh.read(HARD_CAP_BYTES)
+    seconds: float | None = None
+    sound = False
+
+    def walk(start: int, end: int) -> None:
+        nonlocal seconds, sound
+        for kind, body, stop in _boxes(data, start, end):
+            if kind in _CONTAINER_BOXES:
+                walk(body, stop)
+            elif kind == b"mvhd" and stop - body >= 20:
+                version = data[body]
+                if version == 1 and stop - body >= 32:
+                    scale = int.from_bytes(data[body + 20:body + 24], "big")
+                    length = int.from_bytes(data[body + 24:body + 32], "big")
+                else:
+                    scale = int.from_bytes(data[body + 12:body + 16], "big")
+                    length = int.from_bytes(data[body + 16:body + 20], "big")
+                seconds = length / scale if scale else None
+            elif kind == b"hdlr" and data[body + 8:body + 12] == b"soun":
+                sound = True
+
+    walk(0, len(data))
+    return None if seconds is None else VideoInfo(seconds, sound)
+
+
+def photo_dimensions(path: str) -> tuple[int, int] | None:
+    """(width, height) from a PNG IHDR or a JPEG SOFn segment; None if not found."""
+    with open(path, "rb") as fh:
+        head = fh.read(64 * 1024)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 4 <= len(head) and head[pos] == 0xFF:
+        marker = head[pos + 1]
+        length = int.from_bytes(head[pos + 2:pos + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3) and pos + 9 <= len(head):
+            return (int.from_bytes(head[pos + 7:pos + 9], "big"),
+                    int.from_bytes(head[pos + 5:pos + 7], "big"))
+        if marker == 0xDA:
+            return None
+        pos += 2 + length
+    return None
+
+
+def content_verdict(photo_path: str, video_path: str | None, video_fmt: str,
+                    liveness: str) -> MediaError | None:
+    """What the engine answers from the media's own headers, before any face work."""
+    size = photo_dimensions(photo_path)
+    if size is not None and min(size) < PHOTO_MIN_SIDE:
+        return MediaError("FailedOperation.LifePhotoPoorQuality",
+                          "The resolution of the image passed in is too low.")
+    info = mp4_info(video_path) if video_path and video_fmt == "mp4" else None
+    if info is None:
+        return None
+    if info.seconds < MIN_VIDEO_SECONDS:
+        return MediaError("FailedOperation.SilentTooShort", "The video is too short.")
+    if liveness == "LIP" and not info.sound:
+        return MediaError("FailedOperation.LipVoiceDetect", "No sound is detected.")
+    if liveness == "LIP" and not LIP_MIN_SECONDS <= info.seconds <= LIP_MAX_SECONDS:
+        return MediaError("FailedOperation.LipSizeError",
+                          "The recording duration should be about 6 seconds.")
+    return None

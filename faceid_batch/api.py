@@ -67,7 +67,9 @@ def submit(
 ) -> int:
     """Validate, store and enqueue one job; return its id (the existing one for a known key).
 
-    Raises ``SubmitError`` (a ``ValueError``) for bad input, before anything is stored.
+    Raises ``SubmitError`` (a ``ValueError``) for bad input, before anything is stored. A
+    job that preflight refuses is stored final (state ``refused``, ``result`` = the code
+    the API would have answered) and never sent: ``wait`` returns it at once.
     """
     from faceid_batch.notify import CallbackURLError, check_callback_url
 
@@ -83,7 +85,7 @@ def submit(
     job_id, _ = submit_job(settings, JobSpec(
         idempotency_key=key, photo=photo, video=video, liveness_type=liveness_type,
         validate_data=validate_data, lane=lane, callback_url=callback_url, metadata=metadata,
-    ))
+    ), source="api")
     return job_id
 
 

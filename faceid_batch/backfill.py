@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from faceid_batch import batches
+from faceid_batch import batches, preflight
 from faceid_batch.db import get_engine, session_scope
 from faceid_batch.enqueue import CHUNK, insert_jobs, mark_enqueued, send_verify_many
 from faceid_batch.manifest import (
@@ -40,7 +40,7 @@ from faceid_batch.manifest import (
     check_row,
     default_report_path,
 )
-from faceid_batch.models import Batch, BatchState, Job, JobState, Lane, utcnow
+from faceid_batch.models import Batch, BatchState, DedupeHit, Job, JobState, Lane, utcnow
 from faceid_batch.settings import Settings
 from faceid_batch.submit import JobSpec
 
@@ -64,6 +64,7 @@ class BackfillResult:
     resent: int = 0  # of those, rows an earlier run inserted but did not send
     known: int = 0  # keys already in the database: not enqueued again
     bad: int = 0  # rows in the report
+    refused: int = 0  # of those, rows refused by preflight: stored as refused jobs, not sent
     parked: int = 0  # new jobs stored but not sent because the batch is paused
     stopped: str | None = None  # why the run stopped early (the batch was cancelled)
     seconds: float = 0.0
@@ -198,9 +199,15 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
         } if candidates else {}
     unsent: list[int] = []
     new: list[tuple[int, JobSpec]] = []
+    refused_before: dict[str, int] = {}  # key -> job id of a refused job: checked again
     for line, spec in candidates:
         hit = known.get(spec.idempotency_key)
         if hit is None:
+            new.append((line, spec))
+            continue
+        if hit[3] == JobState.REFUSED.value:
+            # A refusal cost nothing: the row is checked again, as if new.
+            refused_before[spec.idempotency_key] = hit[0]
             new.append((line, spec))
             continue
         job_id, b_id, b_row, state, enqueued_at = hit
@@ -213,15 +220,17 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
         else:
             result.known += 1
 
-    # 3. Free checks of the new rows: nothing is stored or sent for a bad one.
+    # 3. Free checks of the new rows: nothing is stored or sent for a bad one. A row that
+    # preflight refuses is reported like a bad row and stored as a refused job, never sent.
     rows: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
     for line, spec in new:
         try:
-            spec = check_row(spec, settings.cos_bucket)
+            spec = check_row(spec, settings.cos_bucket, settings)
         except RowError as exc:
             _bad(report, result, line, spec.idempotency_key, str(exc))
             continue
-        rows.append({
+        row = {
             "idempotency_key": spec.idempotency_key,
             "lane": lane,
             "state": JobState.PAUSED.value if paused else JobState.QUEUED.value,
@@ -232,17 +241,27 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
             "metadata": spec.metadata,
             "batch_id": batch_id,
             "batch_row": line,
-        })
+            "preflight": spec.preflight,
+        }
+        if spec.refusal is not None:
+            _bad(report, result, line, spec.idempotency_key, preflight.describe(spec.refusal))
+            result.refused += 1
+            refused.append({**row, **spec.refused_values()})
+        else:
+            rows.append(row)
 
     # 4. Insert and commit, then send, then mark sent (the order submit.py keeps).
     with engine.begin() as conn:
-        inserted = insert_jobs(conn, rows)
-    result.accepted += len(inserted)
-    result.known += len(rows) - len(inserted)  # inserted meanwhile by another producer
+        passed_again = _rewrite_refused(conn, rows, refused, refused_before)
+        fresh = [r for r in rows if r["idempotency_key"] not in refused_before]
+        inserted = insert_jobs(conn, fresh)
+        insert_jobs(conn, [r for r in refused if r["idempotency_key"] not in refused_before])
+    result.accepted += len(inserted) + len(passed_again)
+    result.known += len(fresh) - len(inserted)  # inserted meanwhile by another producer
     if paused:
-        result.parked += len(inserted)
+        result.parked += len(inserted) + len(passed_again)
         return
-    to_send = [*unsent, *inserted.values()]
+    to_send = [*unsent, *inserted.values(), *passed_again.values()]
     if to_send:
         sender.submit(to_send)
     result.sent += len(to_send)
@@ -294,6 +313,29 @@ class Sender:
             mark_enqueued(conn, ids)
 
 
+def _rewrite_refused(conn: Any, rows: list[dict[str, Any]], refused: list[dict[str, Any]],
+                     refused_before: dict[str, int]) -> dict[str, int]:
+    """Update jobs refused by an earlier run from this run's rows; return {key: id} of
+    those that now pass (to be sent). Only rows still refused are touched."""
+    passed: dict[str, int] = {}
+    for row, now_refused in [*((r, False) for r in rows), *((r, True) for r in refused)]:
+        job_id = refused_before.get(row["idempotency_key"])
+        if job_id is None:
+            continue
+        values = {k: v for k, v in row.items() if k != "idempotency_key"}
+        values["meta"] = values.pop("metadata")
+        if not now_refused:
+            values.update(result_code=None, passed=None, error_message=None,
+                          finished_at=None)
+        changed = conn.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.REFUSED.value)
+            .values(**values, enqueued_at=None, updated_at=utcnow())
+        ).rowcount
+        if changed and not now_refused:
+            passed[row["idempotency_key"]] = job_id
+    return passed
+
+
 def _bad(report: Report, result: BackfillResult, line: int, key: str, reason: str) -> None:
     report.add(line, key, reason)
     result.bad += 1
@@ -310,3 +352,7 @@ def _save_figures(settings: Settings, result: BackfillResult, finished: bool) ->
         batch.rows_bad = result.bad
         if finished:
             batch.enqueue_finished_at = utcnow()
+            if result.known:
+                # One row for the run, not one per known key (cost accounting).
+                session.add(DedupeHit(source="backfill", count=result.known,
+                                      batch_id=result.batch_id))

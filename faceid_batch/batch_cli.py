@@ -98,6 +98,8 @@ def backfill(
         f"read {result.read:,} rows in {result.seconds:.1f}s ({result.rate:,.0f} rows/s): "
         f"{result.accepted:,} accepted, {result.known:,} duplicate (key already known, "
         f"not enqueued again), {result.bad:,} bad"
+        + (f" ({result.refused:,} refused by preflight: stored as refused, never called)"
+           if result.refused else "")
     )
     if result.resent:
         typer.echo(f"sent {result.resent:,} jobs an earlier run stored but never sent")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from faceid_batch.media import MediaError
+from faceid_batch.settings import Settings
 from faceid_batch.storage import parse_cos_uri
 from faceid_batch.submit import JobSpec, SubmitError, is_remote, validate_spec
 
@@ -255,10 +256,11 @@ class Manifest:
         return meta or None
 
 
-def check_row(spec: JobSpec, bucket: str | None) -> JobSpec:
-    """Every free check of one job (``submit.validate_spec``) plus the COS bucket rule."""
+def check_row(spec: JobSpec, bucket: str | None, settings: Settings | None = None) -> JobSpec:
+    """Every free check of one job (``submit.validate_spec``, preflight included: see
+    ``spec.refusal``) plus the COS bucket rule."""
     try:
-        spec = validate_spec(spec)
+        spec = validate_spec(spec, settings)
         for kind, source in (("photo", spec.photo), ("video", spec.video)):
             if source.startswith("cos://"):
                 src_bucket, _ = parse_cos_uri(source)

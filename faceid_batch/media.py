@@ -98,7 +98,7 @@ def check_name_matches(kind: str, path: str, fmt: str) -> None:
 
 def peek_local(kind: str, path: str | os.PathLike[str], md5: str,
                label: str | None = None) -> MediaInfo:
-    """Check a local file (exists, format, name, size) reading only its head; ``md5`` is
+    """Check a local file (exists, format, size) reading only its head; ``md5`` is
     the file's MD5 when already known (see ``inspect_local``)."""
     p = Path(path)
     label = label or str(path)
@@ -108,14 +108,16 @@ def peek_local(kind: str, path: str | os.PathLike[str], md5: str,
         head = fh.read(16)
         size = os.fstat(fh.fileno()).st_size
     fmt = check_format_and_size(kind, label, head, size)
-    check_name_matches(kind, label, fmt)
+    # A name that says another accepted format than the content is preflight's
+    # format_mismatch rule (refuse, warn or off), checked at submit; staging names the
+    # object after its real format, so the API never sees the wrong name.
     return MediaInfo(kind, fmt, size, md5)
 
 
 def inspect_local(
     kind: str, path: str | os.PathLike[str], label: str | None = None
 ) -> MediaInfo:
-    """Check a local file (format, name, size), then compute its MD5 streaming."""
+    """Check a local file (format, size), then compute its MD5 streaming."""
     info = peek_local(kind, path, "", label)
     return MediaInfo(kind, info.fmt, info.size, file_md5(path))
 

@@ -99,6 +99,28 @@ class Settings(BaseSettings):
         parse_overrides(value)  # BillingError (a ValueError) names BILLING_OVERRIDES
         return value
 
+    # Preflight (issue 8, part 1: preflight.py): rule actions as "rule=refuse|warn|off,...",
+    # the LIP duration window around the API's ~6 s, and the smallest photo side in pixels.
+    preflight_rules: str = ""
+    preflight_lip_min_seconds: float = Field(3.0, ge=0)
+    preflight_lip_max_seconds: float = Field(10.0, gt=0)
+    preflight_photo_min_side: int = Field(200, ge=0, le=10_000)
+
+    @field_validator("preflight_rules")
+    @classmethod
+    def _preflight_rules_known(cls, value: str) -> str:
+        from faceid_batch.preflight import parse_rules
+
+        parse_rules(value)
+        return value
+
+    @model_validator(mode="after")
+    def _preflight_lip_window(self) -> Settings:
+        if self.preflight_lip_min_seconds >= self.preflight_lip_max_seconds:
+            raise ValueError("PREFLIGHT_LIP_MIN_SECONDS: must be below "
+                             f"PREFLIGHT_LIP_MAX_SECONDS ({self.preflight_lip_max_seconds:g})")
+        return self
+
     @field_validator("faceid_endpoint")
     @classmethod
     def _endpoint_is_url(cls, value: str) -> str:

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from faceid_batch import preflight
 from faceid_batch.db import session_scope
 from faceid_batch.media import MediaError, inspect_local
-from faceid_batch.models import Job, JobState, Lane, utcnow
-from faceid_batch.settings import Settings
+from faceid_batch.models import DedupeHit, Job, JobState, Lane, utcnow
+from faceid_batch.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ class JobSpec:
     # Filled in by validate_spec for local files, so that staging need not hash them again.
     photo_md5: str | None = None
     video_md5: str | None = None
+    # Filled in by validate_spec: preflight findings on the local files (None: nothing).
+    preflight: list[dict[str, Any]] | None = None
+
+    @property
+    def refusal(self) -> dict[str, Any] | None:
+        """The preflight finding that refuses this job, if any."""
+        return next((f for f in self.preflight or () if f["action"] == "refuse"), None)
+
+    def refused_values(self) -> dict[str, Any]:
+        """Job columns of a refused job (state, predicted code, reason, finished)."""
+        finding = self.refusal
+        assert finding is not None
+        return {"state": JobState.REFUSED.value, "result_code": finding["code"],
+                "passed": None, "error_message": preflight.describe(finding),
+                "finished_at": utcnow()}
 
 
 def validate_liveness(liveness_type: str, validate_data: str | None) -> str | None:
@@ -71,8 +87,9 @@ def is_remote(source: str) -> bool:
     return source.startswith(("http://", "https://", "cos://"))
 
 
-def validate_spec(spec: JobSpec) -> JobSpec:
-    """Every free check: key, lane, liveness rules, and local media (format, name, size)."""
+def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
+    """Every free check: key, lane, liveness rules, local media (format, size), and the
+    preflight rules on local media (findings in ``preflight``; a refusal is not raised)."""
     if not _KEY.match(spec.idempotency_key or ""):
         raise SubmitError(
             "idempotency key: 1-200 printable characters without spaces are required"
@@ -92,36 +109,46 @@ def validate_spec(spec: JobSpec) -> JobSpec:
                 md5s[kind] = inspect_local(kind, source).md5
             except MediaError as exc:
                 raise SubmitError(str(exc)) from None
+    local = {kind: None if is_remote(src) else src
+             for kind, src in (("photo", spec.photo), ("video", spec.video))}
+    findings = preflight.check(settings or get_settings(), spec.liveness_type,
+                               local["photo"], local["video"])
     return JobSpec(**{**spec.__dict__, "validate_data": data,
-                      "photo_md5": md5s["photo"], "video_md5": md5s["video"]})
+                      "photo_md5": md5s["photo"], "video_md5": md5s["video"],
+                      "preflight": findings.stored()})
+
+
+def _job_values(spec: JobSpec) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
+        lane=spec.lane, state=JobState.QUEUED.value, liveness_type=spec.liveness_type,
+        validate_data=spec.validate_data, photo_source=spec.photo, video_source=spec.video,
+        photo_md5=spec.photo_md5, video_md5=spec.video_md5, callback_url=spec.callback_url,
+        meta=spec.metadata, preflight=spec.preflight,
+        result_code=None, passed=None, error_message=None, finished_at=None,
+    )
+    if spec.refusal is not None:
+        values.update(spec.refused_values())
+    return values
 
 
 def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
-    """Insert the job row; return (job id, created). An existing key returns its job."""
+    """Insert the job row; return (job id, created). An existing key returns its job,
+    except a ``refused`` one: it is checked again (a refusal cost nothing), so it is
+    updated from ``spec`` and counts as created (to be sent) if it now passes."""
     with session_scope(settings.database_url) as session:
-        existing = session.scalar(
-            select(Job.id).where(Job.idempotency_key == spec.idempotency_key)
-        )
+        existing = session.execute(
+            select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
+        ).first()
+        if existing is not None and existing.state == JobState.REFUSED.value:
+            return _recheck_refused(settings, existing.id, spec)
         if existing is not None:
-            return existing, False
+            return existing.id, False
     try:
         with session_scope(settings.database_url) as session:
-            job = Job(
-                idempotency_key=spec.idempotency_key,
-                lane=spec.lane,
-                state=JobState.QUEUED.value,
-                liveness_type=spec.liveness_type,
-                validate_data=spec.validate_data,
-                photo_source=spec.photo,
-                video_source=spec.video,
-                photo_md5=spec.photo_md5,
-                video_md5=spec.video_md5,
-                callback_url=spec.callback_url,
-                meta=spec.metadata,
-            )
+            job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec))
             session.add(job)
             session.flush()
-            return job.id, True
+            return job.id, spec.refusal is None
     except IntegrityError:
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
@@ -130,6 +157,22 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
             ), False
 
 
+def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:
+    # Only a row still refused is rewritten: two re-submissions racing send it once.
+    with session_scope(settings.database_url) as session:
+        changed = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.REFUSED.value)
+            .values(**_job_values(spec), enqueued_at=None, updated_at=utcnow())
+        ).rowcount
+    return job_id, bool(changed) and spec.refusal is None
+
+
+def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) -> None:
+    """One ``dedupe_hits`` row: a submission answered by an existing job (no new call)."""
+    with session_scope(settings.database_url) as session:
+        batch_id = session.scalar(select(Job.batch_id).where(Job.id == job_id))
+        session.add(DedupeHit(source=source, count=1, job_id=job_id, idempotency_key=key,
+                              batch_id=batch_id))
 def enqueue(settings: Settings, job_id: int, lane: str) -> None:
     """Send the verify task for a committed job to its lane, then mark it sent."""
     from faceid_batch.tasks import verify
@@ -140,10 +183,20 @@ def enqueue(settings: Settings, job_id: int, lane: str) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
 
 
-def submit(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
-    """Validate, insert (idempotent on the key), then enqueue. Return (job id, created)."""
-    spec = validate_spec(spec)
+def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[int, bool]:
+    """Validate, preflight, insert (idempotent on the key), then enqueue. Return (job id,
+    created). A job refused by preflight is stored ``refused`` and never sent (created
+    is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
+    spec = validate_spec(spec, settings)
+    with session_scope(settings.database_url) as session:
+        known = session.execute(
+            select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
+        ).first()
     job_id, created = insert_job(settings, spec)
     if created:
         enqueue(settings, job_id, spec.lane)
+    elif spec.refusal is not None:
+        log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))
+    elif known is not None and known.state != JobState.REFUSED.value:
+        record_dedupe_hit(settings, job_id, spec.idempotency_key, source)
     return job_id, created

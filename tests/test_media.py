@@ -44,11 +44,35 @@ def test_png_renamed_mp4_is_refused_as_video(tmp_path):
         inspect_local("video", p)
 
 
-def test_extension_must_match_content(tmp_path):
+def test_a_wrong_name_is_preflights_business_not_stagings(tmp_path):
+    # Staging names the object after the real format; preflight's format_mismatch rule
+    # (tests/test_preflight.py) decides whether a misnamed file is refused at submit.
     p = tmp_path / "face.png"
     p.write_bytes(jpeg_bytes(2, 1000))
-    with pytest.raises(MediaError, match="named .png but the content is JPG"):
-        inspect_local("photo", p)
+    assert inspect_local("photo", p).fmt == "jpg"
+
+
+def test_samples_are_exactly_the_size_asked_and_real_containers(tmp_path):
+    import av
+    import imagesize
+
+    for size in (100, 50_000, 8 * 1024 * 1024 * 3 // 4 - 5):
+        assert len(mp4_bytes(1, size)) == size
+    assert len(jpeg_bytes(1, 1000)) == 1000 and len(png_bytes(1, 1000)) == 1000
+    p = tmp_path / "v.mp4"
+    p.write_bytes(mp4_bytes(1, 300_000, duration_s=6.5, audio=False, width=320, height=240))
+    with av.open(str(p)) as c:
+        assert c.duration / 1e6 == pytest.approx(6.5)
+        assert len(c.streams.audio) == 0
+        assert (c.streams.video[0].codec_context.width,
+                c.streams.video[0].codec_context.height) == (320, 240)
+    p.write_bytes(mp4_bytes(1, 300_000))
+    with av.open(str(p)) as c:
+        assert c.duration / 1e6 == pytest.approx(5.0) and len(c.streams.audio) == 1
+    for name, data in (("a.jpg", jpeg_bytes(1, 5000, 300, 150)),
+                       ("a.png", png_bytes(1, 5000, 300, 150))):
+        (tmp_path / name).write_bytes(data)
+        assert imagesize.get(str(tmp_path / name)) == (300, 150)
 
 
 def test_nine_mb_video_is_refused(tmp_path):

@@ -1,8 +1,9 @@
 """Cost accounting (issue 8, part 2): the billing table, the attempt rows, `faceid-batch cost`.
 
-The end-to-end test runs a batch with scripted transient and non-billed answers through a
-real worker and checks the report against the simulator's own call log, which marks each
-call it would charge for (``charged``: its engine answered Success or FailedOperation.*).
+The end-to-end test runs a batch with scripted transient and non-billed answers, a duplicate
+key and a video preflight refuses through a real worker, and checks the report against the
+simulator's own call log, which marks each call it would charge for (``charged``: its
+engine answered Success or FailedOperation.*).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from faceid_batch.errors import EXACT, PREFIXES, Kind, classify
 from faceid_batch.faceid_client import Answer
 from faceid_batch.models import Attempt, Batch, DedupeHit, Job, JobState
 from faceid_batch.persist import record_attempt
-from faceid_batch.samples import write_pair
+from faceid_batch.samples import mp4_bytes, write_pair
 from faceid_batch.settings import SettingsError, load_settings
 from faceid_batch.submit import JobSpec, submit
 from faceid_sim.liveness import Outcome
@@ -303,29 +304,35 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
     start_worker()
     ids = [submit(settings, JobSpec(f"cost-{i}", str(p), str(v), "SILENT"))[0]
            for i, (p, v) in enumerate(pairs)]
-    # The same key again: answered by job cost-0, no call.
+    # The same key again: answered by job cost-0 (a dedupe_hits row), no call.
     again, created = submit(settings, JobSpec("cost-0", str(pairs[0][0]), str(pairs[0][1]),
                                               "SILENT"))
     assert again == ids[0] and not created
-    with session_scope(settings.database_url) as s:
-        if not s.scalar(select(func.count()).select_from(DedupeHit)):
-            # Until submit() records its own dedupe hits (issue 8, preflight/dedupe part).
-            s.add(DedupeHit(source="submit", count=1, job_id=ids[0],
-                            idempotency_key="cost-0"))
+    # A 1.2 s video: preflight refuses it (SilentTooShort), no call.
+    short = tmp_path / "short.mp4"
+    short.write_bytes(mp4_bytes(99, 60_000, duration_s=1.2))
+    refused, created = submit(settings, JobSpec("cost-short", str(pairs[0][0]), str(short),
+                                                "SILENT"))
+    assert not created
     wait_until(lambda: _final(settings.database_url, ids), 90, what="jobs to finish")
+    with session_scope(settings.database_url) as s:
+        assert s.get(Job, refused).state == JobState.REFUSED.value
+        assert s.scalar(select(func.count()).select_from(DedupeHit)) == 1
 
     calls = sim_calls(sim_control)
     charged = [c for c in calls if c["charged"]]
     expected_transient = sum(1 for c in charged if classify(c["code"]).kind == Kind.TRANSIENT)
     assert (len(charged), len(calls) - len(charged), expected_transient) == (8, 2, 3)
-    # No call for the duplicate: cost-0's video was called once.
+    # No call for the duplicate (cost-0's video was called once), none for the refused job.
     assert sum(1 for c in calls if c["video_md5"] == file_md5(pairs[0][1])) == 1
+    assert not any(c["video_md5"] == file_md5(short) for c in calls)
 
     report = cost_report(settings, since=started)
     assert report.billable == len(charged)
     assert report.non_billable == len(calls) - len(charged)
     assert report.transient_retries == expected_transient
-    assert report.avoided_by_dedupe == 1 and report.mapped_at_report == 0
+    assert report.avoided_by_dedupe == 1 and report.avoided_by_preflight == 1
+    assert report.mapped_at_report == 0
     with session_scope(settings.database_url) as s:
         stored = dict(s.execute(select(Attempt.request_id, Attempt.billable)).all())
     assert stored == {c["request_id"]: c["charged"] for c in calls}  # call by call
@@ -341,6 +348,7 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
     assert run.exit_code == 0, run.output
     data = json.loads(run.output)
     assert (data["billable_calls"], data["non_billable_calls"], data["transient_retry_calls"],
-            data["avoided_by_dedupe"], data["estimated_amount"]) == (
-        len(charged), len(calls) - len(charged), expected_transient, 1, "2.40")
+            data["avoided_by_dedupe"], data["avoided_by_preflight"],
+            data["estimated_amount"]) == (
+        len(charged), len(calls) - len(charged), expected_transient, 1, 1, "2.40")
     assert json.loads(earlier.output)["calls"] == 0

@@ -282,6 +282,10 @@ def admin(
         app = create_app(settings)
     except AdminConfigError as exc:
         _fail(str(exc))
+    if app.state.link_key_source == "random per process":
+        typer.echo("note: neither ADMIN_LINK_SECRET nor ADMIN_TOKEN is set: image links are "
+                   "signed with a key of this process and stop working when it restarts",
+                   err=True)
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="info")

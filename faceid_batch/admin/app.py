@@ -44,11 +44,12 @@ def create_app(settings: Settings) -> FastAPI:
             "no admin token: the admin service shows face images and refuses to start without "
             "one (add a named token with `faceid-batch token add NAME`, or set ADMIN_TOKEN to "
             "a long random string)")
-    key, _ = link_key(settings)
+    key, key_source = link_key(settings)
     check = TokenCheck(tokens.Authenticator(url, token or None), key)
     images = ImageSource(settings)
     app = FastAPI(title="faceid-batch admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.database_url = url
+    app.state.link_key_source = key_source
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -352,3 +352,40 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
             data["estimated_amount"]) == (
         len(charged), len(calls) - len(charged), expected_transient, 1, 1, "2.40")
     assert json.loads(earlier.output)["calls"] == 0
+
+
+@pytest.mark.e2e
+def test_cost_of_a_backfill_batch_by_name(configured, sim_control, start_worker, tmp_path):
+    """Batch scope: only the batch's calls, refusals and dedupe; a job outside it is not."""
+    settings = configured
+    from faceid_batch.backfill import run_backfill
+
+    pairs = [write_pair(tmp_path / "media", i) for i in range(4)]
+    short = tmp_path / "short.mp4"
+    short.write_bytes(mp4_bytes(98, 60_000, duration_s=1.2))
+    sim_script(sim_control, file_md5(pairs[0][1]), [DOWNLOAD_TIMEOUT])
+    sim_script(sim_control, file_md5(pairs[2][1]), ["InvalidParameterValue"])
+    start_worker()
+    loose, _ = submit(settings, JobSpec("loose", str(pairs[3][0]), str(pairs[3][1]), "SILENT"))
+    rows = [("b-0", *pairs[0]), ("b-1", *pairs[1]), ("b-2", *pairs[2]),
+            ("b-short", pairs[1][0], short), ("loose", *pairs[3])]  # "loose" is known
+    manifest = tmp_path / "kyc.csv"
+    manifest.write_text("key,photo,video,liveness_type\n" + "".join(
+        f"{k},{p},{v},SILENT\n" for k, p, v in rows))
+    result = run_backfill(settings, manifest, name="kyc-cost")
+    assert result.known == 1
+    with session_scope(settings.database_url) as s:
+        ids = list(s.scalars(select(Job.id).where(Job.batch_id == result.batch_id)))
+    wait_until(lambda: _final(settings.database_url, [*ids, loose]), 90, what="jobs to finish")
+
+    batch_videos = {file_md5(pairs[i][1]) for i in range(3)}
+    calls = [c for c in sim_calls(sim_control) if c["video_md5"] in batch_videos]
+    charged = [c for c in calls if c["charged"]]
+    assert (len(charged), len(calls) - len(charged)) == (3, 1)  # b-0 twice, b-1; b-2 free
+    report = cost_report(settings, batch="kyc-cost")
+    assert report.scope.batch_ids == (result.batch_id,)
+    assert (report.billable, report.non_billable, report.transient_retries) == (
+        len(charged), len(calls) - len(charged), 1)
+    assert (report.avoided_by_preflight, report.avoided_by_dedupe) == (1, 1)
+    everything = cost_report(settings)
+    assert everything.billable == report.billable + 1  # the loose job's Success

@@ -57,7 +57,8 @@ def submit(
     key: str = typer.Option(..., "--key", "-k", help="Idempotency key (unique per job)"),
     lane: str = typer.Option("onboarding", help="onboarding or backfill"),
 ) -> None:
-    """Validate and enqueue one verification job; print its id."""
+    """Validate and enqueue one verification job; print its id (exit 3: refused by preflight,
+    stored with the predicted code, nothing sent)."""
     from faceid_batch.submit import JobSpec, SubmitError
     from faceid_batch.submit import submit as do_submit
 
@@ -70,7 +71,20 @@ def submit(
         ))
     except (SubmitError, SettingsError) as exc:
         _fail(str(exc))
-    typer.echo(job_id if created else f"{job_id} (existing job for this key)")
+    if created:
+        typer.echo(job_id)
+        return
+    from faceid_batch.db import session_scope
+    from faceid_batch.models import Job, JobState
+
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        state, why = (job.state, job.error_message) if job else (None, None)
+    if state == JobState.REFUSED.value:
+        # Stored, never sent, nothing charged: exit 3 so a script can tell it from accepted.
+        typer.echo(f"{job_id} refused by preflight, no call made: {why}")
+        raise typer.Exit(3)
+    typer.echo(f"{job_id} (existing job for this key)")
 
 
 @app.command()

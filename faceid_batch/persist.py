@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, BestFrameInfo
 from faceid_batch.logs import redact
 from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcnow
+from faceid_batch.preflight import describe as preflight_describe
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,17 @@ def fail_job(session: Session, job: Job, code: str, message: str) -> None:
     job.result_code = code
     job.passed = None
     job.error_message = message[:2000]
+    job.finished_at = utcnow()
+
+
+def refuse_job(session: Session, job: Job, finding: dict[str, Any],
+               findings: list[dict[str, Any]]) -> None:
+    """Final state without a call: preflight predicted the API's refusal (``finding``)."""
+    job.state = JobState.REFUSED.value
+    job.result_code = finding["code"]
+    job.passed = None
+    job.error_message = preflight_describe(finding)[:2000]
+    job.preflight = findings
     job.finished_at = utcnow()
 
 

@@ -152,13 +152,16 @@ def _content_format(path: str) -> str | None:
 
 
 def check(settings: Settings, liveness_type: str, photo: str | None,
-          video: str | None) -> Findings:
-    """Run every rule that is not off on the local files given (None: remote, skipped).
+          video: str | None, names: dict[str, str] | None = None) -> Findings:
+    """Run every rule that is not off on the local files given (None: not checked here).
 
-    The files have passed ``media.peek_local`` (exist, accepted format, size).
+    The files have passed ``media.peek_local`` (exist, accepted format, size). ``names``
+    gives, per kind, the name to judge the extension by and to show, when the file read is
+    a temporary copy of a remote source (the worker's staging).
     """
     actions = rule_actions(settings)
     items: list[dict[str, Any]] = []
+    names = names or {}
 
     def find(rule: str, detail: str, kind: str = "video") -> None:
         if actions[rule] == "off":
@@ -170,35 +173,41 @@ def check(settings: Settings, liveness_type: str, photo: str | None,
     for kind, path in (("photo", photo), ("video", video)):
         if path is None:
             continue
-        named = NAME_ALIASES.get(Path(path).suffix.lower())
+        name = names.get(kind, path)
+        suffix = Path(name.split("?", 1)[0]).suffix
+        named = NAME_ALIASES.get(suffix.lower())
         fmt = _content_format(path)
         if named is not None and fmt is not None and named != fmt:
-            find("format_mismatch", f"{kind} {path}: named {Path(path).suffix} but the "
+            find("format_mismatch", f"{kind} {name}: named {suffix} but the "
                                     f"content is {fmt.upper()}", kind)
+    if video is not None:
+        video_name = names.get("video", video)
+    if photo is not None:
+        photo_name = names.get("photo", photo)
 
     if video is not None and _wants_video(actions):
         facts = read_video(video)
         if facts.error is not None or facts.duration is None:
-            find("video_unreadable", f"video {video}: "
+            find("video_unreadable", f"video {video_name}: "
                  + (facts.error or "the container gives no duration"))
         else:
             seconds = facts.duration
             if seconds < MIN_VIDEO_SECONDS:
-                find("video_too_short", f"video {video}: {seconds:.2f} s, the API needs "
+                find("video_too_short", f"video {video_name}: {seconds:.2f} s, the API needs "
                                         f"more than {MIN_VIDEO_SECONDS:g} s")
             if liveness_type == "LIP" and not facts.audio:
-                find("lip_no_audio", f"video {video}: no audio stream; LIP needs the "
+                find("lip_no_audio", f"video {video_name}: no audio stream; LIP needs the "
                                      "spoken code")
             low, high = settings.preflight_lip_min_seconds, settings.preflight_lip_max_seconds
             if liveness_type == "LIP" and not low <= seconds <= high:
-                find("lip_duration", f"video {video}: {seconds:.2f} s, LIP expects about "
+                find("lip_duration", f"video {video_name}: {seconds:.2f} s, LIP expects about "
                                      f"6 s ({low:g}-{high:g} s)")
 
     if photo is not None and actions["photo_too_small"] != "off":
         size = read_photo_size(photo)
         floor = settings.preflight_photo_min_side
         if size is not None and min(size) < floor:
-            find("photo_too_small", f"photo {photo}: {size[0]}x{size[1]} px, the shorter "
+            find("photo_too_small", f"photo {photo_name}: {size[0]}x{size[1]} px, the shorter "
                                     f"side is under {floor} px", "photo")
     return Findings(items)
 

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -145,14 +145,19 @@ class MediaStager:
                 return False
             raise
 
-    def stage(self, kind: str, source: str, known_md5: str | None = None) -> StagedMedia:
+    def stage(self, kind: str, source: str, known_md5: str | None = None,
+              inspect: Callable[[str], None] | None = None) -> StagedMedia:
         """Check and upload one file (skipped when already present); raise MediaError.
 
         ``known_md5`` is the MD5 computed when the job was submitted: with it a file already
         in the bucket is not read again, and an upload is checked against it on the way.
+        ``inspect`` is called with the local copy's path before anything is uploaded (the
+        worker's preflight of remote sources).
         """
         label = display_source(source)
         with self._local_copy(kind, source) as path:
+            if inspect is not None:
+                inspect(path)
             if source.startswith("cos://"):
                 # Already in the bucket: FaceID can read it where it is.
                 info = inspect_local(kind, path, label=label)

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from sqlalchemy.exc import DBAPIError
 
-from faceid_batch import answers, logs, metrics
+from faceid_batch import answers, logs, metrics, preflight
 from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope
 from faceid_batch.errors import Kind
@@ -33,10 +34,12 @@ from faceid_batch.persist import (
     fail_job,
     fetch_best_frame,
     record_attempt,
+    refuse_job,
     store_best_frame,
     store_result,
 )
-from faceid_batch.storage import StagedMedia
+from faceid_batch.storage import StagedMedia, display_source
+from faceid_batch.submit import is_remote
 from faceid_batch.worker import Resources, celery_app, resources
 
 log = logging.getLogger(__name__)
@@ -206,9 +209,26 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     if not may_call:
         return _requeue(task, res, job_id, wait + random.uniform(0, 2))
 
+    # Local files were preflighted at submit; remote ones are read here, on the copy staging
+    # makes anyway, before anything is uploaded or called.
+    findings: list[dict[str, Any]] = []
+
+    def remote_check(kind: str, source: str) -> Callable[[str], None] | None:
+        if not is_remote(source):
+            return None
+
+        def inspect(path: str) -> None:
+            pair = (path, None) if kind == "photo" else (None, path)
+            findings.extend(preflight.check(s, liveness, *pair,
+                                            names={kind: display_source(source)}).items)
+        return inspect
+
     try:
-        photo = res.stager.stage("photo", photo_src, photo_md5)
-        video = res.stager.stage("video", video_src, video_md5)
+        photo = res.stager.stage("photo", photo_src, photo_md5, remote_check("photo", photo_src))
+        video = None
+        if preflight.Findings(findings).refusal is None:
+            video = res.stager.stage("video", video_src, video_md5,
+                                     remote_check("video", video_src))
     except MediaError as exc:
         # Bad media fails the same way every time: final, and no API call is made.
         with session_scope(s.database_url) as session:
@@ -219,6 +239,9 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
         log.warning("job %s: staging failed (%s); retrying", job_id, type(exc).__name__)
         raise task.retry(countdown=backoff(2, s.retry_base_delay, max_countdown(res))) from None
+    if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
+        return refused
+    assert video is not None
 
     slot = res.limiter.reserve_slot(lane)
     metrics.RATE_LIMIT_WAIT.observe(max(0.0, slot.deadline - time.monotonic()))
@@ -248,6 +271,24 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
              answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
     return _apply_parked(task, res, job_id, answer, (photo, video))
+
+
+def _store_preflight(res: Resources, job_id: int,
+                     findings: list[dict[str, Any]]) -> str | None:
+    """Keep the worker's preflight findings on the job; refuse it if one says so."""
+    refusal = preflight.Findings(findings).refusal
+    with session_scope(res.settings.database_url) as session:
+        job = session.get(Job, job_id)
+        stored = list(job.preflight or [])
+        stored += [f for f in findings if f not in stored]  # a retry stages (and reads) again
+        if refusal is None:
+            job.preflight = stored
+            return None
+        refuse_job(session, job, refusal, stored)
+    log.info("job %s: refused by preflight before any call: %s", job_id,
+             preflight.describe(refusal))
+    notify.job_finished(res, job_id)
+    return JobState.REFUSED.value
 
 
 def _apply_parked(task: Task, res: Resources, job_id: int, answer: Answer,

@@ -123,3 +123,11 @@ def test_bad_input_gives_clear_errors_and_no_call(configured, sim_control, tmp_p
     with session_scope(database_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
     assert calls(sim_control) == []
+    # Media the API would refuse (and charge for): stored refused, exit 3, still no call.
+    short = tmp_path / "short.mp4"
+    short.write_bytes(mp4_bytes(3, 60_000, duration_s=1.0))
+    proc = _cli(env, *base, "--video", str(short))
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "refused by preflight" in proc.stdout
+    assert "FailedOperation.SilentTooShort" in proc.stdout
+    assert calls(sim_control) == []

@@ -229,3 +229,38 @@ def test_dedupe_hits_and_refused_resubmission(configured, tmp_path):
     assert (job.state, job.result_code, job.preflight, job.finished_at) == (
         "queued", None, None, None)
     assert job.enqueued_at is not None
+
+
+def test_remote_sources_are_preflighted_by_the_worker_before_any_call(
+        configured, sim_control, start_worker, tmp_path):
+    """cos:// (and http) sources are not read at submit; the worker reads the copy it stages
+    and refuses there, before the call: the simulator sees only the good job."""
+    from faceid_batch.storage import make_cos_client
+    from helpers import BUCKET
+
+    settings = configured
+    cos = make_cos_client(settings)
+    good_photo, good_video = jpeg_bytes(31, 15_000), mp4_bytes(32, 150_000)
+    short = mp4_bytes(33, 60_000, duration_s=1.2)
+    for key, body in (("old/p-31.jpg", good_photo), ("old/v-32.mp4", good_video),
+                      ("old/v-33.mp4", short)):
+        cos.put_object(Bucket=BUCKET, Key=key, Body=body)
+    start_worker()
+    good, _ = submit(settings, JobSpec("pf-remote-good", f"cos://{BUCKET}/old/p-31.jpg",
+                                       f"cos://{BUCKET}/old/v-32.mp4", "SILENT"))
+    bad, created = submit(settings, JobSpec("pf-remote-short", f"cos://{BUCKET}/old/p-31.jpg",
+                                            f"cos://{BUCKET}/old/v-33.mp4", "SILENT"))
+    assert created  # nothing could be read at submit: the job is sent
+    wait_until(lambda: all(j.state in FINAL
+                           for j in _jobs(settings.database_url, [good, bad]).values()),
+               60, what="both remote jobs")
+    jobs = _jobs(settings.database_url, [good, bad])
+    assert jobs[good].state == "completed"
+    job = jobs[bad]
+    assert (job.state, job.result_code) == ("refused", "FailedOperation.SilentTooShort")
+    assert job.attempts == 0 and job.preflight[0]["rule"] == "video_too_short"
+    assert f"cos://{BUCKET}/old/v-33.mp4" in job.error_message  # named, not a temp path
+    import hashlib
+
+    assert [c["video_md5"] for c in sim_calls(sim_control)] == [
+        hashlib.md5(good_video).hexdigest()]

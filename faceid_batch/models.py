@@ -164,7 +164,8 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed (revision 0007) for ``faceid-batch cost --since/--until``: calls by period.
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     http_status: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(64))

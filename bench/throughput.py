@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default="global,baseline")
     ap.add_argument("--sim-nice", type=int, default=-10,
                     help="niceness of the simulator's threads (0: as the workers; needs root)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory (media, databases, logs) afterwards")
     args = ap.parse_args(argv)
 
     from faceid_batch.local_services import RedisServer
@@ -239,8 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.scenarios.split(","):
             results.append(run_scenario(name, args, redis_server.url, base))
             print(f"[{name}] done: {results[-1]}", flush=True)
+            if not args.keep:
+                # ~20 GB a scenario at 2,000 jobs (media + the simulator's store): left on
+                # disk, it slows the next scenario down with writeback and fills the disk.
+                shutil.rmtree(base / name, ignore_errors=True)
     finally:
         redis_server.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
     print(f"\n{args.jobs} backfill + {args.onboarding} onboarding jobs, {args.video_mb} MB videos,"
           f" {args.workers} workers x {args.pool} {args.concurrency}, limit {args.limit}/s")
     keys = list(results[0])

@@ -28,6 +28,9 @@ class _NoLimiter(GlobalRateLimiter):
     def started_at(self, slot: Slot, when: float) -> float:
         return 0.0
 
+    def release(self, slot: Slot) -> None:
+        pass
+
 
 @celery_app.task(bind=True, name="bench.verify_plain", rate_limit="20/s", acks_late=True,
                  ignore_result=True, max_retries=None)

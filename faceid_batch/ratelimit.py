@@ -15,9 +15,11 @@ of now; beyond that it is told how long to sleep before asking again. An onboard
 caller reserves whatever the next slot is, so it never queues behind more than a horizon
 of backfill reservations, however many backfill jobs are waiting.
 
-A caller that starts late (a busy host) writes its real start back (``started_at``: the
-moment its request's first bytes were handed to the kernel), so the reservations made after
-it are spaced from when it really started.
+Each caller reports its real start (``started_at``: the moment its request's first bytes
+were handed to the kernel). Until it has, a slot whose time has passed counts as starting
+now, so a thread that wakes late (a busy host) cannot crowd the second after it; a late
+start is written back, so the reservations made after it are spaced from when it really
+started.
 """
 
 from __future__ import annotations
@@ -31,44 +33,80 @@ from dataclasses import dataclass
 import redis
 
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME)
+# KEYS[2] = set of the members whose caller has reported its start (``started_at``)
 # ARGV = limit, window_us, horizon_us (-1 = none), member
 _RESERVE = """
-local key = KEYS[1]
+local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local n = redis.call('ZCARD', key)
+local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now - window)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  for i = 1, #expired, 500 do
+    redis.call('SREM', started, unpack(expired, i, math.min(i + 499, #expired)))
+  end
+end
+-- Each reservation's start as far as we know: its slot, or its reported real start; a slot
+-- whose time has passed but whose caller has not reported yet may still start any moment
+-- (a thread on a busy host wakes late), so it counts as starting now.
+local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+local starts = {}
+for i = 1, #entries, 2 do
+  local s = tonumber(entries[i + 1])
+  if s < now and redis.call('SISMEMBER', started, entries[i]) == 0 then s = now end
+  starts[#starts + 1] = s
+end
+table.sort(starts)
+local n = #starts
 local slot = now
 if n > 0 then
   -- Evenly spaced starts: a burst of simultaneous calls would reach the API with jitter and
   -- could crowd a sliding second even though the reservations do not. (Half the spacing let
   -- the schedule catch up after late starts: +1.5 % throughput, but more crowded seconds.)
   local gap = math.floor(window / limit)
-  local last = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
-  if last + gap > slot then slot = last + gap end
+  if starts[n] + gap > slot then slot = starts[n] + gap end
 end
 if n >= limit then
-  local kth = tonumber(redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')[2])
+  local kth = starts[n - limit + 1]
   if kth + window > slot then slot = kth + window end
 end
 if horizon >= 0 and slot - now > horizon then
   return {0, slot - now - horizon}
 end
 redis.call('ZADD', key, slot, ARGV[4])
-redis.call('PEXPIRE', key, math.floor((slot - now + window) / 1000) + 1000)
+local ttl = math.floor((slot - now + window) / 1000) + 1000
+redis.call('PEXPIRE', key, ttl)
 return {1, slot - now, slot}
 """
 
 
-# KEYS[1] = reservations; ARGV = member, real start (us, Redis clock). Moves it later only.
+# KEYS = reservations, started set; ARGV = member, real start (us, Redis clock), window_us.
+# The entry moves later only; one whose slot aged out while its caller was late comes back,
+# so that a very late start is still counted.
 _MARK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+if start <= now - window then return 0 end
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if old and tonumber(old) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+if not old or tonumber(old) < start then
+  redis.call('ZADD', KEYS[1], start, ARGV[1])
 end
+redis.call('SADD', KEYS[2], ARGV[1])
+local ttl = math.floor((start - now + 2 * window) / 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+# KEYS = reservations, started set; ARGV = member. A slot given back unused.
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -118,9 +156,11 @@ class GlobalRateLimiter:
         self.limit = limit
         self.window_us = int(window * 1_000_000)
         self.key = key
+        self.started_key = f"{key}:started"
         self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
         self._script = client.register_script(_RESERVE)
         self._mark = client.register_script(_MARK)
+        self._release = client.register_script(_RELEASE)
         self._sleep = sleep
         self._executor: ThreadPoolExecutor | None = None
 
@@ -128,7 +168,8 @@ class GlobalRateLimiter:
         """Try once to reserve a start; never sleeps."""
         horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
         member = uuid.uuid4().hex
-        reply = self._script(keys=[self.key], args=[self.limit, self.window_us, horizon, member])
+        reply = self._script(keys=[self.key, self.started_key],
+                             args=[self.limit, self.window_us, horizon, member])
         if not reply[0]:
             return Grant(False, int(reply[1]) / 1_000_000)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member)
@@ -164,22 +205,33 @@ class GlobalRateLimiter:
         return self.started_at(slot, time.monotonic())
 
     def started_at(self, slot: Slot, when: float) -> float:
-        """Record that the call's first bytes left at ``when`` (``time.monotonic()``); return
+        """Report that the call's first bytes left at ``when`` (``time.monotonic()``); return
         how late that was, in seconds.
 
-        A thread can wake late (a busy host, the GIL). Moving its entry to the real start
-        keeps the reservations made after it honest, so late starts do not crowd a second.
-        The start written is ``slot + lateness + rtt``: the reply's travel time is unknown
-        but at most the round trip, so the written start is never earlier than the real one.
+        Until it is reported, a slot whose time has passed counts as starting *now* in every
+        later reservation (see ``_RESERVE``): a thread can wake late (a busy host, the GIL),
+        and its call must not crowd the second after it. A late start is written as
+        ``slot + lateness + rtt``: the reply's travel time is unknown but at most the round
+        trip, so the start written is never earlier than the real one.
         """
+        if not slot.member:
+            return 0.0
         late = when - slot.deadline
-        if late > LATE_TOLERANCE and slot.member:
-            # Written from a helper thread: a Redis round trip here would delay the very
-            # call whose start it records. The reservations this start constrains are made
-            # a window later (minus the backfill horizon), long after this write lands.
-            self._writer().submit(self._write_start, slot.member,
-                                  slot.slot_us + int((late + slot.rtt) * 1_000_000))
+        start_us = slot.slot_us
+        if late > LATE_TOLERANCE:
+            start_us += int((late + slot.rtt) * 1_000_000)
+        # Written from a helper thread: a Redis round trip here would delay the very call
+        # whose start it records.
+        self._writer().submit(self._write_start, slot.member, start_us)
         return late
+
+    def release(self, slot: Slot) -> None:
+        """Give back a slot that will not be used (the call was called off before sending)."""
+        if slot.member:
+            try:
+                self._release(keys=[self.key, self.started_key], args=[slot.member])
+            except redis.RedisError:
+                pass  # it ages out after one window
 
     def _writer(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -188,7 +240,7 @@ class GlobalRateLimiter:
 
     def _write_start(self, member: str, start_us: int) -> None:
         try:
-            self._mark(keys=[self.key], args=[member, start_us])
+            self._mark(keys=[self.key, self.started_key], args=[member, start_us, self.window_us])
         except redis.RedisError:
             pass  # the slot keeps its reserved time: the margin absorbs one late start
 

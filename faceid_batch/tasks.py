@@ -251,6 +251,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     # The breaker may have opened while this job waited for its slot.
     may_call, wait = res.breaker.before_call()
     if not may_call:
+        res.limiter.release(slot)
         return _requeue(task, res, job_id, wait + random.uniform(0, 2))
     prepared = res.faceid.prepare(CompareRequest(
         image_url=res.stager.presign(photo.key),
@@ -264,6 +265,8 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     late: list[float] = []
     answer = res.faceid.send(
         prepared, on_sent=lambda when: late.append(res.limiter.started_at(slot, when)))
+    if not late:
+        res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused
     late_ms = (late[0] if late else 0.0) * 1000
     logs.bind(request_id=answer.request_id)
     metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late_ms / 1000)

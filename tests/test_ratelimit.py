@@ -98,8 +98,9 @@ def test_waiting_does_not_spin_redis(redis_server):
     elapsed = time.monotonic() - started
     # 15 tokens at 5 per 0.5 s take about a second of waiting...
     assert elapsed >= 0.9
-    # ...done with one script call per token, not a poll loop.
-    assert script_calls() - before <= 15 + 1
+    # ...done with one script call per token and one to report its start, not a poll loop.
+    limiter._writer().submit(lambda: None).result(timeout=5)
+    assert script_calls() - before <= 2 * 15 + 1
 
 
 def test_a_late_start_pushes_the_next_window(redis_server):
@@ -116,10 +117,33 @@ def test_a_late_start_pushes_the_next_window(redis_server):
     assert second.slot_us >= written + 1_000_000
 
 
-def test_an_on_time_start_is_not_written_back(redis_server):
+def test_an_on_time_start_keeps_its_slot_and_is_reported(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-ontime")
     slot = limiter.reserve_slot("onboarding")
     limiter.started_at(slot, slot.deadline)
     limiter._writer().submit(lambda: None).result(timeout=5)
     assert r.zscore("rl-ontime", slot.member) == slot.slot_us
+    assert r.sismember("rl-ontime:started", slot.member)
+
+
+def test_an_unreported_past_slot_counts_as_starting_now(redis_server):
+    """A caller that has not started yet when its slot has passed (a thread waking late on a
+    busy host) may start any moment: the next reservation of a full window is spaced from
+    now, not from the slot; once it reports, its real start counts."""
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-unreported")
+    first = limiter.reserve("onboarding")
+    time.sleep(0.3 + max(0.0, (first.slot_us / 1e6) - time.time()))
+    now_us = int(r.time()[0] * 1_000_000 + r.time()[1])
+    second = limiter.reserve("onboarding")
+    assert second.slot_us >= now_us + 1_000_000
+    assert second.slot_us >= first.slot_us + 1_300_000
+
+
+def test_a_released_slot_frees_the_budget(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-release")
+    slot = limiter.reserve_slot("onboarding")
+    limiter.release(slot)
+    assert limiter.reserve("onboarding").wait < 0.05

@@ -34,19 +34,23 @@ import redis
 
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
-# ARGV = limit, window_us, horizon_us (-1 = none), member
+# ARGV = limit, window_us, horizon_us (-1 = none), member, keep_unreported_us
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
+local keep = tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now - window)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  for i = 1, #expired, 500 do
-    redis.call('SREM', started, unpack(expired, i, math.min(i + 499, #expired)))
+-- A start more than a window old no longer counts. A slot never reported is kept (as
+-- starting now) for ``keep``: its caller may still be about to send; a dead caller's slot
+-- goes after that.
+local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - window, 'WITHSCORES')
+for i = 1, #old, 2 do
+  if tonumber(old[i + 1]) < now - keep or redis.call('SISMEMBER', started, old[i]) == 1 then
+    redis.call('ZREM', key, old[i])
+    redis.call('SREM', started, old[i])
   end
 end
 -- Each reservation's start as far as we know: its slot, or its reported real start; a slot
@@ -77,9 +81,9 @@ if horizon >= 0 and slot - now > horizon then
   return {0, slot - now - horizon}
 end
 redis.call('ZADD', key, slot, ARGV[4])
-local ttl = math.floor((slot - now + window) / 1000) + 1000
+local ttl = math.floor((slot - now + window + keep) / 1000) + 1000
 redis.call('PEXPIRE', key, ttl)
-return {1, slot - now, slot}
+return {1, slot - now, slot, now}
 """
 
 
@@ -119,6 +123,7 @@ class Grant:
     wait: float
     slot_us: int = 0  # the reserved start on the Redis clock
     member: str = ""
+    redis_now_us: int = 0  # the Redis clock when the script ran
 
 
 @dataclass(frozen=True)
@@ -128,12 +133,48 @@ class Slot:
     deadline: float
     slot_us: int
     member: str
-    # The reservation's round trip: the reply may have spent up to this long on its way, so
-    # ``deadline`` can be that much later than ``slot_us`` really is (never earlier).
-    rtt: float = 0.0
+    rtt: float = 0.0  # the reservation's round trip
 
 
-LATE_TOLERANCE = 0.002  # seconds; later starts are written back to the shared schedule
+class RedisClock:
+    """This host's ``time.monotonic()`` mapped onto the Redis server's clock.
+
+    Every reservation is a clock sample: Redis read its TIME somewhere between our request
+    and its reply, so the offset is known to within half that round trip. The sample with
+    the shortest round trip wins; one older than ``REFRESH`` seconds gives way to the next,
+    so drift cannot pile up. A thread that waits for the GIL before it reads the reply only
+    widens its own sample, which then loses; mapping through the reply time instead would
+    carry that wait into every start it computes.
+    """
+
+    REFRESH = 30.0
+
+    def __init__(self) -> None:
+        self._best: tuple[float, float, float] | None = None  # offset µs, half rtt µs, when
+
+    def sample(self, asked: float, replied: float, redis_now_us: int) -> None:
+        half = (replied - asked) * 500_000
+        offset = redis_now_us - (asked + replied) * 500_000
+        best = self._best
+        if best is None or half <= best[1] or replied - best[2] > self.REFRESH:
+            self._best = (offset, half, replied)  # one tuple: threads read a consistent one
+
+    def local_deadline(self, redis_us: int) -> float:
+        """The earliest local time that is surely not before ``redis_us`` on Redis's clock."""
+        offset, half, _ = self._best or (0.0, 0.0, 0.0)
+        return (redis_us - offset + half) / 1_000_000
+
+    def redis_time(self, local: float) -> int:
+        """The latest Redis time that local time ``local`` can be (a start never reported
+        earlier than it was)."""
+        offset, half, _ = self._best or (0.0, 0.0, 0.0)
+        return int(local * 1_000_000 + offset + half) + 1
+
+
+# A caller that wakes this much after its slot reserves again instead of sending on it.
+STALE_AFTER = 0.25
+# How long a slot whose caller never reported a start blocks the budget (a dead caller).
+KEEP_UNREPORTED = 5.0
 
 
 class RateLimitTimeout(Exception):
@@ -163,16 +204,18 @@ class GlobalRateLimiter:
         self._release = client.register_script(_RELEASE)
         self._sleep = sleep
         self._executor: ThreadPoolExecutor | None = None
+        self.clock = RedisClock()
 
     def reserve(self, lane: str = "onboarding") -> Grant:
         """Try once to reserve a start; never sleeps."""
         horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
         member = uuid.uuid4().hex
         reply = self._script(keys=[self.key, self.started_key],
-                             args=[self.limit, self.window_us, horizon, member])
+                             args=[self.limit, self.window_us, horizon, member,
+                                   int(KEEP_UNREPORTED * 1_000_000)])
         if not reply[0]:
             return Grant(False, int(reply[1]) / 1_000_000)
-        return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member)
+        return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
 
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
@@ -185,10 +228,10 @@ class GlobalRateLimiter:
             asked = time.monotonic()
             grant = self.reserve(lane)
             if grant.granted:
-                # Counted from the reply, not the request: a slow round trip then makes the
-                # start late (harmless) instead of early (which could crowd a second).
                 replied = time.monotonic()
-                return Slot(replied + grant.wait, grant.slot_us, grant.member, replied - asked)
+                self.clock.sample(asked, replied, grant.redis_now_us)
+                return Slot(self.clock.local_deadline(grant.slot_us), grant.slot_us,
+                            grant.member, replied - asked)
             pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
@@ -200,6 +243,16 @@ class GlobalRateLimiter:
         if remaining > 0:
             self._sleep(remaining)
 
+    def wait(self, slot: Slot, lane: str = "onboarding") -> Slot:
+        """Sleep until ``slot``; a caller that wakes more than ``STALE_AFTER`` past it (a
+        stalled host) gives it back and reserves again rather than send on a stale slot."""
+        self.sleep_until(slot.deadline)
+        while time.monotonic() - slot.deadline > STALE_AFTER:
+            self.release(slot)
+            slot = self.reserve_slot(lane)
+            self.sleep_until(slot.deadline)
+        return slot
+
     def mark_started(self, slot: Slot) -> float:
         """Record that the call starts now; return how late that is, in seconds."""
         return self.started_at(slot, time.monotonic())
@@ -210,20 +263,16 @@ class GlobalRateLimiter:
 
         Until it is reported, a slot whose time has passed counts as starting *now* in every
         later reservation (see ``_RESERVE``): a thread can wake late (a busy host, the GIL),
-        and its call must not crowd the second after it. A late start is written as
-        ``slot + lateness + rtt``: the reply's travel time is unknown but at most the round
-        trip, so the start written is never earlier than the real one.
+        and its call must not crowd the second after it. The start is written on the Redis
+        clock (``RedisClock.redis_time``: never earlier than it really was) and moves the
+        entry later only.
         """
         if not slot.member:
             return 0.0
-        late = when - slot.deadline
-        start_us = slot.slot_us
-        if late > LATE_TOLERANCE:
-            start_us += int((late + slot.rtt) * 1_000_000)
         # Written from a helper thread: a Redis round trip here would delay the very call
         # whose start it records.
-        self._writer().submit(self._write_start, slot.member, start_us)
-        return late
+        self._writer().submit(self._write_start, slot.member, self.clock.redis_time(when))
+        return when - slot.deadline
 
     def release(self, slot: Slot) -> None:
         """Give back a slot that will not be used (the call was called off before sending)."""
@@ -247,8 +296,7 @@ class GlobalRateLimiter:
     def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
         """Block until this caller may start a call; return the seconds waited."""
         started = time.monotonic()
-        slot = self.reserve_slot(lane, timeout)
-        self.sleep_until(slot.deadline)
+        slot = self.wait(self.reserve_slot(lane, timeout), lane)
         self.mark_started(slot)
         return time.monotonic() - started
 

@@ -261,7 +261,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         liveness_type=liveness,
         validate_data=validate,
     ))
-    res.limiter.sleep_until(slot.deadline)
+    slot = res.limiter.wait(slot, lane)
     late: list[float] = []
     answer = res.faceid.send(
         prepared, on_sent=lambda when: late.append(res.limiter.started_at(slot, when)))

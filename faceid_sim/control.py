@@ -6,6 +6,7 @@ in-process through ``RunningSimulator.sim``.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import random
@@ -223,17 +224,26 @@ class Simulator:
             return self._knobs[name]
 
     def admit(self, secret_id: str, now: float) -> bool:
-        """Sliding one-second window per account; only admitted calls occupy the window."""
+        """Sliding one-second window per account; only admitted calls occupy the window.
+
+        ``now`` is the call's arrival (the kernel's receive time), and handler threads can
+        reach here out of arrival order: the window is kept sorted, and a call is admitted
+        only if every one-second window that would hold it stays within the limit.
+        """
         with self._lock:
             limit = self._knobs["rate_limit"]
             if limit == 0:
                 return True
             window = self._windows[secret_id]
-            while window and window[0] <= now - 1.0:
+            # Arrivals out of order are at most a few seconds apart: keep two windows.
+            while window and window[0] <= window[-1] - 2.0:
                 window.popleft()
-            if len(window) >= limit:
-                return False
-            window.append(now)
+            arrivals = sorted([*window, now])
+            i = bisect.bisect_left(arrivals, now)
+            for start in arrivals[bisect.bisect_right(arrivals, now - 1.0):i + 1]:
+                if bisect.bisect_left(arrivals, start + 1.0) - arrivals.index(start) > limit:
+                    return False
+            bisect.insort(window, now)
             return True
 
     def take_script(self, video_md5: str) -> ScriptItem | None:

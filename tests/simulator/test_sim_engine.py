@@ -281,3 +281,16 @@ def test_arrival_is_stamped_when_the_first_bytes_arrive(sim, upload):
     (call,) = sim.sim.calls()
     assert call["code"] == "Success"
     assert abs(call["t_start"] - sent_head) < 0.1, call["t_start"] - sent_head
+
+
+
+def test_rate_window_holds_for_calls_handled_out_of_arrival_order(tmp_path):
+    """Handler threads can reach the limiter out of arrival order: no sliding second may
+    hold more admitted calls than the limit, and calls a second apart are all admitted."""
+    engine = Simulator({"id": "key"}, frames_dir=tmp_path, rate_limit=3)
+    # Handled in this order; arrivals 10.0 .. 10.9 s.
+    order = [10.5, 10.0, 10.9, 10.2, 10.7, 11.05, 11.6, 12.3]
+    admitted = [t for t in order if engine.admit("id", t)]
+    assert sorted(admitted) == [10.0, 10.5, 10.9, 11.05, 11.6, 12.3]
+    admitted.sort()
+    assert all(sum(s <= a < s + 1.0 for a in admitted) <= 3 for s in admitted)

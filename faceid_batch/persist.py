@@ -16,7 +16,7 @@ from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, BestFrameInfo
 from faceid_batch.logs import redact
 from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcnow
-from faceid_batch.preflight import describe as preflight_describe
+from faceid_batch.preflight import refused_columns
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,9 @@ def fail_job(session: Session, job: Job, code: str, message: str) -> None:
 def refuse_job(session: Session, job: Job, finding: dict[str, Any],
                findings: list[dict[str, Any]]) -> None:
     """Final state without a call: preflight predicted the API's refusal (``finding``)."""
-    job.state = JobState.REFUSED.value
-    job.result_code = finding["code"]
-    job.passed = None
-    job.error_message = preflight_describe(finding)[:2000]
+    for column, value in refused_columns(finding).items():
+        setattr(job, column, value)
     job.preflight = findings
-    job.finished_at = utcnow()
 
 
 class BestFrameError(Exception):

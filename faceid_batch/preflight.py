@@ -217,6 +217,14 @@ def _wants_video(actions: dict[str, str]) -> bool:
     return any(actions[r] != "off" for r in video_rules)
 
 
+def refused_columns(finding: dict[str, Any]) -> dict[str, Any]:
+    """The job columns of a job refused by ``finding`` (state, predicted code, reason)."""
+    from faceid_batch.models import JobState, utcnow
+
+    return {"state": JobState.REFUSED.value, "result_code": finding["code"], "passed": None,
+            "error_message": describe(finding)[:2000], "finished_at": utcnow()}
+
+
 def describe(finding: dict[str, Any]) -> str:
     """One line for a report or an error message."""
     return f"preflight {finding['action']}: {finding['code']} ({finding['detail']})"

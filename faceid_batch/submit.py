@@ -54,15 +54,13 @@ class JobSpec:
     @property
     def refusal(self) -> dict[str, Any] | None:
         """The preflight finding that refuses this job, if any."""
-        return next((f for f in self.preflight or () if f["action"] == "refuse"), None)
+        return preflight.Findings(self.preflight or []).refusal
 
     def refused_values(self) -> dict[str, Any]:
         """Job columns of a refused job (state, predicted code, reason, finished)."""
         finding = self.refusal
         assert finding is not None
-        return {"state": JobState.REFUSED.value, "result_code": finding["code"],
-                "passed": None, "error_message": preflight.describe(finding),
-                "finished_at": utcnow()}
+        return preflight.refused_columns(finding)
 
 
 def validate_liveness(liveness_type: str, validate_data: str | None) -> str | None:
@@ -135,26 +133,32 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
     """Insert the job row; return (job id, created). An existing key returns its job,
     except a ``refused`` one: it is checked again (a refusal cost nothing), so it is
     updated from ``spec`` and counts as created (to be sent) if it now passes."""
+    job_id, created, _ = _insert_job(settings, spec)
+    return job_id, created
+
+
+def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None]:
+    """``insert_job``, plus the state the key's job had before (None: a new key)."""
     with session_scope(settings.database_url) as session:
         existing = session.execute(
             select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
         ).first()
         if existing is not None and existing.state == JobState.REFUSED.value:
-            return _recheck_refused(settings, existing.id, spec)
+            return *_recheck_refused(settings, existing.id, spec), existing.state
         if existing is not None:
-            return existing.id, False
+            return existing.id, False, existing.state
     try:
         with session_scope(settings.database_url) as session:
             job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec))
             session.add(job)
             session.flush()
-            return job.id, spec.refusal is None
+            return job.id, spec.refusal is None, None
     except IntegrityError:
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
             return session.scalar(
                 select(Job.id).where(Job.idempotency_key == spec.idempotency_key)
-            ), False
+            ), False, None
 
 
 def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:
@@ -173,6 +177,8 @@ def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) ->
         batch_id = session.scalar(select(Job.batch_id).where(Job.id == job_id))
         session.add(DedupeHit(source=source, count=1, job_id=job_id, idempotency_key=key,
                               batch_id=batch_id))
+
+
 def enqueue(settings: Settings, job_id: int, lane: str) -> None:
     """Send the verify task for a committed job to its lane, then mark it sent."""
     from faceid_batch.tasks import verify
@@ -188,15 +194,11 @@ def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[i
     created). A job refused by preflight is stored ``refused`` and never sent (created
     is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
     spec = validate_spec(spec, settings)
-    with session_scope(settings.database_url) as session:
-        known = session.execute(
-            select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
-        ).first()
-    job_id, created = insert_job(settings, spec)
+    job_id, created, known_state = _insert_job(settings, spec)
     if created:
         enqueue(settings, job_id, spec.lane)
     elif spec.refusal is not None:
         log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))
-    elif known is not None and known.state != JobState.REFUSED.value:
+    elif known_state is not None and known_state != JobState.REFUSED.value:
         record_dedupe_hit(settings, job_id, spec.idempotency_key, source)
     return job_id, created

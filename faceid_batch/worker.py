@@ -52,6 +52,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
             # so that a retry waiting in a worker is not redelivered while it waits.
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_throttle": 1,
+            # A worker killed during its restore pass leaves the restore mutex held; kombu's
+            # default (300 s) would hold back every other worker's restores that long.
+            "unacked_mutex_expire": min(300, max(10, settings.broker_visibility_timeout)),
             # Fixed queue order: a worker takes from 'onboarding' before 'backfill'
             # (the default round-robin would let a backfill backlog delay a sign-up).
             "queue_order_strategy": "priority",

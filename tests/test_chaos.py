@@ -12,6 +12,7 @@ The figures each test measured are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -37,7 +38,7 @@ from faceid_batch.db import normalise_url, session_scope
 from faceid_batch.faceid_client import Answer
 from faceid_batch.local_services import RedisServer, free_port
 from faceid_batch.models import Attempt, Job, Result
-from faceid_batch.recovery import sweep_stuck_jobs
+from faceid_batch.recovery import jobs_in_broker, sweep_stuck_jobs
 from faceid_batch.samples import write_pair
 from faceid_batch.submit import JobSpec, insert_job, submit, validate_spec
 from faceid_batch.tasks import verify
@@ -226,7 +227,9 @@ def test_worker_sigkilled_mid_batch(configured, sim_control, start_worker, tmp_p
     killed_at = time.time()
     w1.kill()
     kills = 1
-    start_worker("w2", CONCURRENCY, **FAST)
+    # With beat, as deployed: the recovery sweep re-sends a message the kill lost outright
+    # (popped by the dead worker's BRPOP, not yet recorded as unacknowledged).
+    start_worker("w2", CONCURRENCY, extra_args=beat_args(tmp_path), **FAST)
     # The killed worker's messages come back after the visibility timeout (8 s) at the next
     # restore pass of the new worker (kombu: every 10 s); about 12 s here.
     wait_final(url, batch.ids, 40)
@@ -528,6 +531,9 @@ def test_breaker_moves_only_on_the_probe(redis_server):
 
 # --- 6. the recovery sweep ----------------------------------------------------------------
 
+SWEEP_LOCK = "faceid:sweep:lock"
+
+
 def insert_stranded(settings, media: Path, i: int, **columns) -> tuple[int, str]:
     """Insert a job row as a crash would have left it (no message in Redis)."""
     photo, video = write_pair(media, i)
@@ -577,7 +583,7 @@ def test_sweep_resends_stranded_jobs(configured, sim_control, start_worker, tmp_
     res = Resources(settings.model_copy(update={"stuck_after_seconds": 1,
                                                 "broker_visibility_timeout": 8}))
     assert sweep_stuck_jobs(res) == {"parked": 2, "unsent": 1, "overdue": 1, "stuck": 1,
-                                     "before_redis_start": 0}
+                                     "before_redis_start": 0, "lost": 0}
     assert answers.taken(client) == {}
 
     start_worker("w1", CONCURRENCY, **FAST)
@@ -594,6 +600,54 @@ def test_sweep_resends_stranded_jobs(configured, sim_control, start_worker, tmp_
     assert not {parked_md5, taken_md5} & {c["video_md5"] for c in calls}
     assert answers.parked_jobs(client) == []
     assert fresh_job.state == "queued" and fresh_job.enqueued_at is None
+
+
+def test_sweep_resends_a_job_whose_message_was_lost(configured, sim_control, start_worker,
+                                                    tmp_path):
+    """A message popped by a worker killed before it recorded it is in no queue: send again.
+
+    kombu's Redis transport takes a message with BRPOP and only then writes it to the
+    "unacked" hash; a SIGKILL between the two loses it (CI once saw a job stay queued after
+    the SIGKILL test). Here the loss is made exact: one message is popped and dropped, one is
+    moved to "unacked" as a dead worker leaves it, one stays queued.
+    """
+    settings = configured
+    url = settings.database_url
+    client = redis.Redis.from_url(settings.redis_url)
+    # Sent after this Redis started, as the sweep sees it (its uptime counts whole seconds).
+    wait_until(lambda: client.info("server")["uptime_in_seconds"] >= 2, 5, what="Redis uptime")
+    ids, md5s = [], {}
+    for i in range(3):
+        photo, video = write_pair(tmp_path / "media", i)
+        job_id, _ = submit(settings, JobSpec(f"lost-{i}", str(photo), str(video), "SILENT",
+                                             lane="backfill"))
+        ids.append(job_id)
+        md5s[job_id] = file_md5(video)
+    lost_raw = client.rpop("backfill")           # the first submitted: taken, then gone
+    taken_raw = client.rpop("backfill")          # the second: a dead worker's unacked one
+    client.hset("unacked", "tag-of-a-dead-worker", json.dumps([json.loads(taken_raw),
+                                                               "", "backfill"]))
+    assert jobs_in_broker(client, ["onboarding", "backfill"]) == {ids[1], ids[2]}
+    assert jobs_in_broker(client, ["onboarding", "backfill"], scan_limit=1) is None
+    assert lost_raw is not None
+
+    res = Resources(settings.model_copy(update={"stuck_after_seconds": 2,
+                                                "sweep_interval_seconds": 1}))
+    # Within STUCK_AFTER_SECONDS of its send a missing message may be in transit: left alone.
+    assert sum(sweep_stuck_jobs(res).values()) == 0
+    time.sleep(2.5)
+    client.delete(SWEEP_LOCK)  # held for at least 5 s by the sweep above
+    counts = sweep_stuck_jobs(res)
+    assert counts["lost"] == 1 and sum(counts.values()) == 1, counts
+    assert ids[0] in jobs_in_broker(client, ["onboarding", "backfill"])
+    client.delete(SWEEP_LOCK)
+    assert sum(sweep_stuck_jobs(res).values()) == 0  # re-sent now: in the queue again
+
+    client.delete("unacked")  # kombu would restore it after the visibility timeout
+    client.lpush("backfill", taken_raw)
+    start_worker("w1", CONCURRENCY, **FAST)
+    wait_final(url, ids, 30)
+    assert sorted(c["video_md5"] for c in sim_calls(sim_control)) == sorted(md5s.values())
 
 
 def test_sweep_runs_on_beat(configured, sim_control, start_worker, tmp_path):
@@ -620,7 +674,7 @@ def test_sweep_resends_jobs_sent_before_redis_started(configured, tmp_path):
     res = Resources(settings.model_copy(update={"sweep_interval_seconds": 1}))
     counts = sweep_stuck_jobs(res)
     assert counts["before_redis_start"] == 1 and sum(counts.values()) == 1
-    time.sleep(1.1)  # the sweep lock
+    redis.Redis.from_url(settings.redis_url).delete(SWEEP_LOCK)
     # Re-sent now, so the next sweep leaves it alone.
     assert sum(sweep_stuck_jobs(res).values()) == 0
     with session_scope(settings.database_url) as s:

@@ -98,20 +98,27 @@ def outcome(job: Job, result: Result | None) -> dict[str, Any]:
     }
 
 
-def job_finished(res: Resources, job_id: int) -> bool:
+def job_finished(res: Resources, job_id: int,
+                 known: tuple[str | None, str] | None = None) -> bool:
     """Queue the completion callback of a job that has just reached a final state.
 
+    ``known`` is the job's (callback_url, lane) when the caller has just read them.
     Returns whether one was queued. Never raises: the job's answer is stored already and
     must not be retried because a callback could not be queued (that is logged instead).
     """
     try:
-        with session_scope(res.settings.database_url) as session:
-            row = session.execute(
-                select(Job.callback_url, Job.lane).where(Job.id == job_id)
-            ).first()
-        if row is None or not row.callback_url:
+        if known is None:
+            with session_scope(res.settings.database_url) as session:
+                row = session.execute(
+                    select(Job.callback_url, Job.lane).where(Job.id == job_id)
+                ).first()
+            if row is None:
+                return False
+            known = (row.callback_url, row.lane)
+        callback_url, lane = known
+        if not callback_url:
             return False
-        deliver_webhook.apply_async(args=[job_id], queue=row.lane)
+        deliver_webhook.apply_async(args=[job_id], queue=lane)
         return True
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("job %s: completion callback could not be queued", job_id)

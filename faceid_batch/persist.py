@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from faceid_batch import billing
@@ -21,32 +21,38 @@ from faceid_batch.preflight import refused_columns
 log = logging.getLogger(__name__)
 
 
-def record_attempt(session: Session, job: Job, answer: Answer,
-                   bill: billing.BillingTable | None = None) -> Attempt:
-    """Add one attempt row; throttled answers do not use up one of the job's attempts.
+def attempt_columns(job_id: int, attempts_before: int, answer: Answer,
+                    bill: billing.BillingTable | None = None) -> dict[str, Any]:
+    """The attempt row of one call; throttled and account answers do not use up an attempt.
 
-    Every call's row is written here (parked answers too), so every row says whether Tencent
+    Every call's row is built here (parked answers too), so every row says whether Tencent
     bills it: ``bill`` (default: the table of this process's BILLING_OVERRIDES) maps its code.
     """
     counted = answer.rule.kind not in (Kind.THROTTLED, Kind.ACCOUNT)
-    if counted:
-        job.attempts += 1
-    attempt = Attempt(
-        job_id=job.id,
-        number=job.attempts,
-        started_at=(datetime.fromtimestamp(answer.started_at, UTC) if answer.started_at
-                    else utcnow()),
-        latency_ms=answer.latency_ms,
-        http_status=answer.http_status,
-        request_id=answer.request_id,
-        code=answer.code,
-        kind=answer.rule.kind.value,
-        channel=answer.channel,
+    return {
+        "job_id": job_id,
+        "number": attempts_before + (1 if counted else 0),
+        "started_at": (datetime.fromtimestamp(answer.started_at, UTC) if answer.started_at
+                       else utcnow()),
+        "latency_ms": answer.latency_ms,
+        "http_status": answer.http_status,
+        "request_id": answer.request_id,
+        "code": answer.code,
+        "kind": answer.rule.kind.value,
+        "channel": answer.channel,
         # Stored as received but without URL signatures or tokens, should an answer echo one.
-        message=redact(answer.message) or None,
-        counted=counted,
-        billable=(bill or billing.current()).billable(answer.code),
-    )
+        "message": redact(answer.message) or None,
+        "counted": counted,
+        "billable": (bill or billing.current()).billable(answer.code),
+    }
+
+
+def record_attempt(session: Session, job: Job, answer: Answer,
+                   bill: billing.BillingTable | None = None) -> Attempt:
+    """Add one attempt row to ``job`` (loaded in ``session``); see attempt_columns."""
+    columns = attempt_columns(job.id, job.attempts, answer, bill)
+    job.attempts = columns["number"]
+    attempt = Attempt(**columns)
     session.add(attempt)
     return attempt
 
@@ -56,37 +62,53 @@ def decide(answer: Answer, threshold: float) -> bool:
     return answer.code == "Success" and answer.sim is not None and answer.sim >= threshold
 
 
-def store_result(session: Session, job: Job, answer: Answer, threshold: float) -> Result:
-    """Store FaceID's final answer for the job (once) and complete the job."""
-    existing = session.scalar(select(Result).where(Result.job_id == job.id))
-    if existing is not None:
-        return existing
-    passed = decide(answer, threshold)
-    result = Result(
-        job_id=job.id,
-        result=answer.code,
-        description=answer.description or answer.message or None,
-        sim=answer.sim,
-        request_id=answer.request_id,
-        passed=passed,
-        threshold=threshold,
-    )
-    session.add(result)
-    job.state = JobState.COMPLETED.value
-    job.result_code = answer.code
-    job.passed = passed
-    job.error_message = None
-    job.finished_at = utcnow()
-    return result
+def result_columns(job_id: int, answer: Answer, threshold: float) -> dict[str, Any]:
+    """The result row of FaceID's final answer for a job."""
+    return {
+        "job_id": job_id,
+        "result": answer.code,
+        "description": answer.description or answer.message or None,
+        "sim": answer.sim,
+        "request_id": answer.request_id,
+        "passed": decide(answer, threshold),
+        "threshold": threshold,
+    }
+
+
+def completed_columns(answer: Answer, passed: bool) -> dict[str, Any]:
+    """A job's columns once its answer is stored."""
+    return {"state": JobState.COMPLETED.value, "result_code": answer.code, "passed": passed,
+            "error_message": None, "finished_at": utcnow()}
+
+
+def failed_columns(code: str, message: str) -> dict[str, Any]:
+    """Final state without a verdict (bad request or media, attempts exhausted)."""
+    return {"state": JobState.FAILED.value, "result_code": code, "passed": None,
+            "error_message": message[:2000], "finished_at": utcnow()}
+
+
+def write_answer(session: Session, job_id: int, attempts_before: int, answer: Answer,
+                 job_columns: dict[str, Any], threshold: float | None) -> int:
+    """One call's rows in one go, without loading the job: its attempt, its result when
+    ``threshold`` is given (once per job), and ``job_columns`` on the job with its new
+    attempt count. Returns that count.
+    """
+    attempt = attempt_columns(job_id, attempts_before, answer)
+    session.execute(insert(Attempt).values(**attempt))
+    columns = {**job_columns, "attempts": attempt["number"]}
+    if threshold is not None:
+        result = result_columns(job_id, answer, threshold)
+        if session.scalar(select(Result.id).where(Result.job_id == job_id)) is None:
+            session.execute(insert(Result).values(**result))
+            columns.update(completed_columns(answer, result["passed"]))
+    session.execute(update(Job).where(Job.id == job_id).values(**columns))
+    return int(attempt["number"])
 
 
 def fail_job(session: Session, job: Job, code: str, message: str) -> None:
     """Final state without a verdict (bad request or media, attempts exhausted)."""
-    job.state = JobState.FAILED.value
-    job.result_code = code
-    job.passed = None
-    job.error_message = message[:2000]
-    job.finished_at = utcnow()
+    for column, value in failed_columns(code, message).items():
+        setattr(job, column, value)
 
 
 def refuse_job(session: Session, job: Job, finding: dict[str, Any],
@@ -128,4 +150,5 @@ def store_best_frame(session: Session, job_id: int, content: bytes, md5: str) ->
     """Keep the best frame with the job (once per job)."""
     if session.scalar(select(BestFrame.id).where(BestFrame.job_id == job_id)) is not None:
         return
-    session.add(BestFrame(job_id=job_id, md5=md5, size=len(content), content=content))
+    session.execute(insert(BestFrame).values(job_id=job_id, md5=md5, size=len(content),
+                                             content=content))

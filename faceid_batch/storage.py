@@ -21,7 +21,9 @@ from typing import BinaryIO
 import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
+from requests.adapters import HTTPAdapter
 
+from faceid_batch.httpenv import environ_proxies, pinned_session
 from faceid_batch.media import (
     CHUNK,
     MediaError,
@@ -62,8 +64,22 @@ def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
         Timeout=60,
         PoolConnections=4,
         PoolMaxSize=pool_size,
+        Proxies=environ_proxies(cos_endpoint(settings)) or None,
     )
-    return CosS3Client(config, retry=2)
+    # Our own pooled session instead of the SDK's built-in one, so that requests does not
+    # read the environment again on every upload (see httpenv).
+    session = pinned_session(cos_endpoint(settings))
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return CosS3Client(config, retry=2, session=session)
+
+
+def cos_endpoint(settings: Settings) -> str:
+    """The base URL of the bucket's COS endpoint."""
+    domain = settings.cos_domain or (f"{settings.cos_bucket}.cos.{settings.cos_region}"
+                                     ".myqcloud.com")
+    return f"{settings.cos_scheme}://{domain}/"
 
 
 def parse_cos_uri(source: str) -> tuple[str, str]:

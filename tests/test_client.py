@@ -71,6 +71,8 @@ def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, stage
     assert len(sent) == 1 and before <= sent[0] <= after
     (call,) = [k for k in sim_calls(sim_control) if k["request_id"] == answer.request_id]
     assert abs(call["t_start"] - (sent[0] + offset)) < 0.02
+    # The attempt row's started_at is the same moment, on the wall clock.
+    assert abs(call["t_start"] - answer.started_at) < 0.02
 
 
 def test_on_sent_is_not_called_when_nothing_was_sent(staged_request):

@@ -20,7 +20,7 @@ import redis
 import requests
 from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from faceid_batch import answers, logs, metrics, preflight
@@ -189,19 +189,24 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         return _apply_parked(task, res, job_id, parked)
 
     with session_scope(s.database_url) as session:
-        job = session.get(Job, job_id)
+        job = session.execute(select(
+            Job.state, Job.batch_id, Job.lane, Job.photo_source, Job.video_source,
+            Job.photo_md5, Job.video_md5, Job.liveness_type, Job.validate_data,
+        ).where(Job.id == job_id)).first()
         if job is None:
             log.error("job %s: no such job row; dropping the message", job_id)
             return "missing"
         if job.state in JobState.final():
             # Already answered: a redelivery must never pay for a second call.
-            return job.state
+            return str(job.state)
         # A paused or cancelled batch: park or close the job without a call.
-        if (gated := batch_gate(res, job)) is not None:
+        if job.batch_id is not None and (
+                gated := batch_gate(res, session.get_one(Job, job_id))) is not None:
             return gated
-        job.state = JobState.RUNNING.value
-        job.started_at = job.started_at or utcnow()
-        job.enqueued_at = job.enqueued_at or utcnow()
+        now = utcnow()
+        session.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.RUNNING.value, started_at=func.coalesce(Job.started_at, now),
+            enqueued_at=func.coalesce(Job.enqueued_at, now)))
         lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
         photo_md5, video_md5 = job.photo_md5, job.video_md5
         liveness, validate = job.liveness_type, job.validate_data

@@ -10,6 +10,8 @@ session is built, NO_PROXY included; ``.netrc`` is never used, every request is 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 import requests
 from requests.utils import get_environ_proxies
@@ -24,8 +26,33 @@ def pinned_session(url: str, session: requests.Session | None = None) -> request
     """``session`` (a new one by default) set up for ``url``'s host from the environment now."""
     session = session or requests.Session()
     session.trust_env = False
-    session.proxies.update(environ_proxies(url))
+    if url:
+        session.proxies.update(environ_proxies(url))
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         session.verify = bundle
     return session
+
+
+class ResolvedEnvSession(requests.Session):
+    """A session for many hosts: the environment's proxies for each origin are looked up
+    once (and kept), the CA bundle when the session is built; ``.netrc`` is not read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        pinned_session("", self)
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        if kwargs.get("proxies") is None:
+            kwargs["proxies"] = _origin_proxies(_origin(str(url)))
+        return super().request(method, url, *args, **kwargs)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+@lru_cache(maxsize=1024)
+def _origin_proxies(origin: str) -> dict[str, str]:
+    return environ_proxies(origin)

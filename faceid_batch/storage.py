@@ -18,12 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import requests
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 from requests.adapters import HTTPAdapter
 
-from faceid_batch.httpenv import environ_proxies, pinned_session
+from faceid_batch.httpenv import ResolvedEnvSession, environ_proxies, pinned_session
 from faceid_batch.media import (
     CHUNK,
     MediaError,
@@ -98,7 +97,8 @@ class MediaStager:
         self.settings = settings
         self.bucket = settings.cos_bucket or ""
         self.client = client or make_cos_client(settings)
-        self.http = requests.Session()
+        # Remote sources and best frames: many hosts, the environment read once per host.
+        self.http = ResolvedEnvSession()
 
     # -- reading sources -------------------------------------------------------
     @contextmanager

@@ -110,15 +110,14 @@ def _media_verdict(
         photo = download(params["ImageUrl"], "ImageUrl", budget, sim.frames.root, remote)
     except MediaError as exc:
         return _failure(sim, exc.code, item, exc.message)
-    video = None
     try:
         fmt = check_photo(photo, params["ImageMd5"])
-        # Kept on disk for a moment: the engine reads the container's duration and tracks.
-        video = download(params["VideoUrl"], "VideoUrl", budget, sim.frames.root, remote)
+        # Its moov box is kept: the engine reads the container's duration and tracks there.
+        video = download(params["VideoUrl"], "VideoUrl", budget, None, remote, keep_moov=True)
         video_fmt = check_video(video, params["VideoMd5"])
         assert photo.path is not None
         if item is None:  # a scripted answer is the script's, whatever the media say
-            refusal = content_verdict(photo.path, video.path, video_fmt,
+            refusal = content_verdict(photo.path, video.data, video_fmt,
                                       params["LivenessType"])
             if refusal is not None:
                 raise refusal
@@ -126,9 +125,6 @@ def _media_verdict(
         if photo.path:
             os.unlink(photo.path)
         return _failure(sim, exc.code, item, exc.message)
-    finally:
-        if video is not None and video.path:
-            os.unlink(video.path)
     best_frame = None
     assert photo.path is not None
     if item is None or item.best_frame:

@@ -40,13 +40,15 @@ class MediaError(Exception):
 
 @dataclass
 class Downloaded:
-    """A fetched file: its MD5, size, first bytes, and (for photos) where it was kept."""
+    """A fetched file: its MD5, size, first bytes, and what was kept: a file (photos, served
+    later as the best frame) or, for an MP4 video, its ``moov`` box (read for its headers)."""
 
     md5: str
     size: int
     head: bytes
     path: str | None
     over_cap: bool
+    data: bytes | None = None
 
 
 def base64_size(n: int) -> int:
@@ -95,12 +97,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def download(
-    url: str, param: str, budget: float, keep_dir: Path | None, allow_remote: bool = False
+    url: str, param: str, budget: float, keep_dir: Path | None, allow_remote: bool = False,
+    keep_moov: bool = False,
 ) -> Downloaded:
     """Fetch ``url`` within ``budget`` seconds in total, hashing as it streams.
 
     ``param`` names the request parameter (ImageUrl/VideoUrl) for messages. With ``keep_dir``
-    the bytes are also written to a temporary file there (the caller owns it afterwards).
+    the bytes are also written to a temporary file there (the caller owns it afterwards);
+    with ``keep_moov`` the MP4 ``moov`` box is kept in memory (``Downloaded.data``), read
+    as the bytes stream past, and nothing else.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,6 +119,7 @@ def download(
     if keep_dir is not None:
         fd, path = tempfile.mkstemp(dir=keep_dir, suffix=".dl")
     out = os.fdopen(fd, "wb") if path else None
+    moov = MoovCollector() if keep_moov else None
     ok = False
     try:
         try:
@@ -138,6 +144,8 @@ def download(
                     md5.update(chunk)
                     if out is not None:
                         out.write(chunk)
+                    if moov is not None:
+                        moov.feed(chunk)
         except requests.exceptions.Timeout:
             raise MediaError(
                 "FailedOperation.DownLoadTimeoutError", f"{param}: download exceeded {budget:g} s."
@@ -158,7 +166,8 @@ def download(
                 "FailedOperation.DownLoadError", f"{param}: download failed."
             ) from None
         ok = True
-        return Downloaded(md5.hexdigest(), size, head, path, over_cap=False)
+        return Downloaded(md5.hexdigest(), size, head, path, over_cap=False,
+                          data=moov.result() if moov is not None else None)
     finally:
         if out is not None:
             out.close()
@@ -240,10 +249,72 @@ def _boxes(data: bytes, start: int, end: int):  # type: ignore[no-untyped-def]
         pos += size
 
 
-def mp4_info(path: str) -> VideoInfo | None:
-    """Read an MP4's moov: the mvhd duration and the track handlers. None if unreadable."""
-    with open(path, "rb") as fh:
-        data = fh.read(HARD_CAP_BYTES)
+class MoovCollector:
+    """Follows an MP4's top-level boxes as its bytes stream past and keeps only ``moov``
+    (a few KB wherever it lies), so a video is neither held nor written whole to read it."""
+
+    MAX_MOOV = 8 * MB
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._skip = 0
+        self._moov: bytearray | None = None
+        self._need: int | None = 0  # moov bytes still to come (None: to the end)
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        i, n = 0, len(chunk)
+        while i < n and not self.done:
+            if self._moov is not None:
+                take = n - i if self._need is None else min(self._need, n - i)
+                self._moov += chunk[i:i + take]
+                i += take
+                if self._need is not None:
+                    self._need -= take
+                if self._need == 0 or len(self._moov) > self.MAX_MOOV:
+                    self.done = True
+            elif self._skip:
+                take = min(self._skip, n - i)
+                self._skip -= take
+                i += take
+            else:
+                want = 16 if len(self._header) >= 8 and self._header[:4] == b"\0\0\0\1" else 8
+                take = min(want - len(self._header), n - i)
+                self._header += chunk[i:i + take]
+                i += take
+                if len(self._header) == 8 and self._header[:4] == b"\0\0\0\1":
+                    continue  # a 64-bit size follows
+                if len(self._header) == want:
+                    self._box(self._header)
+                    self._header = b""
+
+    def _box(self, header: bytes) -> None:
+        size = int.from_bytes(header[8:16] if len(header) == 16 else header[:4], "big")
+        body = None if size == 0 else size - len(header)  # 0: the box runs to the end
+        if body is not None and body < 0:
+            self.done = True  # not an MP4 box structure
+        elif header[4:8] == b"moov":
+            self._moov, self._need = bytearray(header), body
+            if body == 0:
+                self.done = True
+        elif body is None:
+            self.done = True
+        else:
+            self._skip = body
+
+    def result(self) -> bytes | None:
+        """The ``moov`` box (header included), or None if the stream held none."""
+        return bytes(self._moov) if self._moov is not None else None
+
+
+def mp4_info(source: str | bytes) -> VideoInfo | None:
+    """Read an MP4's moov (from a path or the file's bytes): the mvhd duration and the
+    track handlers. None if unreadable."""
+    if isinstance(source, bytes):
+        data = source[:HARD_CAP_BYTES]
+    else:
+        with open(source, "rb") as fh:
+            data = fh.read(HARD_CAP_BYTES)
     seconds: float | None = None
     sound = False
 
@@ -289,14 +360,15 @@ def photo_dimensions(path: str) -> tuple[int, int] | None:
     return None
 
 
-def content_verdict(photo_path: str, video_path: str | None, video_fmt: str,
+def content_verdict(photo_path: str, video: str | bytes | None, video_fmt: str,
                     liveness: str) -> MediaError | None:
-    """What the engine answers from the media's own headers, before any face work."""
+    """What the engine answers from the media's own headers, before any face work.
+    ``video`` is the video's path or its bytes."""
     size = photo_dimensions(photo_path)
     if size is not None and min(size) < PHOTO_MIN_SIDE:
         return MediaError("FailedOperation.LifePhotoPoorQuality",
                           "The resolution of the image passed in is too low.")
-    info = mp4_info(video_path) if video_path and video_fmt == "mp4" else None
+    info = mp4_info(video) if video and video_fmt == "mp4" else None
     if info is None:
         return None
     if info.seconds < MIN_VIDEO_SECONDS:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from faceid_batch import answers, logs, metrics, preflight
 from faceid_batch.batches import batch_gate
-from faceid_batch.db import session_scope
+from faceid_batch.db import session_scope, write_scope
 from faceid_batch.errors import Kind
 from faceid_batch.faceid_client import Answer, CompareRequest
 from faceid_batch.media import MediaError
@@ -188,7 +188,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         # A paid answer that could not be written earlier: store it, never call again.
         return _apply_parked(task, res, job_id, parked)
 
-    with session_scope(s.database_url) as session:
+    with write_scope(s.database_url) as session:
         job = session.execute(select(
             Job.state, Job.batch_id, Job.lane, Job.photo_source, Job.video_source,
             Job.photo_md5, Job.video_md5, Job.liveness_type, Job.validate_data,
@@ -330,7 +330,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     columns: dict[str, Any] = {}
     threshold = None
     delay = 0.0
-    with session_scope(s.database_url) as session:
+    with write_scope(s.database_url) as session:
         row = session.execute(select(Job.state, Job.attempts, Job.callback_url, Job.lane)
                               .where(Job.id == job_id)).one()
         if row.state in JobState.final():
@@ -385,7 +385,7 @@ def _keep_best_frame(res: Resources, job_id: int, answer: Answer) -> None:
         # The verdict is stored already; a missing frame does not undo a paid answer.
         log.warning("job %s: best frame not kept: %s", job_id, exc)
         return
-    with session_scope(res.settings.database_url) as session:
+    with write_scope(res.settings.database_url) as session:
         store_best_frame(session, job_id, content, md5)
 
 

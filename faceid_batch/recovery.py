@@ -58,9 +58,14 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
     # with the old one (no AOF, or the last second before a crash with AOF): send it again.
     uptime = int(res.redis.info("server").get("uptime_in_seconds", 0))
     redis_started = now - timedelta(seconds=uptime)
-    # Read the broker before the database: a job still queued afterwards whose message was
-    # not in this snapshot was not in Redis when the snapshot was taken.
-    in_broker = jobs_in_broker(res.redis, [lane.value for lane in Lane])
+    may_be_lost = and_(Job.state == JobState.QUEUED.value, Job.enqueued_at < stuck,
+                       Job.updated_at < stuck)
+    with session_scope(s.database_url) as session:
+        suspects = session.scalar(select(Job.id).where(may_be_lost).limit(1)) is not None
+    # Read the broker (only when some job has been queued that long) before the database: a
+    # job still queued afterwards whose message was not in this snapshot was not in Redis
+    # when the snapshot was taken.
+    in_broker = jobs_in_broker(res.redis, [lane.value for lane in Lane]) if suspects else None
     with session_scope(s.database_url) as session:
         _settle_taken_answers(res, session)
         parked = set(answers.parked_jobs(res.redis))
@@ -80,8 +85,7 @@ def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignor
             seen = {r[0] for r in rows}
             rows += [r for r in session.execute(
                 select(Job.id, Job.lane, Job.state, Job.enqueued_at, Job.next_attempt_at).where(
-                    Job.state == JobState.QUEUED.value, Job.enqueued_at < stuck,
-                    Job.updated_at < stuck).limit(limit)
+                    may_be_lost).limit(limit)
             ).all() if r[0] not in in_broker and r[0] not in seen]
         for job_id, lane, state, enqueued_at, next_attempt_at in rows:
             reason = ("parked" if job_id in parked else

@@ -22,15 +22,19 @@ def environ_proxies(url: str) -> dict[str, str]:
     return {k: v for k, v in get_environ_proxies(url).items() if k != "no"}
 
 
-def pinned_session(url: str, session: requests.Session | None = None) -> requests.Session:
-    """``session`` (a new one by default) set up for ``url``'s host from the environment now."""
-    session = session or requests.Session()
+def _environment_read_once(session: requests.Session) -> requests.Session:
+    """Stop ``session`` reading the environment per request; take its CA bundle now."""
     session.trust_env = False
-    if url:
-        session.proxies.update(environ_proxies(url))
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         session.verify = bundle
+    return session
+
+
+def pinned_session(url: str, session: requests.Session | None = None) -> requests.Session:
+    """``session`` (a new one by default) set up for ``url``'s host from the environment now."""
+    session = _environment_read_once(session or requests.Session())
+    session.proxies.update(environ_proxies(url))
     return session
 
 
@@ -40,7 +44,7 @@ class ResolvedEnvSession(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
-        pinned_session("", self)
+        _environment_read_once(self)
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def,override]
         if kwargs.get("proxies") is None:

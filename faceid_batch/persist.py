@@ -21,17 +21,23 @@ from faceid_batch.preflight import refused_columns
 log = logging.getLogger(__name__)
 
 
+def attempt_number(attempts_before: int, answer: Answer) -> int:
+    """The job's attempt count once ``answer`` is recorded: throttled and account answers
+    (someone else used the budget; the account is in arrears) do not use up an attempt."""
+    return attempts_before + (0 if answer.rule.kind in (Kind.THROTTLED, Kind.ACCOUNT) else 1)
+
+
 def attempt_columns(job_id: int, attempts_before: int, answer: Answer,
                     bill: billing.BillingTable | None = None) -> dict[str, Any]:
-    """The attempt row of one call; throttled and account answers do not use up an attempt.
+    """The attempt row of one call (see attempt_number for what counts as an attempt).
 
     Every call's row is built here (parked answers too), so every row says whether Tencent
     bills it: ``bill`` (default: the table of this process's BILLING_OVERRIDES) maps its code.
     """
-    counted = answer.rule.kind not in (Kind.THROTTLED, Kind.ACCOUNT)
+    number = attempt_number(attempts_before, answer)
     return {
         "job_id": job_id,
-        "number": attempts_before + (1 if counted else 0),
+        "number": number,
         "started_at": (datetime.fromtimestamp(answer.started_at, UTC) if answer.started_at
                        else utcnow()),
         "latency_ms": answer.latency_ms,
@@ -42,19 +48,9 @@ def attempt_columns(job_id: int, attempts_before: int, answer: Answer,
         "channel": answer.channel,
         # Stored as received but without URL signatures or tokens, should an answer echo one.
         "message": redact(answer.message) or None,
-        "counted": counted,
+        "counted": number > attempts_before,
         "billable": (bill or billing.current()).billable(answer.code),
     }
-
-
-def record_attempt(session: Session, job: Job, answer: Answer,
-                   bill: billing.BillingTable | None = None) -> Attempt:
-    """Add one attempt row to ``job`` (loaded in ``session``); see attempt_columns."""
-    columns = attempt_columns(job.id, job.attempts, answer, bill)
-    job.attempts = columns["number"]
-    attempt = Attempt(**columns)
-    session.add(attempt)
-    return attempt
 
 
 def decide(answer: Answer, threshold: float) -> bool:
@@ -88,21 +84,20 @@ def failed_columns(code: str, message: str) -> dict[str, Any]:
 
 
 def write_answer(session: Session, job_id: int, attempts_before: int, answer: Answer,
-                 job_columns: dict[str, Any], threshold: float | None) -> int:
+                 job_columns: dict[str, Any], threshold: float | None) -> None:
     """One call's rows in one go, without loading the job: its attempt, its result when
     ``threshold`` is given (once per job), and ``job_columns`` on the job with its new
-    attempt count. Returns that count.
+    attempt count.
     """
     attempt = attempt_columns(job_id, attempts_before, answer)
     session.execute(insert(Attempt).values(**attempt))
     columns = {**job_columns, "attempts": attempt["number"]}
-    if threshold is not None:
+    if threshold is not None and session.scalar(
+            select(Result.id).where(Result.job_id == job_id)) is None:
         result = result_columns(job_id, answer, threshold)
-        if session.scalar(select(Result.id).where(Result.job_id == job_id)) is None:
-            session.execute(insert(Result).values(**result))
-            columns.update(completed_columns(answer, result["passed"]))
+        session.execute(insert(Result).values(**result))
+        columns.update(completed_columns(answer, result["passed"]))
     session.execute(update(Job).where(Job.id == job_id).values(**columns))
-    return int(attempt["number"])
 
 
 def fail_job(session: Session, job: Job, code: str, message: str) -> None:

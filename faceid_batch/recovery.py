@@ -24,6 +24,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import and_, or_, select, update
 
 from faceid_batch import answers
@@ -33,11 +34,6 @@ from faceid_batch.models import Attempt, Job, JobState, Lane, utcnow
 log = logging.getLogger(__name__)
 UNSENT_GRACE = timedelta(seconds=60)
 LOST_SCAN_LIMIT = 10_000
-# kombu's Redis transport: priority sub-queues are "<queue>\x06\x16<priority>" (none for 0),
-# and messages taken but not acknowledged live in the hash "unacked".
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-UNACKED_KEY = "unacked"
 
 
 def sweep_stuck_jobs(res, limit: int = 10_000) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -111,18 +107,21 @@ def jobs_in_broker(client, queues: list[str],  # type: ignore[no-untyped-def]
     set is seen once. None when the queues hold more than ``scan_limit`` messages (too long to
     read on every sweep).
     """
-    keys = [q if pri == 0 else f"{q}{PRIORITY_SEP}{pri}" for q in queues for pri in PRIORITY_STEPS]
+    # kombu's Redis transport: a queue's priority sub-queues are "<queue><sep><priority>"
+    # (none for 0); messages taken but not acknowledged live in the hash "unacked".
+    keys = [q if pri == 0 else f"{q}{RedisChannel.sep}{pri}"
+            for q in queues for pri in RedisChannel.priority_steps]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.llen(key)
-    pipe.hlen(UNACKED_KEY)
+    pipe.hlen(RedisChannel.unacked_key)
     *lengths, unacked = pipe.execute()
     if sum(lengths) + unacked > scan_limit:
         return None
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    pipe.hvals(UNACKED_KEY)
+    pipe.hvals(RedisChannel.unacked_key)
     *queued, taken = pipe.execute()
     found: set[int] = set()
     for raw in [m for q in queued for m in q]:

@@ -53,6 +53,7 @@ class StagedMedia:
 def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
     """One COS client per process; the SDK's session is pooled and thread-safe."""
     secret_id, secret_key, token = settings.cos_credentials
+    endpoint = cos_endpoint(settings)
     config = CosConfig(
         Region=settings.cos_region,
         SecretId=secret_id,
@@ -63,11 +64,11 @@ def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
         Timeout=60,
         PoolConnections=4,
         PoolMaxSize=pool_size,
-        Proxies=environ_proxies(cos_endpoint(settings)) or None,
+        Proxies=environ_proxies(endpoint) or None,
     )
     # Our own pooled session instead of the SDK's built-in one, so that requests does not
     # read the environment again on every upload (see httpenv).
-    session = pinned_session(cos_endpoint(settings))
+    session = pinned_session(endpoint)
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -32,6 +32,7 @@ from faceid_batch.media import MediaError
 from faceid_batch.models import Job, JobState, utcnow
 from faceid_batch.persist import (
     BestFrameError,
+    attempt_number,
     fail_job,
     failed_columns,
     fetch_best_frame,
@@ -339,8 +340,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
             photo, video = staged
             columns.update(photo_md5=photo.info.md5, photo_key=photo.key,
                            video_md5=video.info.md5, video_key=video.key)
-        counted = kind not in (Kind.THROTTLED, Kind.ACCOUNT)
-        attempts = row.attempts + (1 if counted else 0)
+        attempts = attempt_number(row.attempts, answer)
         if kind in (Kind.SUCCESS, Kind.VERDICT):
             threshold = s.pass_threshold
             state = JobState.COMPLETED.value

@@ -307,14 +307,9 @@ class MoovCollector:
         return bytes(self._moov) if self._moov is not None else None
 
 
-def mp4_info(source: str | bytes) -> VideoInfo | None:
-    """Read an MP4's moov (from a path or the file's bytes): the mvhd duration and the
-    track handlers. None if unreadable."""
-    if isinstance(source, bytes):
-        data = source[:HARD_CAP_BYTES]
-    else:
-        with open(source, "rb") as fh:
-            data = fh.read(HARD_CAP_BYTES)
+def mp4_info(data: bytes) -> VideoInfo | None:
+    """Read an MP4's moov (the file's bytes, or just its moov box, see MoovCollector): the
+    mvhd duration and the track handlers. None if unreadable."""
     seconds: float | None = None
     sound = False
 
@@ -360,15 +355,15 @@ def photo_dimensions(path: str) -> tuple[int, int] | None:
     return None
 
 
-def content_verdict(photo_path: str, video: str | bytes | None, video_fmt: str,
+def content_verdict(photo_path: str, video_moov: bytes | None, video_fmt: str,
                     liveness: str) -> MediaError | None:
     """What the engine answers from the media's own headers, before any face work.
-    ``video`` is the video's path or its bytes."""
+    ``video_moov`` is the video's moov box (``Downloaded.data``)."""
     size = photo_dimensions(photo_path)
     if size is not None and min(size) < PHOTO_MIN_SIDE:
         return MediaError("FailedOperation.LifePhotoPoorQuality",
                           "The resolution of the image passed in is too low.")
-    info = mp4_info(video) if video and video_fmt == "mp4" else None
+    info = mp4_info(video_moov) if video_moov and video_fmt == "mp4" else None
     if info is None:
         return None
     if info.seconds < MIN_VIDEO_SECONDS:

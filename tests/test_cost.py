@@ -24,7 +24,7 @@ from faceid_batch.db import session_scope
 from faceid_batch.errors import EXACT, PREFIXES, Kind, classify
 from faceid_batch.faceid_client import Answer
 from faceid_batch.models import Attempt, Batch, DedupeHit, Job, JobState
-from faceid_batch.persist import record_attempt
+from faceid_batch.persist import attempt_columns
 from faceid_batch.samples import mp4_bytes, write_pair
 from faceid_batch.settings import SettingsError, load_settings
 from faceid_batch.submit import JobSpec, submit
@@ -146,15 +146,15 @@ def _job(session, key: str, batch_id: int | None = None, state: str = "completed
     return job
 
 
-def test_record_attempt_stores_billable(database_url):
+def test_attempt_rows_store_billable(database_url):
     with session_scope(database_url) as s:
         job = _job(s, "rec-1")
         for code, channel in (("Success", "result"), ("FailedOperation.DownLoadError", "result"),
                               ("InvalidParameterValue", "error"), ("InternalError", "error"),
                               ("ClientError.ReadTimeout", "transport")):
-            record_attempt(s, job, Answer(code, channel))
-        record_attempt(s, job, Answer("InternalError", "error"),
-                       billing.table("InternalError=billable"))
+            s.add(Attempt(**attempt_columns(job.id, 0, Answer(code, channel))))
+        s.add(Attempt(**attempt_columns(job.id, 0, Answer("InternalError", "error"),
+                                        billing.table("InternalError=billable"))))
     with session_scope(database_url) as s:
         rows = s.execute(select(Attempt.code, Attempt.billable).order_by(Attempt.id)).all()
     assert [tuple(r) for r in rows] == [

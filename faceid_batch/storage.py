@@ -1,8 +1,10 @@
 """Stage media in the COS bucket of the FaceID region with cos-python-sdk-v5.
 
-Objects are content-addressed (``<prefix><md5><ext>``), so the same photo is uploaded once
-however many jobs use it, and a retried job skips the upload. FaceID gets short-lived
-presigned GET URLs; those URLs are never stored or logged (they carry a signature).
+Objects are content-addressed (``<prefix><md5><ext>``): uploading a file again only writes
+the same bytes under the same key. A video is checked for (HEAD) before upload only when the
+caller knows it was staged before (a retry); small files are uploaded without a check.
+FaceID gets short-lived presigned GET URLs; those URLs are never stored or logged (they
+carry a signature).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from faceid_batch.settings import Settings
 
 log = logging.getLogger(__name__)
 UPLOAD_READ = 1024 * 1024
+# Below this size a PUT costs about what the HEAD that could save it costs (the SDK's request
+# work dominates, not the bytes), so small files (ID photos) are uploaded without a check.
+CHECK_EXISTING_FROM = 1024 * 1024
 # The SDK logs full request URLs and headers at INFO/DEBUG (they carry signatures), and a
 # WARNING for every expected 404 of the HEAD that checks whether an object is there.
 logging.getLogger("qcloud_cos").setLevel(logging.ERROR)
@@ -163,13 +168,17 @@ class MediaStager:
             raise
 
     def stage(self, kind: str, source: str, known_md5: str | None = None,
-              inspect: Callable[[str], None] | None = None) -> StagedMedia:
-        """Check and upload one file (skipped when already present); raise MediaError.
+              inspect: Callable[[str], None] | None = None,
+              check_existing: bool = True) -> StagedMedia:
+        """Check and upload one file; raise MediaError.
 
         ``known_md5`` is the MD5 computed when the job was submitted: with it a file already
         in the bucket is not read again, and an upload is checked against it on the way.
         ``inspect`` is called with the local copy's path before anything is uploaded (the
-        worker's preflight of remote sources).
+        worker's preflight of remote sources). With ``check_existing`` a file of at least
+        CHECK_EXISTING_FROM bytes already in the bucket is not uploaded again; without it
+        (a selfie video on its job's first attempt is new: the HEAD would only miss) the
+        file is uploaded straight away.
         """
         label = display_source(source)
         with self._local_copy(kind, source) as path:
@@ -184,7 +193,7 @@ class MediaStager:
             else:
                 info = peek_local(kind, path, known_md5, label=label)
             key = f"{self.settings.cos_key_prefix}{info.md5}{info.extension}"
-            if self.exists(key):
+            if check_existing and info.size >= CHECK_EXISTING_FROM and self.exists(key):
                 return StagedMedia(key, info, uploaded=False)
             sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
             if sent_md5 != info.md5:

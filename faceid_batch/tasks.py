@@ -193,6 +193,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         job = session.execute(select(
             Job.state, Job.batch_id, Job.lane, Job.photo_source, Job.video_source,
             Job.photo_md5, Job.video_md5, Job.liveness_type, Job.validate_data,
+            Job.video_key,
         ).where(Job.id == job_id)).first()
         if job is None:
             log.error("job %s: no such job row; dropping the message", job_id)
@@ -211,6 +212,8 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
         photo_md5, video_md5 = job.photo_md5, job.video_md5
         liveness, validate = job.liveness_type, job.validate_data
+        # An earlier attempt recorded the key: the video is likely in the bucket already.
+        staged_before = job.video_key is not None
 
     may_call, wait = res.breaker.before_call()
     if not may_call:
@@ -235,7 +238,8 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         video = None
         if preflight.Findings(findings).refusal is None:
             video = res.stager.stage("video", video_src, video_md5,
-                                     remote_check("video", video_src))
+                                     remote_check("video", video_src),
+                                     check_existing=staged_before)
     except MediaError as exc:
         # Bad media fails the same way every time: final, and no API call is made.
         with session_scope(s.database_url) as session:
@@ -331,6 +335,10 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     columns: dict[str, Any] = {}
     threshold = None
     delay = 0.0
+    # The best frame is read before the write, outside the database's write turn, and
+    # stored in the answer's transaction: one write per answer, not two.
+    final = kind in (Kind.SUCCESS, Kind.VERDICT)
+    frame = _fetch_best_frame(res, job_id, answer) if final else None
     with write_scope(s.database_url) as session:
         row = session.execute(select(Job.state, Job.attempts, Job.callback_url, Job.lane)
                               .where(Job.id == job_id)).one()
@@ -341,7 +349,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
             columns.update(photo_md5=photo.info.md5, photo_key=photo.key,
                            video_md5=video.info.md5, video_key=video.key)
         attempts = attempt_number(row.attempts, answer)
-        if kind in (Kind.SUCCESS, Kind.VERDICT):
+        if final:
             threshold = s.pass_threshold
             state = JobState.COMPLETED.value
         elif kind == Kind.REQUEST:
@@ -365,9 +373,9 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
             columns.update(state=state, next_attempt_at=utcnow() + timedelta(seconds=delay),
                            enqueued_at=utcnow())  # the retry is a new message (see recovery)
         write_answer(session, job_id, row.attempts, answer, columns, threshold)
+        if state == JobState.COMPLETED.value and frame is not None:
+            store_best_frame(session, job_id, *frame)
 
-    if state == JobState.COMPLETED.value and answer.best_frame is not None:
-        _keep_best_frame(res, job_id, answer)
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
         metrics.JOBS_FINISHED.labels(state=state).inc()
         notify.job_finished(res, job_id, (row.callback_url, row.lane))
@@ -375,18 +383,18 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     raise task.retry(countdown=delay)
 
 
-def _keep_best_frame(res: Resources, job_id: int, answer: Answer) -> None:
-    assert answer.best_frame is not None
+def _fetch_best_frame(res: Resources, job_id: int, answer: Answer) -> tuple[bytes, str] | None:
+    """The answer's best frame and its MD5, or None (none given, or it could not be read)."""
+    if answer.best_frame is None:
+        return None
     try:
-        content, md5 = fetch_best_frame(
+        return fetch_best_frame(
             res.stager.http, answer.best_frame, res.settings.bestframe_max_bytes
         )
     except BestFrameError as exc:
-        # The verdict is stored already; a missing frame does not undo a paid answer.
+        # The verdict is stored all the same; a missing frame does not undo a paid answer.
         log.warning("job %s: best frame not kept: %s", job_id, exc)
-        return
-    with write_scope(res.settings.database_url) as session:
-        store_best_frame(session, job_id, content, md5)
+        return None
 
 
 @faceid_task(name="faceid_batch.sweep")

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from faceid_batch.media import MediaError
-from faceid_batch.samples import mp4_bytes
+from faceid_batch.samples import jpeg_bytes, mp4_bytes
 from faceid_batch.settings import load_settings
 from faceid_batch.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
@@ -37,6 +37,33 @@ def test_upload_once_then_skip_and_presigned_get(stager, tmp_path):
     assert got.status_code == 200 and got.content == data
     # The presigned URL is checked: a tampered signature is refused.
     assert requests.get(url.replace("q-signature=", "q-signature=0"), timeout=10).status_code == 403
+
+
+def test_checks_for_an_existing_object_only_for_large_files_when_asked(stager, tmp_path,
+                                                                     monkeypatch):
+    heads: list[str] = []
+    head = stager.client.head_object
+
+    def counting_head(**kwargs):
+        heads.append(kwargs["Key"])
+        return head(**kwargs)
+
+    monkeypatch.setattr(stager.client, "head_object", counting_head)
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(jpeg_bytes(5, 50_000))
+    video = tmp_path / "v.mp4"
+    video.write_bytes(mp4_bytes(14, 2 * 1024 * 1024))
+    # A small file is uploaded every time, without a HEAD first.
+    assert [stager.stage("photo", str(photo)).uploaded for _ in range(2)] == [True, True]
+    assert heads == []
+    # A video on its first attempt: uploaded straight away, again if asked again.
+    first = stager.stage("video", str(video), check_existing=False)
+    assert first.uploaded and heads == []
+    # A retry (staged before): one HEAD finds it and nothing is uploaded.
+    again = stager.stage("video", str(video), check_existing=True)
+    assert not again.uploaded and heads == [first.key]
+    got = requests.get(stager.presign(first.key), timeout=10)
+    assert got.status_code == 200 and got.content == video.read_bytes()
 
 
 def test_known_md5_skips_reading_and_detects_a_changed_file(stager, tmp_path):

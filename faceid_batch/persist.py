@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from faceid_batch import billing
@@ -19,6 +19,19 @@ from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result, utcno
 from faceid_batch.preflight import refused_columns
 
 log = logging.getLogger(__name__)
+
+# The statements of a call's answer, built once on the tables (not the ORM entities): the
+# columns of an INSERT and the SET clause of an UPDATE come from the parameters, so each set
+# of columns is compiled once per process, and a statement is not rebuilt, re-coerced and
+# re-keyed for the cache on every answer (that was most of the CPU of writing one).
+_ATTEMPTS, _RESULTS, _JOBS, _FRAMES = (Attempt.__table__, Result.__table__, Job.__table__,
+                                       BestFrame.__table__)
+_INSERT_ATTEMPT = _ATTEMPTS.insert()
+_INSERT_RESULT = _RESULTS.insert()
+_INSERT_FRAME = _FRAMES.insert()
+_RESULT_OF = select(_RESULTS.c.id).where(_RESULTS.c.job_id == bindparam("of_job"))
+_FRAME_OF = select(_FRAMES.c.id).where(_FRAMES.c.job_id == bindparam("of_job"))
+UPDATE_JOB = _JOBS.update().where(_JOBS.c.id == bindparam("of_job"))
 
 
 def attempt_number(attempts_before: int, answer: Answer) -> int:
@@ -90,14 +103,13 @@ def write_answer(session: Session, job_id: int, attempts_before: int, answer: An
     attempt count.
     """
     attempt = attempt_columns(job_id, attempts_before, answer)
-    session.execute(insert(Attempt).values(**attempt))
+    session.execute(_INSERT_ATTEMPT, attempt)
     columns = {**job_columns, "attempts": attempt["number"]}
-    if threshold is not None and session.scalar(
-            select(Result.id).where(Result.job_id == job_id)) is None:
+    if threshold is not None and session.scalar(_RESULT_OF, {"of_job": job_id}) is None:
         result = result_columns(job_id, answer, threshold)
-        session.execute(insert(Result).values(**result))
+        session.execute(_INSERT_RESULT, result)
         columns.update(completed_columns(answer, result["passed"]))
-    session.execute(update(Job).where(Job.id == job_id).values(**columns))
+    session.execute(UPDATE_JOB, {**columns, "of_job": job_id})
 
 
 def fail_job(session: Session, job: Job, code: str, message: str) -> None:
@@ -143,7 +155,7 @@ def fetch_best_frame(
 
 def store_best_frame(session: Session, job_id: int, content: bytes, md5: str) -> None:
     """Keep the best frame with the job (once per job)."""
-    if session.scalar(select(BestFrame.id).where(BestFrame.job_id == job_id)) is not None:
+    if session.scalar(_FRAME_OF, {"of_job": job_id}) is not None:
         return
-    session.execute(insert(BestFrame).values(job_id=job_id, md5=md5, size=len(content),
-                                             content=content))
+    session.execute(_INSERT_FRAME, {"job_id": job_id, "md5": md5, "size": len(content),
+                                    "content": content})

@@ -20,7 +20,7 @@ import redis
 import requests
 from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
 from faceid_batch import answers, logs, metrics, preflight
@@ -31,6 +31,7 @@ from faceid_batch.faceid_client import Answer, CompareRequest
 from faceid_batch.media import MediaError
 from faceid_batch.models import Job, JobState, utcnow
 from faceid_batch.persist import (
+    UPDATE_JOB,
     BestFrameError,
     attempt_number,
     fail_job,
@@ -159,6 +160,22 @@ class _JobLock:
             pass  # the lease expires by itself
 
 
+# A job's statements, built once (see persist: rebuilding them per job cost more CPU than
+# running them).
+_J = Job.__table__.c
+_JOB_TO_RUN = select(
+    _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
+    _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key,
+).where(_J.id == bindparam("of_job"))
+_START_JOB = UPDATE_JOB.values(
+    state=JobState.RUNNING.value,
+    started_at=func.coalesce(_J.started_at, bindparam("now")),
+    enqueued_at=func.coalesce(_J.enqueued_at, bindparam("now")),
+)
+_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.callback_url, _J.lane).where(
+    _J.id == bindparam("of_job"))
+
+
 @faceid_task(name="faceid_batch.verify")
 def verify(self: Task, job_id: int) -> str:
     """Run one verification job to its next state."""
@@ -190,11 +207,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         return _apply_parked(task, res, job_id, parked)
 
     with write_scope(s.database_url) as session:
-        job = session.execute(select(
-            Job.state, Job.batch_id, Job.lane, Job.photo_source, Job.video_source,
-            Job.photo_md5, Job.video_md5, Job.liveness_type, Job.validate_data,
-            Job.video_key,
-        ).where(Job.id == job_id)).first()
+        job = session.execute(_JOB_TO_RUN, {"of_job": job_id}).first()
         if job is None:
             log.error("job %s: no such job row; dropping the message", job_id)
             return "missing"
@@ -205,10 +218,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         if job.batch_id is not None and (
                 gated := batch_gate(res, session.get_one(Job, job_id))) is not None:
             return gated
-        now = utcnow()
-        session.execute(update(Job).where(Job.id == job_id).values(
-            state=JobState.RUNNING.value, started_at=func.coalesce(Job.started_at, now),
-            enqueued_at=func.coalesce(Job.enqueued_at, now)))
+        session.execute(_START_JOB, {"of_job": job_id, "now": utcnow()})
         lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
         photo_md5, video_md5 = job.photo_md5, job.video_md5
         liveness, validate = job.liveness_type, job.validate_data
@@ -340,8 +350,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     final = kind in (Kind.SUCCESS, Kind.VERDICT)
     frame = _fetch_best_frame(res, job_id, answer) if final else None
     with write_scope(s.database_url) as session:
-        row = session.execute(select(Job.state, Job.attempts, Job.callback_url, Job.lane)
-                              .where(Job.id == job_id)).one()
+        row = session.execute(_JOB_TO_ANSWER, {"of_job": job_id}).one()
         if row.state in JobState.final():
             return str(row.state)
         if staged is not None:

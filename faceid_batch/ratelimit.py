@@ -13,7 +13,11 @@ call and no polling: waiting never spins Redis.
 Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
 of now; beyond that it is told how long to sleep before asking again. An onboarding
 caller reserves whatever the next slot is, so it never queues behind more than a horizon
-of backfill reservations, however many backfill jobs are waiting.
+of backfill reservations, however many backfill jobs are waiting. Refused backfill callers
+are told to come back one spacing apart, in the order they were refused (a queue kept as
+one timestamp), so each comes back about when a slot is free for it: a crowd of them told
+the same time would ask again together, and all but one would be refused again (measured:
+3.7 refused asks per job with 80 waiting threads; each is a round trip and a script run).
 
 Each caller reports its real start (``started_at``: the moment its request's first bytes
 were handed to the kernel). Until it has, a slot whose time has passed counts as starting
@@ -34,6 +38,7 @@ import redis
 
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
+# KEYS[3] = when the last refused backfill caller was told to come back (Redis time, us)
 # ARGV = limit, window_us, horizon_us (-1 = none), member, keep_unreported_us
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
@@ -78,7 +83,14 @@ if n >= limit then
   if kth + window > slot then slot = kth + window end
 end
 if horizon >= 0 and slot - now > horizon then
-  return {0, slot - now - horizon}
+  -- Come back when the next slot is within the horizon, but one spacing after the caller
+  -- refused before: the refused wait in line instead of all asking again at once.
+  local back = slot - horizon
+  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local gap = math.floor(window / limit)
+  if last + gap > back then back = last + gap end
+  redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
+  return {0, back - now}
 end
 redis.call('ZADD', key, slot, ARGV[4])
 local ttl = math.floor((slot - now + window + keep) / 1000) + 1000
@@ -198,6 +210,7 @@ class GlobalRateLimiter:
         self.window_us = int(window * 1_000_000)
         self.key = key
         self.started_key = f"{key}:started"
+        self.queue_key = f"{key}:backfill-queue"
         self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
         self._script = client.register_script(_RESERVE)
         self._mark = client.register_script(_MARK)
@@ -210,7 +223,7 @@ class GlobalRateLimiter:
         """Try once to reserve a start; never sleeps."""
         horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
         member = uuid.uuid4().hex
-        reply = self._script(keys=[self.key, self.started_key],
+        reply = self._script(keys=[self.key, self.started_key, self.queue_key],
                              args=[self.limit, self.window_us, horizon, member,
                                    int(KEEP_UNREPORTED * 1_000_000)])
         if not reply[0]:
@@ -220,9 +233,10 @@ class GlobalRateLimiter:
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
 
-        Refused backfill callers retry spread over one window, so that a crowd of them does
-        not wake together (a herd of wake-ups delays the threads whose slot has come).
+        A refused backfill caller comes back when the script says (its place in line), with
+        up to one spacing of jitter.
         """
+        spacing = self.window_us / 1_000_000 / self.limit
         started = time.monotonic()
         while True:
             asked = time.monotonic()
@@ -232,7 +246,7 @@ class GlobalRateLimiter:
                 self.clock.sample(asked, replied, grant.redis_now_us)
                 return Slot(self.clock.local_deadline(grant.slot_us), grant.slot_us,
                             grant.member, replied - asked)
-            pause = grant.wait + random.uniform(0, self.window_us / 1_000_000)
+            pause = grant.wait + random.uniform(0, spacing)
             if timeout is not None and time.monotonic() - started + pause > timeout:
                 raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
             self._sleep(pause)

@@ -189,3 +189,50 @@ def test_an_unreported_slot_outlives_its_window(redis_server):
     now_us = int(r.time()[0] * 1_000_000 + r.time()[1])
     assert r.zscore("rl-keep", first.member) is not None
     assert limiter.reserve("onboarding").slot_us >= now_us + 300_000
+
+
+def test_refused_backfill_callers_come_back_in_line(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-line", backfill_horizon=0.15)
+    spacing = WINDOW / LIMIT
+    while limiter.reserve("backfill").granted:
+        pass
+    # Each refused caller is told a time one spacing after the one refused before it.
+    told = []
+    for _ in range(4):
+        asked = time.monotonic()
+        told.append(asked + limiter.reserve("backfill").wait)
+    assert [round(b - a, 2) for a, b in zip(told, told[1:])] == [spacing] * 3
+
+
+def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_server):
+    import threading
+
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-crowd", backfill_horizon=0.15)
+    asks = []
+    reserve = limiter.reserve
+
+    def counted(lane: str = "onboarding"):
+        grant = reserve(lane)
+        asks.append(grant.granted)
+        return grant
+
+    limiter.reserve = counted  # type: ignore[method-assign]
+    starts: list[float] = []
+
+    def caller() -> None:
+        for _ in range(3):
+            limiter.acquire("backfill")
+            starts.append(time.time())
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(starts) == 48 and sum(asks) == 48
+    assert max_starts_in_window(starts, WINDOW) <= LIMIT
+    # 16 callers for 10 slots a second: told to come back all at once they asked ~3 times
+    # per slot; in line, each is refused about once.
+    assert len(asks) / 48 <= 2.0, f"{len(asks) - 48} refused asks for 48 slots"

@@ -191,6 +191,10 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
         "throughput jobs/s (overall)": round(len(finished) / (max(finished) - t0), 2),
         "throughput jobs/s (steady, p5-p95)": round(steady, 2),
         "ratio of limit (steady)": round(steady / args.limit, 3),
+        # No window of 1 s + RATE_LIMIT_MARGIN_MS holds more than the limit: the most the
+        # global limiter can deliver is limit / (1 + margin).
+        "ratio of the limiter's ceiling": round(
+            steady / (args.limit / (1 + settings.rate_limit_margin_ms / 1000)), 3),
         "API calls": len(calls),
         "max call starts in any 1 s": max_starts_in_window(starts),
         "RequestLimitExceeded": sum(1 for c in calls if c["code"] == "RequestLimitExceeded"),

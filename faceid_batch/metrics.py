@@ -33,6 +33,10 @@ RATE_LIMIT_LATE = Histogram(
     "faceid_rate_limit_late_seconds", "How late a call started after its reserved slot",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
+RATE_LIMIT_TOO_LATE = Counter(
+    "faceid_rate_limit_too_late", "Calls not sent on their slot: the thread got to the write "
+    "more than 250 ms after it; the slot was given back and a new one reserved",
+)
 JOBS_FINISHED = Counter("faceid_jobs_finished", "Jobs this process brought to an end",
                         ["state"])
 
@@ -109,6 +113,13 @@ def start(port: int, addr: str, resources_fn) -> bool:  # type: ignore[no-untype
     _started["port"] = port
     log.info("metrics endpoint on port %s", port)
     return True
+
+
+def observe_too_late() -> None:
+    """A call that was not sent because its thread got to it too long after its slot."""
+    RATE_LIMIT_TOO_LATE.inc()
+    log.info("a call was not sent on its rate-limit slot (its thread got there too late); "
+             "reserving a new slot")
 
 
 def observe_call(code: str, kind: str, latency_ms: float, late: float) -> None:

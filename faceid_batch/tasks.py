@@ -27,7 +27,7 @@ from faceid_batch import answers, logs, metrics, preflight
 from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.errors import Kind
-from faceid_batch.faceid_client import Answer, CompareRequest
+from faceid_batch.faceid_client import Answer, CompareRequest, SendTooLate
 from faceid_batch.media import MediaError
 from faceid_batch.models import Job, JobState, utcnow
 from faceid_batch.persist import (
@@ -41,6 +41,7 @@ from faceid_batch.persist import (
     store_best_frame,
     write_answer,
 )
+from faceid_batch.ratelimit import STALE_AFTER
 from faceid_batch.storage import StagedMedia, display_source
 from faceid_batch.submit import is_remote
 from faceid_batch.worker import Resources, celery_app, resources
@@ -282,10 +283,20 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         liveness_type=liveness,
         validate_data=validate,
     ))
-    slot = res.limiter.wait(slot, lane)
     late: list[float] = []
-    answer = res.faceid.send(
-        prepared, on_sent=lambda when: late.append(res.limiter.started_at(slot, when)))
+    while True:
+        slot = res.limiter.wait(slot, lane)
+        try:
+            answer = res.faceid.send(
+                prepared, send_by=slot.deadline + STALE_AFTER,
+                on_sent=lambda when, s=slot: late.append(res.limiter.started_at(s, when)))
+            break
+        except SendTooLate:
+            # The thread got to the write too long after its slot: the call is not made on
+            # it (see faceid_client); the slot goes back and the call waits for a new one.
+            res.limiter.release(slot)
+            metrics.observe_too_late()
+            slot = res.limiter.reserve_slot(lane)
     if not late:
         res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused
     late_ms = (late[0] if late else 0.0) * 1000

@@ -75,6 +75,25 @@ def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, stage
     assert abs(call["t_start"] - answer.started_at) < 0.02
 
 
+def test_a_request_past_its_send_by_time_is_not_sent(simulator, sim_control, staged_request):
+    import time
+
+    from faceid_batch.faceid_client import SendTooLate
+
+    c = client(simulator)
+    sent: list[float] = []
+    # Warm a pooled connection, so the refused request is the one that would reuse it.
+    assert c.send(c.prepare(staged_request)).code == "Success"
+    with pytest.raises(SendTooLate):
+        c.send(c.prepare(staged_request), on_sent=sent.append,
+               send_by=time.monotonic() - 0.001)
+    assert sent == [] and len(sim_calls(sim_control)) == 1  # the simulator saw nothing more
+    # In time, the same client sends as usual.
+    answer = c.send(c.prepare(staged_request), on_sent=sent.append,
+                    send_by=time.monotonic() + 5)
+    assert answer.code == "Success" and len(sent) == 1 and len(sim_calls(sim_control)) == 2
+
+
 def test_on_sent_is_not_called_when_nothing_was_sent(staged_request):
     sent: list[float] = []
     c = FaceIDClient(endpoint="http://127.0.0.1:9", region="ap-singapore", secret_id="x",

@@ -74,6 +74,9 @@ class FaceIdHandler(SimHandler):
         record: dict[str, Any] = {
             "request_id": str(uuid.uuid4()),
             "t_start": self.arrival_wall or time.time(),
+            # "kernel": the receive time of the request's first bytes; "handler": when a
+            # handler thread got to it (no kernel stamp could be read).
+            "t_start_source": self.arrival_source,
             "t_end": None,
             "secret_id": None,
             "action": self.headers.get("X-TC-Action"),

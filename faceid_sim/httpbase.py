@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,13 @@ from typing import Any
 
 log = logging.getLogger("faceid_sim.http")
 _QUERY_RE = re.compile(r"\?\S*")
+
+# Python's socket module lacks SO_TIMESTAMPNS on some builds (this project's Python 3.11
+# among them), although Linux has it: without the number, the simulator silently stamped
+# every request when its handler thread got to it (measured under load: up to 93 ms after
+# the client's own send stamp), and counted on-time calls as crowding the next second.
+SO_TIMESTAMPNS: int | None = getattr(socket, "SO_TIMESTAMPNS",
+                                     35 if sys.platform.startswith("linux") else None)
 
 # A body we are willing to read and throw away to keep a connection reusable after an early
 # rejection; anything larger closes the connection instead.
@@ -41,6 +49,11 @@ class SimHTTPServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        if getattr(handler, "stamp_arrivals", False) and SO_TIMESTAMPNS is not None:
+            try:  # inherited by every accepted connection (see SimHandler.stamp_arrivals)
+                self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                pass
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -161,20 +174,24 @@ class SimHandler(BaseHTTPRequestHandler):
     # bytes (SO_TIMESTAMPNS), like a gateway would, instead of when a Python thread got round
     # to it: on a busy host a handler thread can wait tens of ms for the GIL, which would make
     # the simulator's rate-limit window see requests later (and crowded) than they arrived.
+    # The listening socket has the option too (``enable_arrival_stamps``), so an accepted
+    # connection stamps the bytes that arrived before its handler thread started.
     stamp_arrivals = False
     arrival_wall: float = 0.0  # time.time() scale
+    arrival_source: str = "handler"  # "kernel" when the kernel's receive time was read
 
     def setup(self) -> None:
         super().setup()
-        if self.stamp_arrivals and hasattr(socket, "SO_TIMESTAMPNS"):
+        if self.stamp_arrivals and SO_TIMESTAMPNS is not None:
             try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_TIMESTAMPNS, 1)
+                self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 pass
 
     def _wait_for_request(self) -> bool:
         """Block until the next request's first bytes are here; stamp them. False on EOF."""
         self.arrival_wall = 0.0
+        self.arrival_source = "handler"
         try:
             data, ancillary, _flags, _addr = self.connection.recvmsg(
                 1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
@@ -183,9 +200,10 @@ class SimHandler(BaseHTTPRequestHandler):
         if not data:
             return False
         for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SO_TIMESTAMPNS and len(payload) >= 16:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
                 sec, nsec = struct.unpack("qq", payload[:16])
                 self.arrival_wall = sec + nsec / 1e9
+                self.arrival_source = "kernel"
         if not self.arrival_wall:
             self.arrival_wall = time.time()
         return True

@@ -70,6 +70,8 @@ def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, stage
     assert answer.code == "Success"
     assert len(sent) == 1 and before <= sent[0] <= after
     (call,) = [k for k in sim_calls(sim_control) if k["request_id"] == answer.request_id]
+    # The simulator's stamp is the kernel's receive time, not its handler thread's clock.
+    assert call["t_start_source"] == "kernel"
     assert abs(call["t_start"] - (sent[0] + offset)) < 0.02
     # The attempt row's started_at is the same moment, on the wall clock.
     assert abs(call["t_start"] - answer.started_at) < 0.02

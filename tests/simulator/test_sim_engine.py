@@ -281,6 +281,7 @@ def test_arrival_is_stamped_when_the_first_bytes_arrive(sim, upload):
     (call,) = sim.sim.calls()
     assert call["code"] == "Success"
     assert abs(call["t_start"] - sent_head) < 0.1, call["t_start"] - sent_head
+    assert call["t_start_source"] == "kernel"
 
 
 

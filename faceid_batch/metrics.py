@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from faceid_batch.ratelimit import STALE_AFTER
+
 log = logging.getLogger(__name__)
 
 CALLS = Counter("faceid_calls", "FaceID API calls by answer code and kind", ["code", "kind"])
@@ -35,7 +37,8 @@ RATE_LIMIT_LATE = Histogram(
 )
 RATE_LIMIT_TOO_LATE = Counter(
     "faceid_rate_limit_too_late", "Calls not sent on their slot: the thread got to the write "
-    "more than 250 ms after it; the slot was given back and a new one reserved",
+    f"more than {STALE_AFTER * 1000:.0f} ms after it; the slot was given back and a new one "
+    "reserved",
 )
 JOBS_FINISHED = Counter("faceid_jobs_finished", "Jobs this process brought to an end",
                         ["state"])
@@ -113,13 +116,6 @@ def start(port: int, addr: str, resources_fn) -> bool:  # type: ignore[no-untype
     _started["port"] = port
     log.info("metrics endpoint on port %s", port)
     return True
-
-
-def observe_too_late() -> None:
-    """A call that was not sent because its thread got to it too long after its slot."""
-    RATE_LIMIT_TOO_LATE.inc()
-    log.info("a call was not sent on its rate-limit slot (its thread got there too late); "
-             "reserving a new slot")
 
 
 def observe_call(code: str, kind: str, latency_ms: float, late: float) -> None:

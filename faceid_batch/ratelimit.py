@@ -44,6 +44,7 @@ _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local gap = math.floor(window / limit)  -- the spacing of evenly spaced starts
 local horizon = tonumber(ARGV[3])
 local keep = tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -75,7 +76,6 @@ if n > 0 then
   -- Evenly spaced starts: a burst of simultaneous calls would reach the API with jitter and
   -- could crowd a sliding second even though the reservations do not. (Half the spacing let
   -- the schedule catch up after late starts: +1.5 % throughput, but more crowded seconds.)
-  local gap = math.floor(window / limit)
   if starts[n] + gap > slot then slot = starts[n] + gap end
 end
 if n >= limit then
@@ -87,7 +87,6 @@ if horizon >= 0 and slot - now > horizon then
   -- refused before: the refused wait in line instead of all asking again at once.
   local back = slot - horizon
   local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-  local gap = math.floor(window / limit)
   if last + gap > back then back = last + gap end
   redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
   return {0, back - now}

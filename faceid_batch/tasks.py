@@ -295,7 +295,9 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
             # The thread got to the write too long after its slot: the call is not made on
             # it (see faceid_client); the slot goes back and the call waits for a new one.
             res.limiter.release(slot)
-            metrics.observe_too_late()
+            metrics.RATE_LIMIT_TOO_LATE.inc()
+            log.info("job %s: not sent on its rate-limit slot (its thread got there too "
+                     "late); reserving a new slot", job_id)
             slot = res.limiter.reserve_slot(lane)
     if not late:
         res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused

@@ -174,19 +174,11 @@ class SimHandler(BaseHTTPRequestHandler):
     # bytes (SO_TIMESTAMPNS), like a gateway would, instead of when a Python thread got round
     # to it: on a busy host a handler thread can wait tens of ms for the GIL, which would make
     # the simulator's rate-limit window see requests later (and crowded) than they arrived.
-    # The listening socket has the option too (``enable_arrival_stamps``), so an accepted
-    # connection stamps the bytes that arrived before its handler thread started.
+    # SimHTTPServer sets the option on its listening socket: every accepted connection
+    # inherits it, so the bytes that arrived before the handler thread started are stamped.
     stamp_arrivals = False
     arrival_wall: float = 0.0  # time.time() scale
     arrival_source: str = "handler"  # "kernel" when the kernel's receive time was read
-
-    def setup(self) -> None:
-        super().setup()
-        if self.stamp_arrivals and SO_TIMESTAMPNS is not None:
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            except OSError:
-                pass
 
     def _wait_for_request(self) -> bool:
         """Block until the next request's first bytes are here; stamp them. False on EOF."""

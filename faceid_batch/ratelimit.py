@@ -4,11 +4,23 @@ The account may start at most ``limit`` calls in any sliding window of one secon
 caller *reserves* a start time in one atomic Lua script, timed by the Redis server's clock
 (``TIME``), never the hosts' clocks:
 
-    t = max(now, last reservation + window/limit, the limit-th latest reservation + window)
+    t = max(now, last reservation + min_gap, the limit-th latest possible start + window)
 
-so that no window of ``window`` holds more than ``limit`` reserved starts, and starts are
-evenly spaced rather than bursts; the caller sleeps until ``t``. One Redis round trip per
-call and no polling: waiting never spins Redis.
+so that no window of ``window`` can hold more than ``limit`` starts; the caller sleeps until
+``t``. One Redis round trip per call and no polling: waiting never spins Redis.
+
+The pace is set by the window rule alone. Each of the ``limit`` latest starts frees one
+place a window after it *really* started, so a call that left 10 ms late delays the one
+start a window after it by 10 ms, and nothing else. (Spacing every start a full
+``window / limit`` after the previous one, as this module did before, carried every late
+start into every later slot: measured, 0.966 of the limit with a 1.02 s window whose ceiling
+is 0.980.) ``min_gap`` (half that spacing by default) only keeps starts from bunching.
+
+Each caller reports its real start (``started_at``: the moment its request's first bytes
+were handed to the kernel). Until it has, its reservation counts as starting as late as it
+still may: its slot plus ``LATE_BOUND`` (a caller past ``STALE_AFTER`` reserves again instead
+of sending, see ``wait`` and ``FaceIDClient.send(send_by=...)``). So a window is never
+judged on a start that could still move into it.
 
 Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
 of now; beyond that it is told how long to sleep before asking again. An onboarding
@@ -18,12 +30,6 @@ are told to come back one spacing apart, in the order they were refused (a queue
 one timestamp), so each comes back about when a slot is free for it: a crowd of them told
 the same time would ask again together, and all but one would be refused again (measured:
 3.7 refused asks per job with 80 waiting threads; each is a round trip and a script run).
-
-Each caller reports its real start (``started_at``: the moment its request's first bytes
-were handed to the kernel). Until it has, a slot whose time has passed counts as starting
-now, so a thread that wakes late (a busy host) cannot crowd the second after it; a late
-start is written back, so the reservations made after it are spaced from when it really
-started.
 """
 
 from __future__ import annotations
@@ -36,64 +42,67 @@ from dataclasses import dataclass
 
 import redis
 
-# KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME)
+# KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME: the slot, or
+#           the caller's reported real start once it has reported)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
 # KEYS[3] = when the last refused backfill caller was told to come back (Redis time, us)
-# ARGV = limit, window_us, horizon_us (-1 = none), member, keep_unreported_us
+# ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local gap = math.floor(window / limit)  -- the spacing of evenly spaced starts
+local spacing = math.floor(window / limit)  -- the spacing of a steady stream at the limit
 local horizon = tonumber(ARGV[3])
-local keep = tonumber(ARGV[5])
+local late = tonumber(ARGV[5])
+local min_gap = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
--- A start more than a window old no longer counts. A slot never reported is kept (as
--- starting now) for ``keep``: its caller may still be about to send; a dead caller's slot
--- goes after that.
-local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - window, 'WITHSCORES')
-for i = 1, #old, 2 do
-  if tonumber(old[i + 1]) < now - keep or redis.call('SISMEMBER', started, old[i]) == 1 then
-    redis.call('ZREM', key, old[i])
-    redis.call('SREM', started, old[i])
+-- Each reservation's latest possible start: its reported real start, or, until its caller
+-- has reported, its slot plus ``late`` (a caller does not send more than that after its
+-- slot; a thread that wakes later reserves again). One whose latest start is more than a
+-- window old no longer counts.
+local entries = redis.call('ZRANGEBYSCORE', key, '-inf', now - window, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local reported = redis.call('SISMEMBER', started, entries[i]) == 1
+  if reported or tonumber(entries[i + 1]) + late <= now - window then
+    redis.call('ZREM', key, entries[i])
+    redis.call('SREM', started, entries[i])
   end
 end
--- Each reservation's start as far as we know: its slot, or its reported real start; a slot
--- whose time has passed but whose caller has not reported yet may still start any moment
--- (a thread on a busy host wakes late), so it counts as starting now.
-local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-local starts = {}
+entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+local latest = {}
+local last = nil
 for i = 1, #entries, 2 do
   local s = tonumber(entries[i + 1])
-  if s < now and redis.call('SISMEMBER', started, entries[i]) == 0 then s = now end
-  starts[#starts + 1] = s
+  if not last or s > last then last = s end
+  if redis.call('SISMEMBER', started, entries[i]) == 0 then s = s + late end
+  latest[#latest + 1] = s
 end
-table.sort(starts)
-local n = #starts
 local slot = now
-if n > 0 then
-  -- Evenly spaced starts: a burst of simultaneous calls would reach the API with jitter and
-  -- could crowd a sliding second even though the reservations do not. (Half the spacing let
-  -- the schedule catch up after late starts: +1.5 % throughput, but more crowded seconds.)
-  if starts[n] + gap > slot then slot = starts[n] + gap end
-end
+-- No burst: a start at least ``min_gap`` after the last one planned.
+if last and last + min_gap > slot then slot = last + min_gap end
+-- No window holds more than ``limit`` starts: the new one comes a window after the
+-- limit-th latest possible start. Only this rule sets the pace, so a start that went late
+-- delays one later start, not every one after it.
+local n = #latest
 if n >= limit then
-  local kth = starts[n - limit + 1]
+  table.sort(latest)
+  local kth = latest[n - limit + 1]
   if kth + window > slot then slot = kth + window end
 end
 if horizon >= 0 and slot - now > horizon then
   -- Come back when the next slot is within the horizon, but one spacing after the caller
   -- refused before: the refused wait in line instead of all asking again at once.
   local back = slot - horizon
-  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if last + gap > back then back = last + gap end
+  local prev = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if prev + spacing > back then back = prev + spacing end
   redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
   return {0, back - now}
 end
 redis.call('ZADD', key, slot, ARGV[4])
-local ttl = math.floor((slot - now + window + keep) / 1000) + 1000
+local ttl = math.floor((slot - now + window + late) / 1000) + 1000
 redis.call('PEXPIRE', key, ttl)
+redis.call('PEXPIRE', started, ttl)
 return {1, slot - now, slot, now}
 """
 
@@ -184,8 +193,13 @@ class RedisClock:
 
 # A caller that wakes this much after its slot reserves again instead of sending on it.
 STALE_AFTER = 0.25
-# How long a slot whose caller never reported a start blocks the budget (a dead caller).
-KEEP_UNREPORTED = 5.0
+# The latest a call can start after its slot, as far as the budget counts it until its caller
+# reports: STALE_AFTER, plus what a thread may lose between that check and its write (the
+# GIL on a saturated host: up to hundreds of ms were measured between waking and writing).
+LATE_BOUND = STALE_AFTER + 0.25
+# Starts are at least this share of the steady spacing (window / limit) apart: no bursts,
+# while the pace is set by the window alone (see _RESERVE).
+MIN_SPACING = 0.5
 
 
 class RateLimitTimeout(Exception):
@@ -202,6 +216,7 @@ class GlobalRateLimiter:
         window: float = 1.0,
         key: str = "faceid:ratelimit",
         backfill_horizon: float = 0.15,
+        min_spacing: float = MIN_SPACING,
         sleep=time.sleep,  # type: ignore[no-untyped-def]
     ) -> None:
         self.redis = client
@@ -211,6 +226,7 @@ class GlobalRateLimiter:
         self.started_key = f"{key}:started"
         self.queue_key = f"{key}:backfill-queue"
         self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
+        self.min_gap_us = int(self.window_us / limit * min_spacing)
         self._script = client.register_script(_RESERVE)
         self._mark = client.register_script(_MARK)
         self._release = client.register_script(_RELEASE)
@@ -224,7 +240,7 @@ class GlobalRateLimiter:
         member = uuid.uuid4().hex
         reply = self._script(keys=[self.key, self.started_key, self.queue_key],
                              args=[self.limit, self.window_us, horizon, member,
-                                   int(KEEP_UNREPORTED * 1_000_000)])
+                                   int(LATE_BOUND * 1_000_000), self.min_gap_us])
         if not reply[0]:
             return Grant(False, int(reply[1]) / 1_000_000)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from faceid_batch.ratelimit import GlobalRateLimiter, max_starts_in_window
+from faceid_batch.ratelimit import LATE_BOUND, GlobalRateLimiter, max_starts_in_window
 
 LIMIT = 10
 WINDOW = 1.0
@@ -60,28 +60,61 @@ def test_the_check_fails_without_the_limiter(redis_server):
 def test_onboarding_gets_a_slot_within_the_backfill_horizon(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-prio", backfill_horizon=0.15)
-    # Backfill reserves the evenly spaced slots within its horizon, then is refused.
-    spacing = WINDOW / LIMIT
+    # Backfill reserves the slots within its horizon (min_gap apart), then is refused.
+    gap = limiter.min_gap_us / 1e6
     granted = 0
     while limiter.reserve("backfill").granted:
         granted += 1
-    assert granted == int(0.15 / spacing + 1e-9) + 1
+    assert granted == int(0.15 / gap + 1e-9) + 1
     refused = limiter.reserve("backfill")
     assert not refused.granted and refused.wait > 0
-    # Onboarding is never refused and waits at most one spacing past the backfill horizon,
+    # Onboarding is never refused and waits at most one gap past the backfill horizon,
     # however many backfill callers are waiting.
     grant = limiter.reserve("onboarding")
     assert grant.granted
-    assert grant.wait <= 0.15 + spacing + 0.01
+    assert grant.wait <= 0.15 + gap + 0.01
 
 
-def test_starts_are_evenly_spaced(redis_server):
+def test_starts_never_bunch_and_the_window_sets_the_pace(redis_server):
     r = redis.Redis.from_url(redis_server.url)
-    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-even")
-    slots = [limiter.reserve("onboarding").slot_us / 1e6 for _ in range(LIMIT * 2)]
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-pace")
+    slots = []
+    for _ in range(LIMIT * 2 + 1):
+        slot = limiter.reserve_slot("onboarding")
+        limiter.started_at(slot, slot.deadline)  # each call starts on time
+        limiter._writer().submit(lambda: None).result(timeout=5)
+        slots.append(slot.slot_us / 1e6)
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
-    # No burst: each reservation is one even spacing after the previous one.
-    assert min(gaps) >= WINDOW / LIMIT - 1e-6
+    # No burst: each start at least min_gap after the one before it...
+    assert min(gaps) >= limiter.min_gap_us / 1e6 - 1e-6
+    # ...no window holds more than the limit...
+    assert max_starts_in_window(slots, WINDOW) <= LIMIT
+    # ...and the pace is the window's: each start comes one window after the start LIMIT
+    # places before it (within the reports' round trip), not later.
+    for k in range(LIMIT, len(slots)):
+        assert WINDOW <= slots[k] - slots[k - LIMIT] < WINDOW + 0.02
+
+
+def test_a_late_start_is_absorbed_not_carried_into_every_later_slot(redis_server):
+    """Starts spaced from the previous one would carry a late start into every later slot
+    (the old rule: 0.966 of the limit under load). With the window setting the pace, it
+    moves its own place a window later, and (through min_gap) the few places after it."""
+    r = redis.Redis.from_url(redis_server.url)
+    # A steady stream at the limit: one window of starts evenly spaced (window / limit)...
+    even = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-absorb", min_spacing=1.0)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-absorb")
+    slots = []
+    for i in range(3 * LIMIT + 1):
+        chosen = even if i < LIMIT else limiter
+        slot = chosen.reserve_slot("onboarding")
+        # ...then every call on time, but one that leaves 200 ms after its slot.
+        chosen.started_at(slot, slot.deadline + (0.2 if i == LIMIT else 0.0))
+        chosen._writer().submit(lambda: None).result(timeout=5)
+        slots.append(slot.slot_us / 1e6)
+    assert max_starts_in_window(slots, WINDOW) <= LIMIT
+    assert slots[2 * LIMIT] >= slots[LIMIT] + 0.2 + WINDOW  # the late one's place, moved
+    # The places before it keep their pace, two windows on (the old rule: 0.2 s behind).
+    assert slots[3 * LIMIT - 1] - slots[LIMIT - 1] < 2 * WINDOW + 0.05
 
 
 def test_waiting_does_not_spin_redis(redis_server):
@@ -128,18 +161,26 @@ def test_an_on_time_start_is_reported_at_its_slot(redis_server):
     assert r.sismember("rl-ontime:started", slot.member)
 
 
-def test_an_unreported_past_slot_counts_as_starting_now(redis_server):
-    """A caller that has not started yet when its slot has passed (a thread waking late on a
-    busy host) may start any moment: the next reservation of a full window is spaced from
-    now, not from the slot; once it reports, its real start counts."""
+def test_an_unreported_slot_counts_as_starting_as_late_as_it_may(redis_server):
+    """Until its caller reports, a slot may still start up to LATE_BOUND after its time (a
+    thread waking late on a busy host): the next reservation of a full window is spaced from
+    that; once it reports, its real start counts instead."""
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-unreported")
-    first = limiter.reserve("onboarding")
-    time.sleep(0.3 + max(0.0, (first.slot_us / 1e6) - time.time()))
-    now_us = int(r.time()[0] * 1_000_000 + r.time()[1])
+    first = limiter.reserve_slot("onboarding")
     second = limiter.reserve("onboarding")
-    assert second.slot_us >= now_us + 1_000_000
-    assert second.slot_us >= first.slot_us + 1_300_000
+    assert second.slot_us >= first.slot_us + (LATE_BOUND + 1.0) * 1e6
+    limiter.release(limiter_slot(second))
+    limiter.started_at(first, first.deadline + 0.1)
+    limiter._writer().submit(lambda: None).result(timeout=5)
+    third = limiter.reserve("onboarding")
+    assert first.slot_us + 1.1e6 <= third.slot_us < first.slot_us + 1.15e6
+
+
+def limiter_slot(grant):  # type: ignore[no-untyped-def]
+    from faceid_batch.ratelimit import Slot
+
+    return Slot(0.0, grant.slot_us, grant.member)
 
 
 def test_a_released_slot_frees_the_budget(redis_server):
@@ -180,15 +221,20 @@ def test_a_stale_slot_is_given_back_and_reserved_again(redis_server):
     assert time.monotonic() - slot.deadline < 0.25
 
 
-def test_an_unreported_slot_outlives_its_window(redis_server):
-    """Its caller may still be about to send: it counts (as starting now) beyond one window."""
+def test_an_unreported_slot_outlives_its_window_until_its_caller_cannot_send(redis_server):
+    """Its caller may still be about to send: it counts beyond one window, until even its
+    latest possible start (slot + LATE_BOUND) is a window old; a dead caller's slot then goes."""
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, 1, window=0.3, key="rl-keep")
     first = limiter.reserve("onboarding")
-    time.sleep(0.6)
-    now_us = int(r.time()[0] * 1_000_000 + r.time()[1])
+    time.sleep(0.4)
     assert r.zscore("rl-keep", first.member) is not None
-    assert limiter.reserve("onboarding").slot_us >= now_us + 300_000
+    second = limiter.reserve("onboarding")
+    assert second.slot_us >= first.slot_us + (LATE_BOUND + 0.3) * 1e6
+    limiter.release(limiter_slot(second))
+    time.sleep(LATE_BOUND + 0.3 - 0.4 + 0.05)
+    assert limiter.reserve("onboarding").wait < 0.05
+    assert r.zscore("rl-keep", first.member) is None
 
 
 def test_refused_backfill_callers_come_back_in_line(redis_server):

@@ -66,6 +66,32 @@ def test_checks_for_an_existing_object_only_for_large_files_when_asked(stager, t
     assert got.status_code == 200 and got.content == video.read_bytes()
 
 
+def test_a_video_is_sent_in_large_writes(stager, tmp_path, monkeypatch):
+    """urllib3 would send a file body 16 KiB at a time (a read and a send through Python
+    each); the COS client's connections send it in UPLOAD_WRITE_SIZE pieces."""
+    from urllib3.connection import HTTPConnection
+
+    from faceid_batch.storage import UPLOAD_WRITE_SIZE
+
+    writes: list[int] = []
+    send = HTTPConnection.send
+
+    def counting_send(self, data):  # type: ignore[no-untyped-def]
+        writes.append(len(data))
+        return send(self, data)
+
+    monkeypatch.setattr(HTTPConnection, "send", counting_send)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(mp4_bytes(15, 3 * 1024 * 1024))
+    staged = stager.stage("video", str(video), check_existing=False)
+    assert staged.uploaded
+    body = [n for n in writes if n > 64 * 1024]
+    assert sum(body) == video.stat().st_size and max(body) == UPLOAD_WRITE_SIZE
+    assert len(writes) <= video.stat().st_size // UPLOAD_WRITE_SIZE + 3  # + headers
+    got = requests.get(stager.presign(staged.key), timeout=10)
+    assert got.content == video.read_bytes()
+
+
 def test_known_md5_skips_reading_and_detects_a_changed_file(stager, tmp_path):
     path = tmp_path / "v.mp4"
     path.write_bytes(mp4_bytes(12, 100_000))

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     faceid_connect_timeout: float = Field(3.05, gt=0)
     faceid_read_timeout: float = Field(30.0, gt=0)
     faceid_rate_limit: int = Field(20, ge=1, le=10_000)
-    rate_limit_margin_ms: int = Field(20, ge=0, le=500)
+    # The limiter's window is 1 s plus this: it must cover how much the network delay to the
+    # API varies between two calls (our own send times are measured after the write).
+    rate_limit_margin_ms: int = Field(5, ge=0, le=500)
     # The GIL switch interval in worker processes (sys.setswitchinterval), in ms: a task
     # thread whose rate-limit slot has come waits up to this long per busy thread ahead of it.
     worker_switch_interval_ms: float = Field(1.0, gt=0, le=100)

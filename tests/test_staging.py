@@ -68,10 +68,10 @@ def test_checks_for_an_existing_object_only_for_large_files_when_asked(stager, t
 
 def test_a_video_is_sent_in_large_writes(stager, tmp_path, monkeypatch):
     """urllib3 would send a file body 16 KiB at a time (a read and a send through Python
-    each); the COS client's connections send it in UPLOAD_WRITE_SIZE pieces."""
+    each); the upload reader hands it UPLOAD_READ at a time, and that is what is sent."""
     from urllib3.connection import HTTPConnection
 
-    from faceid_batch.storage import UPLOAD_WRITE_SIZE
+    from faceid_batch.storage import UPLOAD_READ
 
     writes: list[int] = []
     send = HTTPConnection.send
@@ -86,8 +86,8 @@ def test_a_video_is_sent_in_large_writes(stager, tmp_path, monkeypatch):
     staged = stager.stage("video", str(video), check_existing=False)
     assert staged.uploaded
     body = [n for n in writes if n > 64 * 1024]
-    assert sum(body) == video.stat().st_size and max(body) == UPLOAD_WRITE_SIZE
-    assert len(writes) <= video.stat().st_size // UPLOAD_WRITE_SIZE + 3  # + headers
+    assert sum(body) == video.stat().st_size and max(body) == UPLOAD_READ
+    assert len(writes) <= video.stat().st_size // UPLOAD_READ + 3  # + headers
     got = requests.get(stager.presign(staged.key), timeout=10)
     assert got.content == video.read_bytes()
 

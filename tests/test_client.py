@@ -102,3 +102,75 @@ def test_on_sent_is_not_called_when_nothing_was_sent(staged_request):
                      secret_key="y", connect_timeout=0.5)
     c.send(c.prepare(staged_request), on_sent=sent.append)
     assert sent == []
+
+
+def test_send_at_holds_the_first_byte_until_its_time(simulator, sim_control, staged_request):
+    """The wait for a slot is made at the first write, with the request built and a
+    connection in hand: the request leaves at its time, not before, and its latency counts
+    from then."""
+    import time
+
+    c = client(simulator)
+    assert c.send(c.prepare(staged_request)).code == "Success"  # a pooled connection
+    sent: list[float] = []
+    offset = time.time() - time.monotonic()
+    send_at = time.monotonic() + 0.3
+    answer = c.send(c.prepare(staged_request), on_sent=sent.append, send_at=send_at)
+    done = time.monotonic()
+    assert answer.code == "Success" and len(sent) == 1
+    assert send_at <= sent[0] < send_at + 0.05
+    (call,) = [k for k in sim_calls(sim_control) if k["request_id"] == answer.request_id]
+    assert call["t_start"] >= send_at + offset - 0.002  # the simulator's kernel stamp
+    assert answer.latency_ms <= (done - sent[0]) * 1000 + 1  # not the 0.3 s of waiting
+
+
+def test_a_call_through_an_http_proxy_is_held_and_reported_too(simulator, sim_control,
+                                                               staged_request):
+    """Through a proxy, requests uses a proxy manager with its own pools: they must run the
+    first-write hook too, or the call would leave before its slot and never be reported."""
+    import http.client
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    import requests
+
+    relayed: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            target = urlsplit(self.path)  # a proxy gets the absolute URI
+            relayed.append(self.path)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            upstream = http.client.HTTPConnection(target.netloc, timeout=30)
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("proxy-connection", "connection")}
+            upstream.request("POST", target.path or "/", body=body, headers=headers)
+            resp = upstream.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = {"http": f"http://127.0.0.1:{server.server_address[1]}"}
+        c = client(simulator, session=session)
+        sent: list[float] = []
+        send_at = time.monotonic() + 0.2
+        answer = c.send(c.prepare(staged_request), on_sent=sent.append, send_at=send_at)
+        assert answer.code == "Success" and relayed  # it went through the proxy...
+        assert len(sent) == 1 and sent[0] >= send_at  # ...held until its time and reported
+    finally:
+        server.shutdown()

@@ -60,18 +60,26 @@ class AccountBreaker:
         self.probe_after = probe_after
         self.max_probe_after = max_probe_after
         self._local = threading.local()
+        self._closed_seen = float("-inf")  # when this process last read a closed state
 
-    def state(self) -> BreakerState:
+    def state(self, max_age: float = 0.0) -> BreakerState:
+        """The shared state. With ``max_age``, a *closed* state this process read less than
+        that many seconds ago will do (an open one is always read again)."""
+        if max_age > 0 and time.monotonic() - self._closed_seen < max_age:
+            return BreakerState(open=False)
         raw = self.redis.get(KEY)
         if not raw:
+            self._closed_seen = time.monotonic()
             return BreakerState(open=False)
+        self._closed_seen = float("-inf")
         data = json.loads(raw)
         return BreakerState(open=True, code=data["code"], opened_at=data["opened_at"],
                             probe_at=data["probe_at"], failures=data["failures"])
 
-    def before_call(self) -> tuple[bool, float]:
-        """(may_call, seconds to wait before asking again). A probe holder may call."""
-        st = self.state()
+    def before_call(self, max_age: float = 0.0) -> tuple[bool, float]:
+        """(may_call, seconds to wait before asking again). A probe holder may call.
+        ``max_age``: see ``state``; the check right before a call must use 0."""
+        st = self.state(max_age)
         if not st.open:
             self._local.probe = None
             return True, 0.0
@@ -97,6 +105,10 @@ class AccountBreaker:
         """
         probe = getattr(self._local, "probe", None) is not None
         self._local.probe = None
+        if account_error is None and not probe:
+            # Neither opens nor closes it (only the probe's answer closes an open breaker):
+            # nothing to read or write. This is nearly every call.
+            return
         try:
             self._record(account_error, probe)
         except redis.RedisError as exc:

@@ -226,7 +226,9 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         # An earlier attempt recorded the key: the video is likely in the bucket already.
         staged_before = job.video_key is not None
 
-    may_call, wait = res.breaker.before_call()
+    # This check only saves staging a job the breaker would stop: a closed state read in
+    # the last second will do. The one before the call (below) reads it afresh.
+    may_call, wait = res.breaker.before_call(max_age=1.0)
     if not may_call:
         return _requeue(task, res, job_id, wait + random.uniform(0, 2))
 

@@ -302,6 +302,8 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
             log.info("job %s: not sent on its rate-limit slot (its thread got there too "
                      "late); reserving a new slot", job_id)
             slot = res.limiter.reserve_slot(lane)
+            # As for the first slot: not holding a pooled connection longer than this.
+            res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
     if not late:
         res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused
     late_ms = (late[0] if late else 0.0) * 1000

@@ -127,6 +127,11 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
         ids.append(insert_job(settings, spec)[0])
     for job_id in ids:
         task.apply_async(args=[job_id], queue="backfill")
+    on_media = make_media(base / "media", args.onboarding, args.video_mb, "o")
+    # Gigabytes of media were just written: flush them now, or their writeback competes with
+    # the run's own disk writes (the simulator's store, the database's commits) and shows as
+    # second-long stalls of whatever has to wait for the disk.
+    os.sync()
 
     extra = ["-I", "bench.baseline"] if name == "baseline" else []
     workers = [Worker(env=env, logfile=work / f"w{i}.log", pool=args.pool,
@@ -135,7 +140,6 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
     started = time.time()
 
     onboarding: list[int] = []
-    on_media = make_media(base / "media", args.onboarding, args.video_mb, "o")
 
     def produce_onboarding() -> None:
         time.sleep(args.warmup)

@@ -25,7 +25,7 @@ from celery.signals import (
 )
 from kombu import Queue
 
-from faceid_batch import logs, metrics
+from faceid_batch import db, logs, metrics
 from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
 from faceid_batch.models import Lane
@@ -103,6 +103,15 @@ def _set_switch_interval(**_: object) -> None:
     # GIL back from the busy ones (staging, parsing); each ms it waits is a ms the shared
     # schedule loses (ratelimit.started_at writes the late start back).
     sys.setswitchinterval(get_settings().worker_switch_interval_ms / 1000)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _checkpoint_in_background(**_: object) -> None:
+    # On SQLite, the WAL is checkpointed by a thread of the worker process, not by whichever
+    # answer's commit crosses the threshold (see db.checkpoint_in_background). The threads
+    # pool runs in the main process (worker_init); prefork pool processes start their own.
+    db.checkpoint_in_background(get_settings().database_url)
 
 
 @task_prerun.connect

@@ -4,9 +4,10 @@ The next run of the job, or the recovery sweep, writes them before anything else
 call is never repeated because of a database outage.
 
 Taking an answer out of the park moves it, in one step, to a second hash of answers being
-written. If the process dies before the write (or before parking the answer again), the
-answer is still there: the recovery sweep puts it back in the park once it is older than
-STUCK_AFTER_SECONDS and the job has no attempt with its RequestId (see ``recovery.py``).
+written, with the lease of the worker taking it. If that worker dies before the write (or
+before parking the answer again), the answer is still there: the job's next run takes it
+over as soon as that lease is gone (``take``), and the recovery sweep puts it back in the
+park if no run does (see ``recovery.py``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,30 @@ import time
 import redis
 
 from faceid_batch.faceid_client import Answer, BestFrameInfo
+from faceid_batch.leases import LEASE_PREFIX
 
 log = logging.getLogger(__name__)
 KEY = "faceid:parked-answers"
 TAKEN_KEY = "faceid:parked-answers:taken"
 
-# Move one answer from the park to the taken hash, stamped with the time it was taken.
+# Move one answer from the park to the taken hash, stamped with the time and the lease that
+# took it; or take over one taken by a lease that is gone (its worker died before writing).
+# ARGV = job id, now, taker's lease id, lease key prefix
 _TAKE = """
 local raw = redis.call('hget', KEYS[1], ARGV[1])
-if not raw then return false end
-redis.call('hdel', KEYS[1], ARGV[1])
-redis.call('hset', KEYS[2], ARGV[1], cjson.encode({taken_at = tonumber(ARGV[2]), answer = raw}))
+if raw then
+  redis.call('hdel', KEYS[1], ARGV[1])
+else
+  local entry = redis.call('hget', KEYS[2], ARGV[1])
+  if not entry then return false end
+  local e = cjson.decode(entry)
+  local by = e['by']
+  if not by or by == '' or by == ARGV[3] then return false end
+  if redis.call('exists', ARGV[4] .. by) == 1 then return false end
+  raw = e['answer']
+end
+redis.call('hset', KEYS[2], ARGV[1],
+           cjson.encode({taken_at = tonumber(ARGV[2]), answer = raw, by = ARGV[3]}))
 return raw
 """
 # Put a taken answer back in the park, unless the job was parked again meanwhile.
@@ -67,16 +81,23 @@ def park(client: redis.Redis, job_id: int, answer: Answer) -> None:
               job_id, answer.code, answer.request_id)
 
 
-def take(client: redis.Redis, job_id: int) -> Answer | None:
-    """The parked answer for ``job_id``, taken out of the park, or None.
+def take(client: redis.Redis, job_id: int, lease_id: str = "") -> Answer | None:
+    """The parked answer for ``job_id``, taken out of the park by ``lease_id``, or None.
 
     It stays in the taken hash until the sweep sees it written (or puts it back); if
-    writing fails, the caller parks it again.
+    writing fails, the caller parks it again. An answer taken by a lease that is gone is
+    taken over.
     """
-    raw = client.eval(_TAKE, 2, KEY, TAKEN_KEY, str(job_id), repr(time.time()))
+    raw = client.eval(_TAKE, 2, KEY, TAKEN_KEY, str(job_id), repr(time.time()), lease_id,
+                      LEASE_PREFIX)
     if raw is None:
         return None
     return _load(raw)
+
+
+def is_parked(client: redis.Redis, job_id: int) -> bool:
+    """Whether a paid answer for ``job_id`` waits in the park."""
+    return bool(client.hexists(KEY, str(job_id)))
 
 
 def parked_jobs(client: redis.Redis) -> list[int]:
@@ -88,12 +109,13 @@ def parked(client: redis.Redis) -> dict[int, Answer]:
     return {int(k): _load(v) for k, v in client.hgetall(KEY).items()}
 
 
-def taken(client: redis.Redis) -> dict[int, tuple[float, Answer]]:
-    """Answers taken out of the park and not yet settled: job id -> (taken at, answer)."""
+def taken(client: redis.Redis) -> dict[int, tuple[float, Answer, str]]:
+    """Answers taken out of the park and not yet settled: job id -> (taken at, answer, the
+    lease that took it, "" if unknown)."""
     out = {}
     for k, v in client.hgetall(TAKEN_KEY).items():
         entry = json.loads(v)
-        out[int(k)] = (float(entry["taken_at"]), _load(entry["answer"]))
+        out[int(k)] = (float(entry["taken_at"]), _load(entry["answer"]), entry.get("by") or "")
     return out
 
 

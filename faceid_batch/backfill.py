@@ -1,26 +1,24 @@
 """A backfill: a manifest read a thousand rows at a time into jobs of one batch.
 
 For each chunk: read and shape the rows, drop duplicate keys, look the keys up in the
-database (one query), check the new rows for free (``manifest.check_row``), insert them
-(one statement, committed), send their messages (one Redis pipeline), mark them sent (one
-UPDATE). Bad rows go to the report; the run goes on.
+database (one query), check the new rows for free (``manifest.check_row``), insert them due
+(one statement, committed). Nothing is sent from here: the feeder (feeder.py) sends due
+jobs in their turn, a few seconds of work at a time, so a manifest of millions costs the
+database its rows and Redis nothing. Bad rows go to the report; the run goes on.
 
 Dedupe and resume, without holding the manifest's keys in memory: a key already in the
-database is not enqueued again (sent again only if the run that inserted it died before
-sending it). A key inserted earlier in this same run, by this batch, is a duplicate row of
-the file: a bad row. A key repeated inside one chunk is caught before the lookup. Each job
-keeps its batch and manifest line. A re-run with the same batch name (by default the
-manifest's absolute path) resumes the batch.
+database is not enqueued again. A key inserted earlier in this same run, by this batch, is
+a duplicate row of the file: a bad row. A key repeated inside one chunk is caught before
+the lookup. Each job keeps its batch and manifest line. A re-run with the same batch name
+(by default the manifest's absolute path) resumes the batch: it inserts what the earlier
+run did not reach.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -31,7 +29,7 @@ from sqlalchemy import func, select, update
 
 from faceid_batch import batches, preflight
 from faceid_batch.db import get_engine, session_scope
-from faceid_batch.enqueue import CHUNK, insert_jobs, mark_enqueued, send_verify_many
+from faceid_batch.enqueue import CHUNK, insert_jobs
 from faceid_batch.manifest import (
     Manifest,
     RawRow,
@@ -46,9 +44,6 @@ from faceid_batch.submit import JobSpec
 
 log = logging.getLogger(__name__)
 SAVE_EVERY = 10  # chunks between writes of the running figures to the batch row
-# Above this manifest size (about 10,000 rows) messages are published from a helper
-# process; below it the process start (~0.5 s) costs more than it saves.
-HELPER_PROCESS_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -59,13 +54,11 @@ class BackfillResult:
     resumed: bool  # the batch existed (same name): this run continued it
     report_path: Path
     read: int = 0  # data rows read
-    accepted: int = 0  # new jobs inserted
-    sent: int = 0  # messages sent (new jobs, plus earlier rows that were never sent)
-    resent: int = 0  # of those, rows an earlier run inserted but did not send
+    accepted: int = 0  # new jobs inserted (due: the feeder sends them in their turn)
     known: int = 0  # keys already in the database: not enqueued again
     bad: int = 0  # rows in the report
     refused: int = 0  # of those, rows refused by preflight: stored as refused jobs, not sent
-    parked: int = 0  # new jobs stored but not sent because the batch is paused
+    parked: int = 0  # of the accepted, jobs parked because the batch is paused
     stopped: str | None = None  # why the run stopped early (the batch was cancelled)
     seconds: float = 0.0
 
@@ -83,10 +76,11 @@ def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
 
 
 def open_batch(settings: Settings, manifest: Path, name: str | None,
-               lane: str) -> tuple[int, str, str, bool]:
+               lane: str, weight: float | None = None) -> tuple[int, str, str, bool]:
     """Find the batch to resume (same name, not cancelled) or create one.
 
-    Return (id, lane, state, resumed). A resumed batch keeps its own lane.
+    Return (id, lane, state, resumed). A resumed batch keeps its own lane, and its weight
+    unless ``weight`` is given.
     """
     name = name or str(manifest.resolve())
     with session_scope(settings.database_url) as session:
@@ -99,6 +93,8 @@ def open_batch(settings: Settings, manifest: Path, name: str | None,
         if batch is None:
             batch = Batch(name=name, lane=lane, state=BatchState.ACTIVE.value)
             session.add(batch)
+        if weight is not None:
+            batch.weight = weight
         batch.manifest = str(manifest.resolve())
         batch.enqueue_started_at = utcnow()
         batch.enqueue_finished_at = None
@@ -113,6 +109,7 @@ def run_backfill(
     report_path: str | Path | None = None,
     lane: str = Lane.BACKFILL.value,
     name: str | None = None,
+    weight: float | None = None,
     on_start: Callable[[int, bool, str], None] | None = None,
     on_progress: Progress | None = None,
     chunk_size: int = CHUNK,
@@ -126,10 +123,12 @@ def run_backfill(
     manifest = Manifest(manifest_path)  # refuses a non-manifest before a batch exists
     if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
         raise ValueError(f"lane {lane!r}: must be onboarding or backfill")
+    if weight is not None and not 0 < weight <= 1_000_000:
+        raise ValueError(f"weight {weight!r}: must be a number above 0 (at most 1000000)")
     # Opened first: an unwritable report path fails before a batch exists.
     report = Report(report_path or default_report_path(manifest.path))
     try:
-        batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane)
+        batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane, weight)
     except BaseException:
         report.close()
         raise
@@ -143,7 +142,7 @@ def run_backfill(
         first_new_id = conn.scalar(select(func.max(Job.id))) or 0
     started = time.monotonic()
     try:
-        with report, Sender(engine, lane, manifest.size > HELPER_PROCESS_BYTES) as sender:
+        with report:
             for number, chunk in enumerate(_chunks(manifest.rows(), chunk_size), start=1):
                 control = batches.control_state(client, settings.database_url, batch_id)
                 if control == BatchState.CANCELLED.value:
@@ -151,8 +150,7 @@ def run_backfill(
                     break
                 _run_chunk(settings, engine, manifest, chunk, batch_id, lane,
                            paused=control == BatchState.PAUSED.value,
-                           report=report, result=result, sender=sender,
-                           first_new_id=first_new_id)
+                           report=report, result=result, first_new_id=first_new_id)
                 report.flush()
                 result.seconds = time.monotonic() - started
                 if on_progress is not None:
@@ -168,7 +166,7 @@ def run_backfill(
 
 def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[RawRow],
                batch_id: int, lane: str, *, paused: bool, report: Report,
-               result: BackfillResult, sender: Sender, first_new_id: int) -> None:
+               result: BackfillResult, first_new_id: int) -> None:
     # 1. Shape each row; catch a key repeated inside the chunk.
     candidates: list[tuple[int, JobSpec]] = []
     first_line: dict[str, int] = {}
@@ -190,14 +188,12 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
     # 2. Keys the database knows.
     with engine.connect() as conn:
         known = {
-            key: (job_id, b_id, b_row, state, enq)
-            for key, job_id, b_id, b_row, state, enq in conn.execute(
-                select(Job.idempotency_key, Job.id, Job.batch_id, Job.batch_row, Job.state,
-                       Job.enqueued_at)
+            key: (job_id, b_id, b_row, state)
+            for key, job_id, b_id, b_row, state in conn.execute(
+                select(Job.idempotency_key, Job.id, Job.batch_id, Job.batch_row, Job.state)
                 .where(Job.idempotency_key.in_([s.idempotency_key for _, s in candidates]))
             )
         } if candidates else {}
-    unsent: list[int] = []
     new: list[tuple[int, JobSpec]] = []
     refused_before: dict[str, int] = {}  # key -> job id of a refused job: checked again
     for line, spec in candidates:
@@ -210,13 +206,11 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
             refused_before[spec.idempotency_key] = hit[0]
             new.append((line, spec))
             continue
-        job_id, b_id, b_row, state, enqueued_at = hit
+        job_id, b_id, b_row, state = hit
         if b_id == batch_id and job_id > first_new_id:
             # Inserted by this run, so from an earlier row of this file.
             _bad(report, result, line, spec.idempotency_key,
                  f"duplicate key: already on row {b_row}")
-        elif state == JobState.QUEUED.value and enqueued_at is None:
-            unsent.append(job_id)  # inserted by a run that died before sending it
         else:
             result.known += 1
 
@@ -224,6 +218,8 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
     # preflight refuses is reported like a bad row and stored as a refused job, never sent.
     rows: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
+    # Due now (the feeder sends them in their turn), or parked until the batch resumes.
+    due_at = None if paused else utcnow()
     for line, spec in new:
         try:
             spec = check_row(spec, settings.cos_bucket, settings)
@@ -242,15 +238,16 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
             "batch_id": batch_id,
             "batch_row": line,
             "preflight": spec.preflight,
+            "due_at": due_at,
         }
         if spec.refusal is not None:
             _bad(report, result, line, spec.idempotency_key, preflight.describe(spec.refusal))
             result.refused += 1
-            refused.append({**row, **spec.refused_values()})
+            refused.append({**row, **spec.refused_values(), "due_at": None})
         else:
             rows.append(row)
 
-    # 4. Insert and commit, then send, then mark sent (the order submit.py keeps).
+    # 4. Insert and commit: the rows are the queue.
     with engine.begin() as conn:
         passed_again = _rewrite_refused(conn, rows, refused, refused_before)
         fresh = [r for r in rows if r["idempotency_key"] not in refused_before]
@@ -260,63 +257,12 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
     result.known += len(fresh) - len(inserted)  # inserted meanwhile by another producer
     if paused:
         result.parked += len(inserted) + len(passed_again)
-        return
-    to_send = [*unsent, *inserted.values(), *passed_again.values()]
-    if to_send:
-        sender.submit(to_send)
-    result.sent += len(to_send)
-    result.resent += len(unsent)
-
-
-class Sender:
-    """Sends committed jobs' messages, then marks them sent; up to two chunks in flight.
-
-    Publishing is half of a chunk's cost and is pure Python (GIL-bound), so for a large
-    manifest it runs in a helper process while this one reads, checks and inserts the
-    next chunk; a small one uses a thread. Marking stays here, after the send is confirmed.
-    If sending fails the run stops; rows not marked are sent by a re-run.
-    """
-
-    IN_FLIGHT = 2
-
-    def __init__(self, engine: Any, lane: str, helper_process: bool) -> None:
-        self.engine = engine
-        self.lane = lane
-        self._pool: Executor = (
-            # fork, not spawn: spawn re-imports the caller's __main__, which breaks any
-            # script without a __main__ guard. The child only publishes (no DB, no threads).
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            if helper_process else ThreadPoolExecutor(1, thread_name_prefix="backfill-send")
-        )
-        self._pending: deque[tuple[Future[int], list[int]]] = deque()
-
-    def __enter__(self) -> Sender:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            if exc_type is None:
-                while self._pending:
-                    self._finish_one()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, ids: list[int]) -> None:
-        while len(self._pending) >= self.IN_FLIGHT:
-            self._finish_one()
-        self._pending.append((self._pool.submit(send_verify_many, ids, self.lane), ids))
-
-    def _finish_one(self) -> None:
-        future, ids = self._pending.popleft()
-        future.result()  # re-raises a failed send: those rows stay unsent for a re-run
-        with self.engine.begin() as conn:
-            mark_enqueued(conn, ids)
 
 
 def _rewrite_refused(conn: Any, rows: list[dict[str, Any]], refused: list[dict[str, Any]],
                      refused_before: dict[str, int]) -> dict[str, int]:
     """Update jobs refused by an earlier run from this run's rows; return {key: id} of
-    those that now pass (to be sent). Only rows still refused are touched."""
+    those that now pass (due, like new rows). Only rows still refused are touched."""
     passed: dict[str, int] = {}
     for row, now_refused in [*((r, False) for r in rows), *((r, True) for r in refused)]:
         job_id = refused_before.get(row["idempotency_key"])

@@ -1,8 +1,9 @@
 """CLI commands for backfills and batch control, added to ``faceid-batch`` by ``register``.
 
-    faceid-batch backfill MANIFEST [--report PATH] [--lane backfill] [--name NAME]
+    faceid-batch backfill MANIFEST [--report PATH] [--lane backfill] [--name NAME] [--weight W]
     faceid-batch batch status ID [--watch]
     faceid-batch batch pause|resume|cancel|retry-failed ID
+    faceid-batch batch weight ID W
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ def backfill(
     lane: str = typer.Option("backfill", help="Lane for the batch's jobs"),
     name: str = typer.Option(None, "--name", help="Batch name (default: the manifest's "
                              "absolute path); a re-run with the same name resumes it"),
+    weight: float = typer.Option(None, "--weight", help="The batch's share of the budget "
+                                 "against other batches due at the same time (default 1; "
+                                 "a resumed batch keeps its own unless given)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar"),
 ) -> None:
     """Enqueue every good row of MANIFEST as a job of one batch; report the bad rows.
 
-    Keys already known are not enqueued again, so a re-run after a crash sends only what
+    Keys already known are not enqueued again, so a re-run after a crash inserts only what
     is missing. Prints the batch id first.
     """
     from rich.console import Console
@@ -78,7 +82,7 @@ def backfill(
     def started(batch_id: int, resumed: bool, state: str) -> None:
         typer.echo(f"batch {batch_id} " + ("resumed (same name)" if resumed else "created"))
         if state == "paused":
-            typer.echo(f"batch {batch_id} is paused: new rows are stored but not sent until "
+            typer.echo(f"batch {batch_id} is paused: new rows are stored but not run until "
                        f"`faceid-batch batch resume {batch_id}`")
         bar.start()
 
@@ -89,7 +93,7 @@ def backfill(
 
     try:
         result = run_backfill(settings, manifest, report_path=report, lane=lane, name=name,
-                              on_start=started, on_progress=advanced)
+                              weight=weight, on_start=started, on_progress=advanced)
     except (ManifestError, ValueError, OSError) as exc:
         bar.stop()
         _fail(str(exc))
@@ -101,10 +105,8 @@ def backfill(
         + (f" ({result.refused:,} refused by preflight: stored as refused, never called)"
            if result.refused else "")
     )
-    if result.resent:
-        typer.echo(f"sent {result.resent:,} jobs an earlier run stored but never sent")
     if result.parked:
-        typer.echo(f"{result.parked:,} jobs stored but not sent: the batch is paused")
+        typer.echo(f"{result.parked:,} jobs stored but parked: the batch is paused")
     typer.echo(f"report: {result.report_path}"
                + ("" if result.bad else " (no bad rows)"))
     if result.stopped:
@@ -156,8 +158,8 @@ def pause(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
     from faceid_batch import batches
 
     parked = _batch_call(batches.pause, batch_id)
-    typer.echo(f"batch {batch_id} paused; workers park its queued jobs"
-               + (f" ({parked} unsent jobs parked now)" if parked else ""))
+    typer.echo(f"batch {batch_id} paused; {parked} waiting jobs parked (workers park any "
+               "already on their way)")
 
 
 @batch_app.command("resume")
@@ -165,8 +167,8 @@ def resume(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
     """Resume a paused batch: its parked jobs are sent again."""
     from faceid_batch import batches
 
-    sent = _batch_call(batches.resume, batch_id)
-    typer.echo(f"batch {batch_id} resumed; {sent} parked jobs sent again")
+    due = _batch_call(batches.resume, batch_id)
+    typer.echo(f"batch {batch_id} resumed; {due} parked jobs due again")
 
 
 @batch_app.command("cancel")
@@ -185,3 +187,13 @@ def retry_failed(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
 
     n = _batch_call(batches.retry_failed, batch_id)
     typer.echo(f"batch {batch_id}: {n} failed jobs queued again")
+
+
+@batch_app.command("weight")
+def weight(batch_id: int = typer.Argument(..., metavar="ID"),
+           value: float = typer.Argument(..., metavar="W")) -> None:
+    """Set the batch's share of the budget against other batches due at the same time."""
+    from faceid_batch import batches
+
+    _batch_call(lambda settings, bid: batches.set_weight(settings, bid, value), batch_id)
+    typer.echo(f"batch {batch_id}: weight {value:g} (the feeder uses it within a second)")

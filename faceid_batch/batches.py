@@ -1,13 +1,16 @@
-"""Batch control: pause, resume, cancel, retry-failed, status; and the gate workers consult.
+"""Batch control: pause, resume, cancel, retry-failed, weight, status; and the worker's gate.
 
 The database holds each batch's state. Redis holds a copy that workers read: one hash,
 ``faceid:batches:control`` (batch id -> ``paused`` | ``cancelled``), so checking a job costs
 one HMGET and no query. If Redis lost the hash (a restart without persistence), the first
 worker to notice rebuilds it from the database (the ``_synced`` field marks a built hash).
 
-A paused batch's jobs are *parked*: the worker that picks up the message drops it and sets
-the job ``paused`` (not swept by recovery); ``resume`` sends them again. A cancelled batch's
-jobs that have not been called end ``failed`` with ``Local.BatchCancelled``.
+Every change takes effect at the feeder's next round (feeder.py), for everything not yet in
+flight: a paused or cancelled batch is not fed. ``pause`` parks the batch's waiting jobs
+(state ``paused``: neither due nor out) and a worker parks any whose message was already
+out; ``resume`` makes them due again. ``cancel`` closes the jobs not yet called as
+``failed`` with ``Local.BatchCancelled``. ``weight`` sets the batch's share of the feed
+against the other batches due at the same time.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import redis
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
 
-from faceid_batch.db import get_engine, session_scope
-from faceid_batch.enqueue import mark_enqueued, send_verify_many
+from faceid_batch import answers, schedule
+from faceid_batch.db import session_scope
 from faceid_batch.models import Batch, BatchState, Job, JobState, utcnow
 from faceid_batch.settings import Settings
 
@@ -32,12 +36,11 @@ if TYPE_CHECKING:
 CONTROL_KEY = "faceid:batches:control"
 SYNCED = "_synced"
 CANCELLED_CODE = "Local.BatchCancelled"
-# Jobs not yet called: what cancel closes and what pause may park.
+# Jobs not yet called: what cancel closes.
 WAITING = (JobState.QUEUED.value, JobState.RETRYING.value, JobState.PAUSED.value)
 # After resume clears the flag, a worker that read "paused" just before may still be
-# committing its park; a second pass after this long sends those too.
+# committing its park; a second pass after this long makes those due too.
 RESUME_SETTLE_SECONDS = 1.0
-PAGE = 1000
 
 
 class BatchError(ValueError):
@@ -45,35 +48,30 @@ class BatchError(ValueError):
 
 
 # -- the worker side -------------------------------------------------------------------
-def batch_gate(res: Resources, job: Job) -> str | None:
-    """None if ``job`` may be called now; otherwise park or close it and say what it became.
+def batch_gate(res: Resources, session: Session, job_id: int, batch_id: int) -> str | None:
+    """None if the job may run now; otherwise park or close it and say what it became.
 
-    Call it with the job loaded in the task's session, before it is marked running: the
-    changes made here are committed with that session. Costs nothing for jobs without a
-    batch and one Redis round trip for the others.
+    Called in the worker's session before it claims the job; the change is committed with
+    it. One Redis round trip (two when the batch is not active). A job with a paid answer
+    parked in Redis always runs: that answer is written before anything else.
     """
-    if job.batch_id is None:
+    control = _control_state(res.redis, res.settings.database_url, batch_id)
+    if control not in (BatchState.PAUSED.value, BatchState.CANCELLED.value):
         return None
-    control = _control_state(res.redis, res.settings.database_url, job.batch_id)
+    if answers.is_parked(res.redis, job_id):
+        return None
     if control == BatchState.PAUSED.value:
-        job.state = JobState.PAUSED.value
-        # No message is in the broker any more; resume sends one.
-        job.enqueued_at = None
-        job.next_attempt_at = None
+        schedule.park(session, job_id)
         return JobState.PAUSED.value
-    if control == BatchState.CANCELLED.value:
-        _close_cancelled(job)
-        return JobState.FAILED.value
-    return None
+    session.execute(update(Job).where(Job.id == job_id, Job.state.in_(WAITING)).values(
+        **_cancelled_columns(batch_id, utcnow())))
+    return JobState.FAILED.value
 
 
-def _close_cancelled(job: Job) -> None:
-    job.state = JobState.FAILED.value
-    job.result_code = CANCELLED_CODE
-    job.passed = None
-    job.error_message = f"batch {job.batch_id} was cancelled before this job was called"
-    job.finished_at = utcnow()
-    job.next_attempt_at = None
+def _cancelled_columns(batch_id: int, now: datetime) -> dict[str, object]:
+    return dict(state=JobState.FAILED.value, result_code=CANCELLED_CODE, passed=None,
+                error_message=f"batch {batch_id} was cancelled before this job was called",
+                finished_at=now, updated_at=now, due_at=None, enqueued_at=None)
 
 
 def _control_state(client: redis.Redis, database_url: str, batch_id: int) -> str | None:
@@ -139,50 +137,36 @@ def _set_state(settings: Settings, batch_id: int, state: str) -> Batch:
 
 
 def pause(settings: Settings, batch_id: int) -> int:
-    """Pause a batch; return how many unsent jobs were parked at once.
+    """Pause a batch; return how many of its waiting jobs were parked at once.
 
-    Jobs whose message is in the broker are parked by the workers as they reach them
-    (``batch_gate``); jobs already running finish.
+    The feeder stops feeding it at its next round; a worker parks any job whose message
+    was already out (``batch_gate``); jobs already running finish.
     """
     _set_state(settings, batch_id, BatchState.PAUSED.value)
     with session_scope(settings.database_url) as session:
-        # Unsent jobs (a crashed backfill) would otherwise be sent by the recovery sweep.
         return session.execute(update(Job).where(
-            Job.batch_id == batch_id, Job.state == JobState.QUEUED.value,
-            Job.enqueued_at.is_(None),
-        ).values(state=JobState.PAUSED.value, updated_at=utcnow())).rowcount
+            Job.batch_id == batch_id, Job.state.in_(JobState.waiting()),
+            Job.due_at.is_not(None),
+        ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
 
 
 def resume(settings: Settings, batch_id: int, settle: float = RESUME_SETTLE_SECONDS) -> int:
-    """Resume a batch and send every parked job of it again; return how many were sent."""
-    batch = _set_state(settings, batch_id, BatchState.ACTIVE.value)
-    sent = _send_parked(settings, batch_id, batch.lane)
+    """Resume a batch: every parked job of it is due again; return how many."""
+    _set_state(settings, batch_id, BatchState.ACTIVE.value)
+    due = _unpark(settings, batch_id)
     if settle > 0:
         time.sleep(settle)
-        sent += _send_parked(settings, batch_id, batch.lane)
-    return sent
+        due += _unpark(settings, batch_id)
+    return due
 
 
-def _send_parked(settings: Settings, batch_id: int, lane: str) -> int:
-    """Send the batch's parked and unsent jobs, a page at a time (commit, send, mark)."""
-    engine = get_engine(settings.database_url)
-    sent, after = 0, 0
-    while True:
-        with engine.begin() as conn:
-            ids = list(conn.scalars(select(Job.id).where(
-                Job.batch_id == batch_id, Job.id > after,
-                or_(Job.state == JobState.PAUSED.value,
-                    and_(Job.state == JobState.QUEUED.value, Job.enqueued_at.is_(None))),
-            ).order_by(Job.id).limit(PAGE)))
-            if not ids:
-                return sent
-            conn.execute(update(Job).where(Job.id.in_(ids)).values(
-                state=JobState.QUEUED.value, enqueued_at=None, updated_at=utcnow()))
-        send_verify_many(ids, lane)
-        with engine.begin() as conn:
-            mark_enqueued(conn, ids)
-        sent += len(ids)
-        after = ids[-1]
+def _unpark(settings: Settings, batch_id: int) -> int:
+    """The batch's parked jobs are due again, in the order they were created."""
+    with session_scope(settings.database_url) as session:
+        return session.execute(update(Job).where(
+            Job.batch_id == batch_id, Job.state == JobState.PAUSED.value,
+        ).values(state=JobState.QUEUED.value, due_at=Job.created_at, enqueued_at=None,
+                 updated_at=utcnow())).rowcount
 
 
 def cancel(settings: Settings, batch_id: int) -> int:
@@ -191,15 +175,10 @@ def cancel(settings: Settings, batch_id: int) -> int:
     Jobs already calling FaceID finish and keep their answer (it is paid for).
     """
     _set_state(settings, batch_id, BatchState.CANCELLED.value)
-    now = utcnow()
     with session_scope(settings.database_url) as session:
         return session.execute(update(Job).where(
             Job.batch_id == batch_id, Job.state.in_(WAITING),
-        ).values(
-            state=JobState.FAILED.value, result_code=CANCELLED_CODE, passed=None,
-            error_message=f"batch {batch_id} was cancelled before this job was called",
-            finished_at=now, updated_at=now, next_attempt_at=None,
-        )).rowcount
+        ).values(**_cancelled_columns(batch_id, utcnow()))).rowcount
 
 
 def retry_failed(settings: Settings, batch_id: int) -> int:
@@ -211,29 +190,30 @@ def retry_failed(settings: Settings, batch_id: int) -> int:
     if batch.state == BatchState.CANCELLED.value:
         raise BatchError(f"batch {batch_id} is cancelled; nothing is retried in it")
     paused = batch.state == BatchState.PAUSED.value
-    engine = get_engine(settings.database_url)
-    total, after = 0, 0
-    while True:
-        with engine.begin() as conn:
-            ids = list(conn.scalars(select(Job.id).where(
-                Job.batch_id == batch_id, Job.id > after,
-                Job.state == JobState.FAILED.value,
-                or_(Job.result_code.is_(None), Job.result_code != CANCELLED_CODE),
-            ).order_by(Job.id).limit(PAGE)))
-            if not ids:
-                return total
-            # Attempts restart: the old ones stay in the attempts table for the audit.
-            conn.execute(update(Job).where(Job.id.in_(ids)).values(
-                state=JobState.PAUSED.value if paused else JobState.QUEUED.value,
-                attempts=0, result_code=None, error_message=None, passed=None,
-                finished_at=None, enqueued_at=None, next_attempt_at=None, updated_at=utcnow(),
-            ))
-        if not paused:
-            send_verify_many(ids, batch.lane)
-            with engine.begin() as conn:
-                mark_enqueued(conn, ids)
-        total += len(ids)
-        after = ids[-1]
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        # Attempts restart: the old ones stay in the attempts table for the audit.
+        return session.execute(update(Job).where(
+            Job.batch_id == batch_id, Job.state == JobState.FAILED.value,
+            or_(Job.result_code.is_(None), Job.result_code != CANCELLED_CODE),
+        ).values(
+            state=JobState.PAUSED.value if paused else JobState.QUEUED.value,
+            attempts=0, result_code=None, error_message=None, passed=None, finished_at=None,
+            due_at=None if paused else now, enqueued_at=None, updated_at=now,
+        )).rowcount
+
+
+def set_weight(settings: Settings, batch_id: int, weight: float) -> Batch:
+    """Set the batch's share of the feed (takes effect within a second)."""
+    if not weight > 0 or weight > 1_000_000:
+        raise BatchError(f"weight {weight!r}: must be a number above 0 (at most 1000000)")
+    with session_scope(settings.database_url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BatchError(f"batch {batch_id}: no such batch")
+        batch.weight = weight
+        batch.updated_at = utcnow()
+        return batch
 
 
 # -- status -----------------------------------------------------------------------------
@@ -251,6 +231,7 @@ class BatchStatus:
     rows_known: int
     rows_bad: int
     enqueuing: bool
+    weight: float = 1.0
     by_state: dict[str, int] = field(default_factory=dict)
     passed: int = 0
     not_passed: int = 0
@@ -287,6 +268,7 @@ def status(settings: Settings, batch_id: int) -> BatchStatus:
             rows_accepted=batch.rows_accepted, rows_known=batch.rows_known,
             rows_bad=batch.rows_bad,
             enqueuing=batch.enqueue_started_at is not None and batch.enqueue_finished_at is None,
+            weight=batch.weight,
         )
         rows = session.execute(
             select(Job.state, Job.passed, Job.result_code, func.count())
@@ -324,7 +306,8 @@ def format_status(st: BatchStatus) -> str:
     """Plain text for ``faceid-batch batch status``."""
     lines = [
         f"batch {st.id}  {st.name}",
-        f"  state {st.state}, lane {st.lane}, created {st.created_at:%Y-%m-%d %H:%M:%S}"
+        f"  state {st.state}, lane {st.lane}, weight {st.weight:g}, "
+        f"created {st.created_at:%Y-%m-%d %H:%M:%S}"
         + ("  (manifest still being enqueued)" if st.enqueuing else ""),
         f"  manifest: {st.rows_read} rows read, {st.rows_accepted} accepted, "
         f"{st.rows_known} already known, {st.rows_bad} bad",

@@ -95,7 +95,7 @@ def worker(
                                help="Lanes to consume, in priority order"),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
     beat: bool = typer.Option(False, "--beat", "-B",
-                              help="Also run the scheduler of the recovery sweep (one per site)"),
+                              help="Also run beat (the retention purge's schedule)"),
 ) -> None:
     """Run a Celery worker (same as: celery -A faceid_batch.worker worker -P threads ...)."""
     settings = _settings()
@@ -112,7 +112,7 @@ def worker(
 
 @app.command()
 def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
-    """Run the scheduler of the recovery sweep (run exactly one per site)."""
+    """Run beat: the retention purge's schedule, and a feeder candidate (one per site)."""
     _settings()
     from faceid_batch.worker import celery_app
 
@@ -122,7 +122,7 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
 
 @app.command()
 def sweep() -> None:
-    """Re-send stranded jobs now (the recovery sweep that beat runs periodically)."""
+    """Run the backstop sweep now (parked answers, hung jobs; the feeder runs it too)."""
     from faceid_batch.recovery import sweep_stuck_jobs
     from faceid_batch.worker import resources
 

@@ -1,10 +1,7 @@
-"""Many jobs at once: bulk inserts and pipelined task messages.
+"""Many jobs at once: bulk inserts (backfill.py) and pipelined task messages (feeder.py).
 
-``submit.py`` handles one job (insert, commit, send, mark sent). A backfill does the same
-steps for a thousand rows at a time: one multi-row INSERT, one Redis pipeline for the
-messages, one UPDATE of ``enqueued_at``. The order is the same, so the crash story is too:
-a row committed but never sent keeps ``enqueued_at`` NULL and is sent by the next run (or
-the recovery sweep).
+A backfill inserts a thousand rows in one multi-row INSERT, due; the feeder sends the due
+ones in their turn, up to a thousand messages in one Redis pipeline.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery.utils.nodenames import anon_nodename
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
 from faceid_batch.models import Job, utcnow
@@ -44,16 +41,6 @@ def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, i
         Job.idempotency_key, Job.id
     )
     return {key: job_id for key, job_id in conn.execute(stmt, values)}
-
-
-def mark_enqueued(conn: Connection, ids: Iterable[int]) -> None:
-    """Record that the messages for ``ids`` are in the broker."""
-    ids = list(ids)
-    now = utcnow()
-    for start in range(0, len(ids), CHUNK):
-        part = ids[start:start + CHUNK]
-        conn.execute(update(Job).where(Job.id.in_(part))
-                     .values(enqueued_at=now, next_attempt_at=None))
 
 
 def send_verify_many(job_ids: Iterable[int], lane: str, app: Any = None) -> int:

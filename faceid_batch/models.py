@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -48,13 +49,14 @@ class Base(DeclarativeBase):
 
 
 class JobState(StrEnum):
-    QUEUED = "queued"  # committed and sent to its lane
-    RUNNING = "running"  # a worker is staging or calling
-    RETRYING = "retrying"  # waiting for the next attempt after a transient failure
+    # Waiting for a worker: due in the database schedule (``due_at``), or its message is in
+    # its lane's Redis list (``enqueued_at``).
+    QUEUED = "queued"
+    RUNNING = "running"  # a worker holds it (``lease_id``): staging or calling
+    RETRYING = "retrying"  # waiting for the next attempt (``due_at``) after a transient failure
     COMPLETED = "completed"  # FaceID gave a final answer (pass or fail) — stored in results
     FAILED = "failed"  # no verdict: bad request, bad media, or attempts exhausted
-    # Its batch is paused: no message is in the broker; ``batch resume`` sends it again.
-    # Not swept by recovery (that would undo the pause).
+    # Its batch is paused: not due and no message in Redis; ``batch resume`` makes it due.
     PAUSED = "paused"
     # Preflight (preflight.py) predicted a refusal the API would charge for: no call was
     # made; result_code holds the predicted code and ``jobs.preflight`` the findings.
@@ -63,6 +65,11 @@ class JobState(StrEnum):
     @classmethod
     def final(cls) -> tuple[JobState, ...]:
         return (cls.COMPLETED, cls.FAILED, cls.REFUSED)
+
+    @classmethod
+    def waiting(cls) -> tuple[str, ...]:
+        """States of a job that a worker may take (claim) when its message comes."""
+        return (cls.QUEUED.value, cls.RETRYING.value)
 
 
 class Lane(StrEnum):
@@ -90,6 +97,8 @@ class Batch(Base):
     state: Mapped[str] = mapped_column(String(16), default=BatchState.ACTIVE.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Its share of the feed against the other batches due at the same time (feeder.py).
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     # Figures of the last manifest run (job counts come from the jobs table).
     rows_read: Mapped[int] = mapped_column(Integer, default=0)
     rows_accepted: Mapped[int] = mapped_column(Integer, default=0)
@@ -108,6 +117,20 @@ class Job(Base):
         Index("ix_jobs_lane_id", "lane", "id"),
         Index("ix_jobs_result_code_id", "result_code", "id"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        # The schedule (revision 0008, feeder.py): only due rows are in these indexes, so a
+        # backlog of millions costs the feeder one index seek per batch and per pick, and
+        # finished jobs cost it nothing. ``_again``: jobs that ran before (retries,
+        # recovered jobs), fed before a batch's fresh rows.
+        Index("ix_jobs_due", "lane", "batch_id", "due_at", "id",
+              sqlite_where=text("due_at IS NOT NULL"),
+              postgresql_where=text("due_at IS NOT NULL")),
+        Index("ix_jobs_due_again", "lane", "batch_id", "due_at", "id",
+              sqlite_where=text("due_at IS NOT NULL AND started_at IS NOT NULL"),
+              postgresql_where=text("due_at IS NOT NULL AND started_at IS NOT NULL")),
+        # Messages out in Redis and not yet taken: what the lost-message check reads.
+        Index("ix_jobs_enqueued_at", "enqueued_at",
+              sqlite_where=text("enqueued_at IS NOT NULL"),
+              postgresql_where=text("enqueued_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -133,10 +156,14 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
-    # Set once the task message is in Redis; NULL means a crash came between commit and send.
+    # The schedule (schedule.py owns these three). ``due_at``: when the job is due to be
+    # sent from the database, set only while it waits there (queued, or retrying after its
+    # backoff). ``enqueued_at``: when its message was put in its lane's Redis list, set only
+    # until a worker takes it. ``lease_id``: the worker lease (leases.py) that holds or last
+    # held it; a running job whose lease is gone is made due again at once.
+    due_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
-    # When a job waiting for a retry is due; the recovery sweep re-sends it if overdue.
-    next_attempt_at: Mapped[datetime | None]
+    lease_id: Mapped[str | None] = mapped_column(String(100))
     # The backfill batch the job came from, and the manifest line it was read from.
     batch_id: Mapped[int | None] = mapped_column(
         ForeignKey("batches.id", ondelete="SET NULL"), index=True

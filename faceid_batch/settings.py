@@ -60,10 +60,26 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(2.0, gt=0)
     retry_max_delay: float = Field(120.0, gt=0)
     bestframe_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    # How long Redis keeps a message a worker took but never acknowledged (it was killed)
+    # before handing it out again. Jobs do not wait for it (leases bring them back); it only
+    # bounds how late a duplicate message, or a held webhook retry, comes back.
     broker_visibility_timeout: int = Field(900, ge=5)
     breaker_probe_after: float = Field(30.0, gt=0)
+    # The backstop for a worker that is alive but whose task is hung: a running job not
+    # updated for this long is made due again even though its lease is renewed.
     stuck_after_seconds: int = Field(900, ge=5)
+    # How often the feeder runs the backstop sweep (parked answers, hung jobs).
     sweep_interval_seconds: float = Field(30.0, gt=0)
+
+    # The schedule (feeder.py, leases.py). A worker process's lease lives this long without
+    # a heartbeat (renewed every third of it): a killed worker's jobs are due again this
+    # long after the kill. The feeder's own lock has the same lifetime.
+    worker_lease_seconds: float = Field(10.0, ge=2, le=300)
+    # Messages the feeder keeps in each lane's Redis list (unset: two seconds of the rate
+    # limit, at least 10). The backlog stays in the database.
+    queue_depth: int | None = Field(None, ge=1, le=100_000)
+    # How often the feeder tops the lanes up (and so how late a due retry can be sent).
+    feed_interval_seconds: float = Field(0.25, gt=0, le=10)
 
     # Completion callbacks (notify.py): HMAC-SHA256 key shared with the receiver.
     webhook_secret: SecretStr | None = None
@@ -92,6 +108,11 @@ class Settings(BaseSettings):
     billing_overrides: str = ""  # "Code=billable|free,Prefix*=free", before the defaults
     faceid_price_per_call: Decimal = Field(Decimal("0"), ge=0)  # 0: amount not estimated
     faceid_price_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+
+    @property
+    def lane_depth(self) -> int:
+        """Messages the feeder keeps in each lane's Redis list."""
+        return self.queue_depth or max(10, 2 * self.faceid_rate_limit)
 
     @field_validator("billing_overrides")
     @classmethod

@@ -1,8 +1,11 @@
 """Submit a job: validate everything that can be checked for free, insert the row, enqueue.
 
-Order matters: the row is committed before the task is sent, so a worker never receives an
-id it cannot load. A crash between the commit and the send leaves a ``queued`` row that the
-recovery sweep re-enqueues.
+The row is the job's place in the queue (schedule.py). An onboarding job is sent the moment
+it is committed: its row is inserted already marked out, then its message goes to the
+lane, so a person waiting never waits for the feeder; if the submitter dies before the
+send, the feeder's lost-message check sends it seconds later, and if Redis is unreachable
+the job is simply due and fed when Redis is back. A backfill-lane job is inserted due: the
+feeder sends it in its turn, so a producer of millions never fills Redis.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from faceid_batch import preflight
+from faceid_batch import preflight, schedule
 from faceid_batch.db import session_scope
 from faceid_batch.media import MediaError, inspect_local
 from faceid_batch.models import DedupeHit, Job, JobState, Lane, utcnow
@@ -116,16 +119,25 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
                       "preflight": findings.stored()})
 
 
+def sent_at_once(lane: str) -> bool:
+    """Whether a job of ``lane`` is sent when submitted (onboarding) or fed (backfill)."""
+    return lane == Lane.ONBOARDING.value
+
+
 def _job_values(spec: JobSpec) -> dict[str, Any]:
+    now = utcnow()
     values: dict[str, Any] = dict(
         lane=spec.lane, state=JobState.QUEUED.value, liveness_type=spec.liveness_type,
         validate_data=spec.validate_data, photo_source=spec.photo, video_source=spec.video,
         photo_md5=spec.photo_md5, video_md5=spec.video_md5, callback_url=spec.callback_url,
         meta=spec.metadata, preflight=spec.preflight,
         result_code=None, passed=None, error_message=None, finished_at=None,
+        # Out (sent right after the commit) or due (fed in its turn): see the docstring.
+        enqueued_at=now if sent_at_once(spec.lane) else None,
+        due_at=None if sent_at_once(spec.lane) else now,
     )
     if spec.refusal is not None:
-        values.update(spec.refused_values())
+        values.update(spec.refused_values(), enqueued_at=None, due_at=None)
     return values
 
 
@@ -166,7 +178,7 @@ def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[in
     with session_scope(settings.database_url) as session:
         changed = session.execute(
             update(Job).where(Job.id == job_id, Job.state == JobState.REFUSED.value)
-            .values(**_job_values(spec), enqueued_at=None, updated_at=utcnow())
+            .values(**_job_values(spec), updated_at=utcnow())
         ).rowcount
     return job_id, bool(changed) and spec.refusal is None
 
@@ -179,14 +191,20 @@ def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) ->
                               batch_id=batch_id))
 
 
-def enqueue(settings: Settings, job_id: int, lane: str) -> None:
-    """Send the verify task for a committed job to its lane, then mark it sent."""
+def send_now(settings: Settings, job_id: int, lane: str) -> bool:
+    """Send the message of a committed job that is marked out; False if Redis could not take
+    it (the job is then due, and the feeder sends it when Redis is back)."""
     from faceid_batch.tasks import verify
 
-    verify.apply_async(args=[job_id], queue=lane)
-    # If we die before this line the job keeps enqueued_at NULL and the sweep re-sends it.
-    with session_scope(settings.database_url) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    try:
+        verify.apply_async(args=[job_id], queue=lane)
+        return True
+    except Exception as exc:  # noqa: BLE001 - kombu and redis-py raise many kinds for "away"
+        log.warning("job %s: not sent (%s); it is due and goes out when Redis is back",
+                    job_id, type(exc).__name__)
+        with session_scope(settings.database_url) as session:
+            schedule.due_again(session, [job_id])
+        return False
 
 
 def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[int, bool]:
@@ -195,8 +213,8 @@ def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[i
     is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
     spec = validate_spec(spec, settings)
     job_id, created, known_state = _insert_job(settings, spec)
-    if created:
-        enqueue(settings, job_id, spec.lane)
+    if created and sent_at_once(spec.lane):
+        send_now(settings, job_id, spec.lane)
     elif spec.refusal is not None:
         log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))
     elif known_state is not None and known_state != JobState.REFUSED.value:

@@ -1,17 +1,20 @@
 """Celery tasks. ``verify`` runs one job: stage media, take a token, call, classify, persist.
 
-Tasks get job ids, never rows, and re-load the row; the row was committed before the task
-was sent. Every task is declared through ``faceid_task`` so the defaults hold everywhere.
+Tasks get job ids, never rows, and re-load the row. A message only says "this job may be
+due": the job runs if this worker *claims* it (schedule.claim: waiting and due, taken for
+this process's lease in one guarded UPDATE), so a message delivered twice, late or for a job
+another worker holds is dropped. Whatever the job needs next (a retry after its backoff,
+waiting out the account breaker, Redis or the database coming back) is written to its row
+as a due time; no task waits inside a worker on a countdown message.
+
+Every task is declared through ``faceid_task`` so the defaults hold everywhere.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -20,10 +23,10 @@ import redis
 import requests
 from celery import Task
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 
-from faceid_batch import answers, logs, metrics, preflight
+from faceid_batch import answers, logs, metrics, preflight, schedule
 from faceid_batch.batches import batch_gate
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.errors import Kind
@@ -31,7 +34,6 @@ from faceid_batch.faceid_client import Answer, CompareRequest, SendTooLate
 from faceid_batch.media import MediaError
 from faceid_batch.models import Job, JobState, utcnow
 from faceid_batch.persist import (
-    UPDATE_JOB,
     BestFrameError,
     attempt_number,
     fail_job,
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 
 _ALLOWED_OPTIONS = {"name", "queue", "soft_time_limit", "time_limit"}
 PREPARE_AHEAD = 0.05  # seconds before the reserved start to check the breaker and sign
+# Redis was unreachable before the call: the job is due again after this long (plus jitter).
+REDIS_AWAY_DELAY = 2.0
+# The database was unreachable: the heartbeat gives the job back once it is there again.
+DATABASE_AWAY_DELAY = 2.0
 
 
 def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
@@ -71,94 +77,15 @@ def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
 
 
 def max_countdown(res: Resources) -> float:
-    """A countdown retry is an ETA message held unacked by a worker; the Redis transport
-    redelivers it after the visibility timeout. Staying well under that timeout means a
-    waiting retry is never delivered twice."""
+    """A countdown retry (webhook deliveries) is an ETA message held unacked by a worker;
+    the Redis transport redelivers it after the visibility timeout. Staying well under that
+    timeout means a waiting retry is never delivered twice."""
     return min(res.settings.retry_max_delay, res.settings.broker_visibility_timeout / 3)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
     return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
-
-
-class _Leases:
-    """Keeps this process's job locks alive: one thread renews them all every ttl/3.
-
-    The lease is short, so the lock of a task whose worker died is gone before its message
-    comes back; renewing it means a task that runs long (a slow database) keeps its lock.
-    """
-
-    _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-              "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
-
-    def __init__(self, client: redis.Redis, ttl_ms: int) -> None:
-        self.redis = client
-        self.ttl_ms = ttl_ms
-        self._held: dict[str, str] = {}
-        self._guard = threading.Lock()
-        threading.Thread(target=self._run, name="job-leases", daemon=True).start()
-
-    def hold(self, key: str, token: str) -> None:
-        with self._guard:
-            self._held[key] = token
-
-    def drop(self, key: str) -> None:
-        with self._guard:
-            self._held.pop(key, None)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.ttl_ms / 3000)
-            with self._guard:
-                held = list(self._held.items())
-            if not held:
-                continue
-            try:
-                pipe = self.redis.pipeline(transaction=False)
-                for key, token in held:
-                    pipe.eval(self._RENEW, 1, key, token, self.ttl_ms)
-                pipe.execute()
-            except redis.RedisError:
-                pass  # Redis is away; a lease runs out by itself if it stays away
-
-
-_leases: dict[tuple[int, int], _Leases] = {}
-_leases_guard = threading.Lock()
-
-
-def _job_leases(res: Resources, ttl: float) -> _Leases:
-    key = (os.getpid(), int(ttl * 1000))
-    with _leases_guard:
-        if key not in _leases:
-            _leases[key] = _Leases(res.redis, key[1])
-        return _leases[key]
-
-
-class _JobLock:
-    """A per-job Redis lock so a redelivered message never runs beside the first one."""
-
-    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
-
-    def __init__(self, res: Resources, job_id: int, ttl: float) -> None:
-        self.redis = res.redis
-        self.key = f"faceid:job:{job_id}:lock"
-        self.token = uuid.uuid4().hex
-        self.ttl_ms = int(ttl * 1000)
-        self.leases = _job_leases(res, ttl)
-
-    def __enter__(self) -> bool:
-        if not self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            return False
-        self.leases.hold(self.key, self.token)
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        self.leases.drop(self.key)
-        try:
-            self.redis.eval(self._RELEASE, 1, self.key, self.token)
-        except redis.RedisError:
-            pass  # the lease expires by itself
 
 
 # A job's statements, built once (see persist: rebuilding them per job cost more CPU than
@@ -168,46 +95,57 @@ _JOB_TO_RUN = select(
     _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
     _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key,
 ).where(_J.id == bindparam("of_job"))
-_START_JOB = UPDATE_JOB.values(
-    state=JobState.RUNNING.value,
-    started_at=func.coalesce(_J.started_at, bindparam("now")),
-    enqueued_at=func.coalesce(_J.enqueued_at, bindparam("now")),
-)
-_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.callback_url, _J.lane).where(
+_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.callback_url, _J.lane, _J.lease_id).where(
     _J.id == bindparam("of_job"))
 
 
 @faceid_task(name="faceid_batch.verify")
 def verify(self: Task, job_id: int) -> str:
     """Run one verification job to its next state."""
-    res = resources()
-    s = res.settings
-    # Short and renewed (see _Leases): well under the visibility timeout, after which the
-    # message of a dead worker comes back and must find the lock gone.
-    lock_ttl = min(30.0, s.broker_visibility_timeout / 2)
-    with _JobLock(res, job_id, lock_ttl) as locked:
-        if not locked:
-            # Another delivery of this job is running; look again later rather than call twice.
-            raise self.retry(countdown=min(30.0, max_countdown(res)))
+    return run_job(resources(), job_id)
+
+
+def run_job(res: Resources, job_id: int) -> str:
+    """Claim the job for this process's lease and run it; return what it became (or why
+    the message was dropped). Never leaves a claimed job without a way back: a failure of
+    Redis or the database before the call gives it back to the schedule."""
+    lease = res.lease
+    try:
+        job = _claim(res, job_id, lease.id)
+    except DBAPIError as exc:
+        # The claim may or may not have been written: a give-back only moves it if it was.
+        _database_away(res, job_id, exc)
+        return "database-unavailable"
+    if isinstance(job, str):
+        return job
+    try:
+        return _run_claimed(res, job_id, job)
+    except redis.RedisError as exc:
+        # Raised only before the call (the breaker, the limiter, the park): nothing was paid.
+        log.warning("job %s: Redis unavailable (%s); due again in a few seconds", job_id,
+                    type(exc).__name__)
         try:
-            return _verify_locked(self, res, job_id)
-        except DBAPIError as exc:
-            # The database is unreachable. Any paid answer is already parked in Redis
-            # (answers.park) and is written first on the next run, without a new call.
-            log.warning("job %s: database error (%s: %s); retrying", job_id,
-                        type(exc.orig).__name__, str(exc.orig).splitlines()[0][:200])
-            raise self.retry(countdown=backoff(3, 2.0, max_countdown(res))) from None
+            return _give_back(res, job_id, REDIS_AWAY_DELAY + random.uniform(0, 2))
+        except DBAPIError as db_exc:
+            _database_away(res, job_id, db_exc)
+            return "database-unavailable"
+    except DBAPIError as exc:
+        # Any paid answer is already parked in Redis (answers.park) and is written first on
+        # the next run, without a new call.
+        _database_away(res, job_id, exc)
+        return "database-unavailable"
 
 
-def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
-    s = res.settings
-    parked = answers.take(res.redis, job_id)
-    if parked is not None:
-        logs.bind(request_id=parked.request_id)
-        # A paid answer that could not be written earlier: store it, never call again.
-        return _apply_parked(task, res, job_id, parked)
+def _database_away(res: Resources, job_id: int, exc: DBAPIError) -> None:
+    log.warning("job %s: database error (%s: %s); it goes back to the schedule when the "
+                "database is back", job_id, type(exc.orig).__name__,
+                str(exc.orig).splitlines()[0][:200] if str(exc.orig) else "")
+    res.lease.release_later(job_id, DATABASE_AWAY_DELAY)
 
-    with write_scope(s.database_url) as session:
+
+def _claim(res: Resources, job_id: int, lease_id: str) -> Any:
+    """The job's row once claimed for ``lease_id``, or why it is not run (a string)."""
+    with write_scope(res.settings.database_url) as session:
         job = session.execute(_JOB_TO_RUN, {"of_job": job_id}).first()
         if job is None:
             log.error("job %s: no such job row; dropping the message", job_id)
@@ -217,20 +155,42 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
             return str(job.state)
         # A paused or cancelled batch: park or close the job without a call.
         if job.batch_id is not None and (
-                gated := batch_gate(res, session.get_one(Job, job_id))) is not None:
+                gated := batch_gate(res, session, job_id, job.batch_id)) is not None:
             return gated
-        session.execute(_START_JOB, {"of_job": job_id, "now": utcnow()})
-        lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
-        photo_md5, video_md5 = job.photo_md5, job.video_md5
-        liveness, validate = job.liveness_type, job.validate_data
-        # An earlier attempt recorded the key: the video is likely in the bucket already.
-        staged_before = job.video_key is not None
+        if not schedule.claim(session, job_id, lease_id):
+            # Held by another worker, parked, or a retry whose time has not come: its row
+            # says when it runs, and the feeder sends it then.
+            return "not-claimed"
+    return job
+
+
+def _give_back(res: Resources, job_id: int, delay: float,
+               state: str = JobState.QUEUED.value) -> str:
+    """Put a job this worker holds back in the schedule, due after ``delay``; not an attempt."""
+    with write_scope(res.settings.database_url) as session:
+        schedule.reschedule(session, job_id, res.lease.id,
+                            utcnow() + timedelta(seconds=delay), state)
+    return state
+
+
+def _run_claimed(res: Resources, job_id: int, job: Any) -> str:
+    s = res.settings
+    parked = answers.take(res.redis, job_id, res.lease.id)
+    if parked is not None:
+        logs.bind(request_id=parked.request_id)
+        # A paid answer that could not be written earlier: store it, never call again.
+        return _store_paid(res, job_id, parked)
+    lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
+    photo_md5, video_md5 = job.photo_md5, job.video_md5
+    liveness, validate = job.liveness_type, job.validate_data
+    # An earlier attempt recorded the key: the video is likely in the bucket already.
+    staged_before = job.video_key is not None
 
     # This check only saves staging a job the breaker would stop: a closed state read in
     # the last second will do. The one before the call (below) reads it afresh.
     may_call, wait = res.breaker.before_call(max_age=1.0)
     if not may_call:
-        return _requeue(task, res, job_id, wait + random.uniform(0, 2))
+        return _give_back(res, job_id, wait + random.uniform(0, 2))
 
     # Local files were preflighted at submit; remote ones are read here, on the copy staging
     # makes anyway, before anything is uploaded or called.
@@ -261,8 +221,10 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
         notify.job_finished(res, job_id)
         return JobState.FAILED.value
     except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
-        log.warning("job %s: staging failed (%s); retrying", job_id, type(exc).__name__)
-        raise task.retry(countdown=backoff(2, s.retry_base_delay, max_countdown(res))) from None
+        delay = backoff(2, s.retry_base_delay, s.retry_max_delay)
+        log.warning("job %s: staging failed (%s); due again in %.1fs", job_id,
+                    type(exc).__name__, delay)
+        return _give_back(res, job_id, delay, JobState.RETRYING.value)
     if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
         return refused
     assert video is not None
@@ -276,7 +238,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     may_call, wait = res.breaker.before_call()
     if not may_call:
         res.limiter.release(slot)
-        return _requeue(task, res, job_id, wait + random.uniform(0, 2))
+        return _give_back(res, job_id, wait + random.uniform(0, 2))
     prepared = res.faceid.prepare(CompareRequest(
         image_url=res.stager.presign(photo.key),
         image_md5=photo.info.md5,
@@ -312,7 +274,7 @@ def _verify_locked(task: Task, res: Resources, job_id: int) -> str:
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
              answer.code, answer.request_id, answer.latency_ms, late_ms)
     res.breaker.record(answer.code if answer.rule.kind == Kind.ACCOUNT else None)
-    return _apply_parked(task, res, job_id, answer, (photo, video))
+    return _store_paid(res, job_id, answer, (photo, video))
 
 
 def _store_preflight(res: Resources, job_id: int,
@@ -333,28 +295,18 @@ def _store_preflight(res: Resources, job_id: int,
     return JobState.REFUSED.value
 
 
-def _apply_parked(task: Task, res: Resources, job_id: int, answer: Answer,
-                  staged: tuple[StagedMedia, StagedMedia] | None = None) -> str:
-    """Write a paid answer; if the database fails, park it in Redis before giving up."""
+def _store_paid(res: Resources, job_id: int, answer: Answer,
+                staged: tuple[StagedMedia, StagedMedia] | None = None) -> str:
+    """Write an answer the API gave (fresh, or parked earlier); if the database fails, park
+    it in Redis first, so that no run of this job pays for it again."""
     try:
-        return _apply_answer(task, res, job_id, answer, staged)
+        return _store_answer(res, job_id, answer, staged)
     except DBAPIError:
         answers.park(res.redis, job_id, answer)
         raise
 
 
-def _requeue(task: Task, res: Resources, job_id: int, delay: float) -> str:
-    """Put the job back to wait (account breaker open): not an attempt, not a failure."""
-    delay = min(delay, max_countdown(res))
-    with session_scope(res.settings.database_url) as session:
-        job = session.get(Job, job_id)
-        job.state = JobState.QUEUED.value
-        job.next_attempt_at = utcnow() + timedelta(seconds=delay)
-        job.enqueued_at = utcnow()  # the retry is a new message (see recovery)
-    raise task.retry(countdown=delay)
-
-
-def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
+def _store_answer(res: Resources, job_id: int, answer: Answer,
                   staged: tuple[StagedMedia, StagedMedia] | None = None) -> str:
     s = res.settings
     kind = answer.rule.kind
@@ -362,7 +314,6 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     # the ORM's unit of work cost as much CPU as the rest of the job's database work.
     columns: dict[str, Any] = {}
     threshold = None
-    delay = 0.0
     # The best frame is read before the write, outside the database's write turn, and
     # stored in the answer's transaction: one write per answer, not two.
     final = kind in (Kind.SUCCESS, Kind.VERDICT)
@@ -394,11 +345,17 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
             elif kind == Kind.ACCOUNT:
                 delay = s.breaker_probe_after  # the breaker is open: keep the job queued
             else:
-                delay = backoff(attempts, s.retry_base_delay, max_countdown(res))
+                delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)
             state = (JobState.RETRYING.value if kind == Kind.TRANSIENT
                      else JobState.QUEUED.value)
-            columns.update(state=state, next_attempt_at=utcnow() + timedelta(seconds=delay),
-                           enqueued_at=utcnow())  # the retry is a new message (see recovery)
+            if row.state == JobState.RUNNING.value and row.lease_id == res.lease.id:
+                # The retry is a due time in the row, not a message waiting in a worker.
+                columns.update(schedule.reschedule_columns(
+                    utcnow() + timedelta(seconds=delay), state))
+            else:
+                # Another worker took the job over (this one's lease was judged gone): the
+                # call is recorded, the job stays where its holder has it.
+                state = str(row.state)
         write_answer(session, job_id, row.attempts, answer, columns, threshold)
         if state == JobState.COMPLETED.value and frame is not None:
             store_best_frame(session, job_id, *frame)
@@ -406,8 +363,7 @@ def _apply_answer(task: Task, res: Resources, job_id: int, answer: Answer,
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
         metrics.JOBS_FINISHED.labels(state=state).inc()
         notify.job_finished(res, job_id, (row.callback_url, row.lane))
-        return state
-    raise task.retry(countdown=delay)
+    return state
 
 
 def _fetch_best_frame(res: Resources, job_id: int, answer: Answer) -> tuple[bytes, str] | None:

@@ -17,17 +17,21 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    beat_init,
     task_postrun,
     task_prerun,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
 )
 from kombu import Queue
 
 from faceid_batch import db, logs, metrics
 from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
+from faceid_batch.leases import WorkerLease
 from faceid_batch.models import Lane
 from faceid_batch.ratelimit import GlobalRateLimiter
 from faceid_batch.settings import Settings, get_settings
@@ -48,8 +52,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(Lane.ONBOARDING.value), Queue(Lane.BACKFILL.value)],
         broker_transport_options={
             # Messages a worker took but never acknowledged (it was killed) come back after
-            # this long. Countdown retries are kept under a third of it (tasks.max_countdown)
-            # so that a retry waiting in a worker is not redelivered while it waits.
+            # this long. Jobs do not wait for it: a killed worker's jobs are due again when
+            # its lease runs out (leases.py), and a late duplicate is dropped at the claim.
+            # Webhook countdown retries are kept under a third of it (tasks.max_countdown).
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_throttle": 1,
             # A worker killed during its restore pass leaves the restore mutex held; kombu's
@@ -63,13 +68,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
-        beat_schedule={
-            "recovery-sweep": {
-                "task": "faceid_batch.sweep",
-                "schedule": settings.sweep_interval_seconds,
-                "options": {"queue": Lane.ONBOARDING.value},
-            },
-        },
+        # The feeder (feeder.py), in every worker and in beat, runs the recovery sweep.
+        beat_schedule={},
     )
     if settings.purge_after_days:
         # The retention purge of biometric data (purge.py), on the same beat as the sweep.
@@ -132,6 +132,29 @@ def _start_metrics(**_: object) -> None:
     metrics.start(s.metrics_port, s.metrics_addr, resources)
 
 
+@worker_ready.connect
+@beat_init.connect
+def _start_feeder(**_: object) -> None:
+    # Every worker and beat runs a feeder candidate; the one holding the lock feeds. Started
+    # once the pool is up, so no prefork child is forked from a process with its thread.
+    from faceid_batch import feeder
+
+    feeder.start(resources)
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _drop_lease(**_: object) -> None:
+    # A clean exit hands this process's jobs and the feeder lock over at once, instead of
+    # after a lease lifetime.
+    from faceid_batch import feeder
+
+    feeder.stop()
+    res = _resources.get(os.getpid())
+    if res is not None and "lease" in res.__dict__:
+        res.lease.stop()
+
+
 @dataclass
 class Resources:
     """Clients built once per worker process and shared by its task threads."""
@@ -165,6 +188,12 @@ class Resources:
     @cached_property
     def breaker(self) -> AccountBreaker:
         return AccountBreaker(self.redis, probe_after=self.settings.breaker_probe_after)
+
+    @cached_property
+    def lease(self) -> WorkerLease:
+        """This process's worker lease (its heartbeat starts with it)."""
+        s = self.settings
+        return WorkerLease(self.redis, s.database_url, s.worker_lease_seconds).start()
 
     @cached_property
     def limiter(self) -> GlobalRateLimiter:

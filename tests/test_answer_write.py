@@ -78,11 +78,11 @@ def test_the_best_frame_is_stored_with_the_answer(res, tmp_path, frame_server):
     md5 = hashlib.md5(FRAME).hexdigest()
     answer = Answer("Success", "result", 200, "req-ok", sim=91.5,
                     best_frame=BestFrameInfo(f"{frame_server}/frame.jpg", md5, len(FRAME)))
-    assert tasks._apply_answer(None, res, job_id, answer) == JobState.COMPLETED.value
+    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id) == (JobState.COMPLETED.value, True, 1, 1, 91.5,
                                     [(md5, len(FRAME), FRAME)])
     # A redelivered answer for a job already final writes nothing more.
-    assert tasks._apply_answer(None, res, job_id, answer) == JobState.COMPLETED.value
+    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id)[3] == 1
 
 
@@ -95,5 +95,5 @@ def test_a_best_frame_that_cannot_be_read_leaves_the_verdict(res, tmp_path, fram
     job_id = _job(res, tmp_path, f"frame-bad-{path.strip('/.')}-{md5 is None}")
     answer = Answer("Success", "result", 200, "req-bad", sim=40.0,
                     best_frame=BestFrameInfo(f"{frame_server}{path}", md5, None))
-    assert tasks._apply_answer(None, res, job_id, answer) == JobState.COMPLETED.value
+    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id) == (JobState.COMPLETED.value, False, 1, 1, 40.0, [])

@@ -1,12 +1,11 @@
-"""Batches: dedupe and resume across runs, and pause / resume / cancel / retry-failed.
+"""Batches: dedupe and resume across runs, pause / resume / cancel / retry-failed, weights.
 
-Tests that need the worker to consult ``batches.batch_gate`` are expected to fail until
-``tasks._verify_locked`` calls it (see ``HOOKED``); everything else runs as is.
+A backfill only stores rows (due); the feeder sends them. So the tests here read the
+schedule in the database (``due``) and, where a worker runs, the simulator's call log.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -16,20 +15,14 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
-import faceid_batch.tasks
-from faceid_batch import backfill, batches
+from faceid_batch import answers, backfill, batches
 from faceid_batch.backfill import run_backfill
 from faceid_batch.db import session_scope
+from faceid_batch.faceid_client import Answer
 from faceid_batch.models import Batch, Job, utcnow
 from faceid_batch.samples import write_pair
 from faceid_batch.worker import resources
 from helpers import file_md5, sim_calls, wait_until
-
-HOOKED = "batch_gate" in inspect.getsource(faceid_batch.tasks)
-needs_gate = pytest.mark.xfail(
-    not HOOKED, run=HOOKED, strict=False,
-    reason="needs `batch_gate(res, job)` in tasks._verify_locked (see the batches.py hook)",
-)
 
 
 def write_manifest(path, media, keys, start=0) -> list:
@@ -49,6 +42,15 @@ def queued(settings, lane: str = "backfill") -> int:
     return redis.Redis.from_url(settings.redis_url).llen(lane)
 
 
+def due(url: str, batch_id: int | None = None) -> int:
+    """Jobs due in the database schedule (of one batch, or all)."""
+    with session_scope(url) as s:
+        q = select(func.count()).select_from(Job).where(Job.due_at.is_not(None))
+        if batch_id is not None:
+            q = q.where(Job.batch_id == batch_id)
+        return s.scalar(q)
+
+
 def jobs_of(url: str, batch_id: int) -> list[Job]:
     with session_scope(url) as s:
         return list(s.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.id)))
@@ -65,16 +67,15 @@ def test_rerunning_a_manifest_enqueues_nothing_new(configured, tmp_path):
     manifest = tmp_path / "m.csv"
     write_manifest(manifest, tmp_path / "media", [f"r-{i}" for i in range(12)])
     first = run_backfill(settings, manifest, chunk_size=5)
-    assert (first.accepted, first.sent, first.known, first.bad) == (12, 12, 0, 0)
-    assert queued(settings) == 12
+    assert (first.accepted, first.known, first.bad) == (12, 0, 0)
+    # Stored due; nothing is sent to Redis by the backfill itself (the feeder sends).
+    assert due(settings.database_url, first.batch_id) == 12 and queued(settings) == 0
     again = run_backfill(settings, manifest, chunk_size=5)
     assert again.resumed and again.batch_id == first.batch_id
-    assert (again.accepted, again.sent, again.known, again.bad) == (0, 0, 12, 0)
-    assert queued(settings) == 12
+    assert (again.accepted, again.known, again.bad) == (0, 12, 0)
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 12
-        assert s.scalar(select(func.count()).select_from(Job)
-                        .where(Job.enqueued_at.is_(None))) == 0
+    assert due(settings.database_url) == 12
 
 
 def test_duplicates_across_chunks_are_bad_rows_but_an_edited_manifest_is_not(configured,
@@ -91,53 +92,44 @@ def test_duplicates_across_chunks_are_bad_rows_but_an_edited_manifest_is_not(con
     assert (again.accepted, again.known, again.bad) == (1, 4, 0)
 
 
-def test_half_enqueued_run_then_rerun_runs_each_key_exactly_once(
+def test_a_run_killed_midway_then_rerun_runs_each_key_exactly_once(
         configured, sim_control, start_worker, tmp_path, monkeypatch):
     settings = configured
     manifest = tmp_path / "m.csv"
     keys = [f"h-{i}" for i in range(20)]
     videos = write_manifest(manifest, tmp_path / "media", keys)
-    real_send = backfill.send_verify_many
+    real_insert = backfill.insert_jobs
     calls = {"n": 0}
 
-    def dies_on_second_chunk(ids, lane, app=None):
-        calls["n"] += 1
+    def dies_on_second_chunk(conn, rows):
+        calls["n"] += bool(rows)  # (a chunk also inserts its refused rows: none here)
         if calls["n"] == 2:
-            raise RuntimeError("producer killed between commit and send")
-        return real_send(ids, lane, app)
+            raise RuntimeError("producer killed mid-manifest")
+        return real_insert(conn, rows)
 
-    monkeypatch.setattr(backfill, "send_verify_many", dies_on_second_chunk)
+    monkeypatch.setattr(backfill, "insert_jobs", dies_on_second_chunk)
     with pytest.raises(RuntimeError, match="producer killed"):
         run_backfill(settings, manifest, chunk_size=5)
-    monkeypatch.setattr(backfill, "send_verify_many", real_send)
+    monkeypatch.setattr(backfill, "insert_jobs", real_insert)
     with session_scope(settings.database_url) as s:
         stored = s.scalar(select(func.count()).select_from(Job))
-        unsent = s.scalar(select(func.count()).select_from(Job)
-                          .where(Job.enqueued_at.is_(None)))
-    # The first chunk went out and was marked; the second was committed but its send died
-    # (a third may have been published but not marked: sends are pipelined).
-    assert stored >= 10 and unsent >= 5 and stored - unsent == 5
-    assert queued(settings) >= 5
+    assert stored == 5 and due(settings.database_url) == 5
 
     again = run_backfill(settings, manifest, chunk_size=5)
-    assert again.resent == unsent and again.accepted == 20 - stored
-    assert again.known == stored - unsent and again.bad == 0
-    with session_scope(settings.database_url) as s:
-        assert s.scalar(select(func.count()).select_from(Job)
-                        .where(Job.enqueued_at.is_(None))) == 0
+    assert (again.accepted, again.known, again.bad) == (15, 5, 0)
+    assert due(settings.database_url) == 20
 
     start_worker()
     wait_until(lambda: all_in(settings.database_url, again.batch_id, "completed"), 90,
                what="all 20 jobs to complete")
     jobs = jobs_of(settings.database_url, again.batch_id)
     assert sorted(j.idempotency_key for j in jobs) == sorted(keys)
-    # One paid call per key, even for rows whose message went out twice.
+    # One paid call per key.
     sent_md5 = [c["video_md5"] for c in sim_calls(sim_control)]
     assert sorted(sent_md5) == sorted(file_md5(v) for v in videos)
 
 
 # -- pause, resume, cancel ------------------------------------------------------------------
-@needs_gate
 def test_pause_parks_queued_jobs_and_resume_runs_them(configured, sim_control, start_worker,
                                                       tmp_path):
     settings = configured
@@ -185,21 +177,39 @@ def test_gate_parks_or_closes_jobs_and_survives_a_lost_redis_copy(configured, tm
     res = resources()
     url = settings.database_url
 
-    def gate(key: str) -> tuple[str | None, str]:
+    def out(key: str) -> int:
+        """Make the job look as the feeder leaves it: its message out in Redis."""
         with session_scope(url) as s:
             job = s.scalars(select(Job).where(Job.idempotency_key == key)).one()
-            return batches.batch_gate(res, job), job.state
+            job.state, job.due_at, job.enqueued_at = "queued", None, utcnow()
+            return job.id
+
+    def gate(key: str) -> tuple[str | None, str]:
+        job_id = out(key)
+        with session_scope(url) as s:
+            verdict = batches.batch_gate(res, s, job_id, result.batch_id)
+        with session_scope(url) as s:
+            job = s.get(Job, job_id)
+            return verdict, job.state
 
     assert gate("g-1") == (None, "queued")
     batches.pause(settings, result.batch_id)
     assert gate("g-1") == ("paused", "paused")
     with session_scope(url) as s:
-        assert s.scalars(select(Job.enqueued_at).where(Job.idempotency_key == "g-1")).one() \
-            is None
+        job = s.scalars(select(Job).where(Job.idempotency_key == "g-1")).one()
+        assert job.enqueued_at is None and job.due_at is None
     # Redis restarted empty: the first check rebuilds the copy from the database.
     res.redis.delete(batches.CONTROL_KEY)
     assert gate("g-2") == ("paused", "paused")
     assert res.redis.hget(batches.CONTROL_KEY, str(result.batch_id)) == b"paused"
+    # A paid answer waits in Redis for this job: it runs (to write it) even though paused.
+    g2 = out("g-2")
+    answers.park(res.redis, g2, Answer("Success", "result", http_status=200,
+                                       request_id="parked-rid", sim=90.0))
+    with session_scope(url) as s:
+        assert batches.batch_gate(res, s, g2, result.batch_id) is None
+    answers.take(res.redis, g2)
+    answers.settle(res.redis, g2)
     batches.cancel(settings, result.batch_id)
     with session_scope(url) as s:
         s.execute(update(Job).values(state="queued", result_code=None))
@@ -207,23 +217,24 @@ def test_gate_parks_or_closes_jobs_and_survives_a_lost_redis_copy(configured, tm
     with session_scope(url) as s:
         job = s.scalars(select(Job).where(Job.idempotency_key == "g-1")).one()
         assert job.result_code == batches.CANCELLED_CODE and job.finished_at is not None
-        job.batch_id = None
-    assert gate("g-1") == (None, "failed")  # no batch: the gate does not interfere
+        assert job.enqueued_at is None and job.due_at is None
 
 
 def test_backfill_into_a_paused_batch_stores_rows_without_sending(configured, tmp_path):
     settings = configured
+    url = settings.database_url
     manifest = tmp_path / "m.csv"
     write_manifest(manifest, tmp_path / "media", ["q-1", "q-2"])
     first = run_backfill(settings, manifest, name="nightly")
-    batches.pause(settings, first.batch_id)
+    assert batches.pause(settings, first.batch_id) == 2
+    assert due(url, first.batch_id) == 0
     write_manifest(manifest, tmp_path / "media", ["q-1", "q-2", "q-3", "q-4"])
     again = run_backfill(settings, manifest, name="nightly")
     assert again.batch_id == first.batch_id
-    assert (again.accepted, again.parked, again.sent, again.known) == (2, 2, 0, 2)
-    assert queued(settings) == 2
-    assert batches.resume(settings, first.batch_id, settle=0) == 2
-    assert queued(settings) == 4
+    assert (again.accepted, again.parked, again.known) == (2, 2, 2)
+    assert all_in(url, first.batch_id, "paused") and due(url, first.batch_id) == 0
+    assert batches.resume(settings, first.batch_id, settle=0) == 4
+    assert all_in(url, first.batch_id, "queued") and due(url, first.batch_id) == 4
 
 
 def test_retry_failed_requeues_with_fresh_attempts(configured, tmp_path):
@@ -234,19 +245,47 @@ def test_retry_failed_requeues_with_fresh_attempts(configured, tmp_path):
     with session_scope(settings.database_url) as s:
         s.execute(update(Job).where(Job.idempotency_key == "f-1").values(
             state="failed", attempts=6, result_code="FailedOperation.DownLoadTimeoutError",
-            error_message="gave up after 6 attempts", finished_at=utcnow()))
+            error_message="gave up after 6 attempts", finished_at=utcnow(), due_at=None))
         s.execute(update(Job).where(Job.idempotency_key == "f-2").values(
-            state="failed", result_code=batches.CANCELLED_CODE, finished_at=utcnow()))
-    before = queued(settings)
+            state="failed", result_code=batches.CANCELLED_CODE, finished_at=utcnow(),
+            due_at=None))
+    before = due(settings.database_url)
     assert batches.retry_failed(settings, result.batch_id) == 1
-    assert queued(settings) == before + 1
+    assert due(settings.database_url) == before + 1
     with session_scope(settings.database_url) as s:
         job = s.scalars(select(Job).where(Job.idempotency_key == "f-1")).one()
         other = s.scalars(select(Job).where(Job.idempotency_key == "f-2")).one()
     assert (job.state, job.attempts, job.result_code, job.finished_at) == ("queued", 0, None,
                                                                           None)
-    assert job.enqueued_at is not None
+    assert job.due_at is not None and job.enqueued_at is None
     assert other.state == "failed"  # a cancelled job is not retried
+
+
+def test_weight_is_set_by_backfill_and_by_the_command(configured, tmp_path, app_env,
+                                                      database_url):
+    settings = configured
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, tmp_path / "media", ["w-1"])
+    result = run_backfill(settings, manifest, weight=3)
+    assert batches.status(settings, result.batch_id).weight == 3
+    # A resumed batch keeps its weight unless one is given.
+    assert batches.status(settings, run_backfill(settings, manifest).batch_id).weight == 3
+    with pytest.raises(ValueError, match="weight"):
+        run_backfill(settings, manifest, weight=0)
+    with pytest.raises(batches.BatchError, match="weight"):
+        batches.set_weight(settings, result.batch_id, -1)
+
+    env = {**os.environ, **app_env, "DATABASE_URL": database_url}
+    out = subprocess.run([sys.executable, "-m", "faceid_batch.cli", "batch", "weight",
+                          str(result.batch_id), "0.5"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert batches.status(settings, result.batch_id).weight == 0.5
+    assert "weight 0.5" in batches.format_status(batches.status(settings, result.batch_id))
+    bad = subprocess.run([sys.executable, "-m", "faceid_batch.cli", "batch", "weight",
+                          str(result.batch_id), "0"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "weight" in bad.stderr
 
 
 def test_status_counts_rate_eta_and_the_commands(configured, tmp_path, app_env, database_url):

@@ -1,18 +1,24 @@
 """The comparison point for bench/throughput.py: the same verify pipeline, limited only by
 Celery's own ``rate_limit="20/s"`` (which is per worker node) instead of our global limiter.
 
-Loaded into a worker with ``celery -A faceid_batch.worker worker -I bench.baseline``.
+Loaded into a worker with ``celery -A faceid_batch.worker worker -I bench.baseline``: the
+``faceid_batch.verify`` task of that worker gets Celery's rate limit, and its process a
+limiter that lets every call start at once.
 """
 
 from __future__ import annotations
 
 import time
 
-from celery import Task
+from celery.signals import worker_init, worker_process_init
 
 from faceid_batch.ratelimit import GlobalRateLimiter, Slot
-from faceid_batch.tasks import _JobLock, _verify_locked
-from faceid_batch.worker import celery_app, resources
+from faceid_batch.tasks import verify
+from faceid_batch.worker import resources
+
+# Celery builds its per-node token buckets from the tasks' rate_limit when the consumer
+# starts, which is after this module is imported (-I).
+verify.rate_limit = "20/s"
 
 
 class _NoLimiter(GlobalRateLimiter):
@@ -32,12 +38,7 @@ class _NoLimiter(GlobalRateLimiter):
         pass
 
 
-@celery_app.task(bind=True, name="bench.verify_plain", rate_limit="20/s", acks_late=True,
-                 ignore_result=True, max_retries=None)
-def verify_plain(self: Task, job_id: int) -> str:
-    res = resources()
-    res.__dict__["limiter"] = _NoLimiter()
-    with _JobLock(res, job_id, 300) as locked:
-        if not locked:
-            raise self.retry(countdown=5)
-        return _verify_locked(self, res, job_id)
+@worker_init.connect
+@worker_process_init.connect
+def _without_global_limiter(**_: object) -> None:
+    resources().__dict__["limiter"] = _NoLimiter()

@@ -89,7 +89,7 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
     from faceid_batch.local_services import Simulator, Worker
     from faceid_batch.models import Attempt, Job
     from faceid_batch.settings import load_settings
-    from faceid_batch.submit import JobSpec, insert_job, validate_spec
+    from faceid_batch.submit import JobSpec, insert_job, submit, validate_spec
 
     work = base / name
     import redis as redis_lib
@@ -114,19 +114,12 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
         "FACEID_RATE_LIMIT": str(args.limit), "RETRY_BASE_DELAY": "1",
         "PYTHONPATH": str(ROOT),
     }
-    if name == "baseline":
-        from bench.baseline import verify_plain as task
-    else:
-        from faceid_batch.tasks import verify as task
-
     print(f"[{name}] inserting {args.jobs} backfill jobs ...", flush=True)
     media = make_media(base / "media", args.jobs, args.video_mb, "b")
-    ids = []
+    # Inserted due, as a backfill stores them: the workers' feeder sends them in their turn.
     for i, (p, v) in enumerate(media):
-        spec = validate_spec(JobSpec(f"{name}-b{i}", p, v, "SILENT", lane="backfill"))
-        ids.append(insert_job(settings, spec)[0])
-    for job_id in ids:
-        task.apply_async(args=[job_id], queue="backfill")
+        insert_job(settings, validate_spec(JobSpec(f"{name}-b{i}", p, v, "SILENT",
+                                                   lane="backfill")))
     on_media = make_media(base / "media", args.onboarding, args.video_mb, "o")
     # Gigabytes of media were just written: flush them now, or their writeback competes with
     # the run's own disk writes (the simulator's store, the database's commits) and shows as
@@ -144,9 +137,9 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
     def produce_onboarding() -> None:
         time.sleep(args.warmup)
         for i, (p, v) in enumerate(on_media):
-            spec = validate_spec(JobSpec(f"{name}-o{i}", p, v, "SILENT", lane="onboarding"))
-            job_id = insert_job(settings, spec)[0]
-            task.apply_async(args=[job_id], queue="onboarding")
+            # Sent the moment it is stored, as every onboarding submission is.
+            job_id = submit(settings, JobSpec(f"{name}-o{i}", p, v, "SILENT",
+                                              lane="onboarding"))[0]
             onboarding.append(job_id)
             time.sleep(args.onboarding_interval)
 

@@ -22,8 +22,10 @@ from sqlalchemy import select
 from faceid_batch.db import session_scope
 from faceid_batch.models import Job, JobState, Lane, Result
 from faceid_batch.settings import Settings, get_settings
-from faceid_batch.submit import JobSpec, SubmitError
+from faceid_batch.submit import JobSpec, SubmitError, check_callback
 from faceid_batch.submit import submit as submit_job
+
+__all__ = ["Outcome", "SubmitError", "WaitTimeout", "outcome", "submit", "wait"]
 
 
 @dataclass(frozen=True)
@@ -71,17 +73,8 @@ def submit(
     job that preflight refuses is stored final (state ``refused``, ``result`` = the code
     the API would have answered) and never sent: ``wait`` returns it at once.
     """
-    from faceid_batch.notify import CallbackURLError, check_callback_url
-
     settings = settings or get_settings()
-    if callback_url is not None:
-        try:
-            callback_url = check_callback_url(callback_url)
-        except CallbackURLError as exc:
-            raise SubmitError(str(exc)) from None
-        if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
-            raise SubmitError("callback_url needs WEBHOOK_SECRET to be set: callbacks are "
-                              "always signed")
+    callback_url = check_callback(settings, callback_url)
     job_id, _ = submit_job(settings, JobSpec(
         idempotency_key=key, photo=photo, video=video, liveness_type=liveness_type,
         validate_data=validate_data, lane=lane, callback_url=callback_url, metadata=metadata,

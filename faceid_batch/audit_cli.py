@@ -1,7 +1,8 @@
 """Admin tokens and the access audit, added to ``faceid-batch`` by ``register``.
 
-    faceid-batch token add NAME      prints a new token once (only its SHA-256 is stored)
-    faceid-batch token list          name, created, last used, revoked (never a token or hash)
+    faceid-batch token add NAME [--scope admin|submit]   prints a new token once (only its
+                                     SHA-256 is stored)
+    faceid-batch token list          name, scope, created, last used, revoked (never a token)
     faceid-batch token revoke NAME   refused from the next request on, its image links too
     faceid-batch audit [--job ID] [--actor NAME] [--since T] [--until T] [--limit N]
                        [--format text|jsonl]
@@ -17,7 +18,7 @@ import typer
 from faceid_batch.admin_cli import _fail, _settings, parse_time
 
 token_app = typer.Typer(no_args_is_help=True,
-                        help="Named bearer tokens of the admin service (stored hashed).")
+                        help="Named bearer tokens: admin or submit scope (stored hashed).")
 
 
 def register(app: typer.Typer) -> None:
@@ -27,16 +28,19 @@ def register(app: typer.Typer) -> None:
 
 
 @token_app.command("add")
-def token_add(name: str = typer.Argument(..., help="Who or what holds the token, e.g. alice")
+def token_add(name: str = typer.Argument(..., help="Who or what holds the token, e.g. alice"),
+              scope: str = typer.Option("admin", "--scope", help="admin (the admin service) or "
+                                        "submit (the producer API: its own verifications)"),
               ) -> None:
-    """Create a token and print it once; it cannot be shown again."""
+    """Create a token and print it once (alone on the last line); it cannot be shown again."""
     from faceid_batch import tokens
 
     try:
-        token = tokens.add(_settings().database_url, name)
+        token = tokens.add(_settings().database_url, name, scope)
     except tokens.TokenError as exc:
         _fail(str(exc))
-    typer.echo(f"token {name!r} created; store it now, it is not shown again:", err=True)
+    typer.echo(f"{scope} token {name!r} created; store it now, it is not shown again:",
+               err=True)
     typer.echo(token)
 
 
@@ -46,10 +50,10 @@ def token_list() -> None:
     from faceid_batch import tokens
 
     rows = tokens.list_all(_settings().database_url)
-    typer.echo(f"{'name':<24} {'created':<20} {'last used':<20} revoked")
+    typer.echo(f"{'name':<24} {'scope':<7} {'created':<20} {'last used':<20} revoked")
     for t in rows:
-        typer.echo(f"{t.name:<24} {_when(t.created_at):<20} {_when(t.last_used_at):<20} "
-                   f"{_when(t.revoked_at)}")
+        typer.echo(f"{t.name:<24} {t.scope:<7} {_when(t.created_at):<20} "
+                   f"{_when(t.last_used_at):<20} {_when(t.revoked_at)}")
 
 
 @token_app.command("revoke")

@@ -131,6 +131,35 @@ def sweep() -> None:
     typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+@app.command()
+def api(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8090, help="Port to listen on"),
+    with_admin: bool = typer.Option(False, "--with-admin",
+                                    help="Also serve the admin routes (admin tokens only)"),
+) -> None:
+    """Serve the producer API: POST /v1/verifications, GET /v1/verifications/{id}."""
+    settings = _settings()
+    try:
+        settings.require_api()
+    except SettingsError as exc:
+        _fail(str(exc))
+    import uvicorn
+
+    from faceid_batch.producer.app import create_app
+
+    uvicorn.run(create_app(settings, with_admin=with_admin), host=host, port=port,
+                log_level="info", proxy_headers=False, server_header=False)
+
+
+@app.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print a new WEBHOOK_SECRET in the Standard Webhooks form (whsec_...)."""
+    from faceid_batch.webhooks import new_secret
+
+    typer.echo(new_secret())
+
+
 breaker_app = typer.Typer(no_args_is_help=True, help="The account breaker shared by all workers.")
 app.add_typer(breaker_app, name="breaker")
 

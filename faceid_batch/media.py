@@ -58,7 +58,7 @@ class MediaInfo:
 
     kind: str  # "photo" | "video"
     fmt: str
-    size: int
+    size: int | None  # None: not read here (put in the bucket, checked, by the producer API)
     md5: str
 
     @property

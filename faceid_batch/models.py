@@ -174,6 +174,9 @@ class Job(Base):
     # Preflight findings (revision 0006): a list of {"rule", "code", "action", "detail"};
     # action "refuse" made the job REFUSED, "warn" only recorded it. NULL: no finding.
     preflight: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The token that submitted it over the producer API (revision 0009): a ``submit`` token
+    # sees only its own jobs. NULL: submitted another way (CLI, Python, a manifest).
+    submitted_by: Mapped[int | None] = mapped_column(BigId, index=True)
 
     batch: Mapped[Batch | None] = relationship(lazy="raise")
     attempt_rows: Mapped[list[Attempt]] = relationship(
@@ -286,13 +289,17 @@ class DedupeHit(Base):
 
 
 class AdminToken(Base):
-    """A named bearer token of the admin service; only its SHA-256 is stored."""
+    """A named bearer token (admin service or producer API); only its SHA-256 is stored."""
 
     __tablename__ = "admin_tokens"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # What it may do (revision 0009): "admin" (the admin service: listings, images, audit,
+    # and every verification) or "submit" (the producer API: create verifications and read
+    # the status and outcome of its own, nothing else).
+    scope: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]

@@ -1,25 +1,23 @@
-"""Completion callbacks: POST a finished job's outcome to its ``callback_url``, signed.
+"""Completion callbacks: POST a finished job's outcome to its ``callback_url``, signed the
+Standard Webhooks way (https://www.standardwebhooks.com), so a receiver checks it with the
+published ``standardwebhooks`` library of its language.
 
 The request (``Content-Type: application/json``) carries:
 
-- ``X-FaceID-Signature: sha256=<hex>``: HMAC-SHA256 of the raw request body, keyed with
-  ``WEBHOOK_SECRET``. Verify it over the bytes received, before parsing them, with a
-  constant-time comparison (``verify_signature`` below does exactly that).
-- ``X-FaceID-Timestamp``: Unix seconds when this attempt was sent. The same value is the
-  body's ``timestamp`` field, so it is covered by the signature: reject deliveries whose
-  timestamp is too old to stop replays.
-- ``X-FaceID-Delivery``: ``<job id>.<attempt>``; ``X-FaceID-Event: job.finished``.
+- ``webhook-id``: the message id, the same on every retry of this outcome (receivers
+  deduplicate on it);
+- ``webhook-timestamp``: Unix seconds when this attempt was sent (refuse old ones);
+- ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` for each secret
+  in WEBHOOK_SECRET (one, or two while rotating: the receiver accepts either), space-separated.
 
+The body keeps its fields (``event``, ``timestamp``, ``job_id``, ``key``, ``state`` ...).
 A non-2xx answer or a network error is retried with exponential backoff and full jitter,
 up to ``WEBHOOK_MAX_ATTEMPTS``; redirects are not followed (the signed outcome goes only to
-the URL given). Every attempt is a row in ``webhook_deliveries``. Receivers should be
-idempotent on ``job_id``: a delivery whose answer was lost is sent again.
+the URL given). Every attempt is a row in ``webhook_deliveries``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -35,6 +33,7 @@ from sqlalchemy import func, select
 from faceid_batch.db import session_scope
 from faceid_batch.models import Job, Result, WebhookDelivery
 from faceid_batch.tasks import backoff, faceid_task, max_countdown
+from faceid_batch.webhooks import SIGNATURE_HEADER, headers_for
 from faceid_batch.worker import resources
 
 if TYPE_CHECKING:
@@ -42,10 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-FaceID-Signature"
-TIMESTAMP_HEADER = "X-FaceID-Timestamp"
-DELIVERY_HEADER = "X-FaceID-Delivery"
-EVENT_HEADER = "X-FaceID-Event"
 EVENT = "job.finished"
 
 
@@ -68,15 +63,10 @@ def check_callback_url(url: str) -> str:
     return parts.geturl()
 
 
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The ``X-FaceID-Signature`` value for ``body``."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
-    """For receivers: does ``header`` sign ``body`` with ``secret``? (constant time)"""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+def message_id(job: Job) -> str:
+    """The same id for every attempt at one outcome; a new one when the job ends again."""
+    finished = int(job.finished_at.timestamp() * 1000) if job.finished_at else 0
+    return f"msg_job{job.id}_{finished}"
 
 
 def outcome(job: Job, result: Result | None) -> dict[str, Any]:
@@ -152,6 +142,7 @@ def deliver_webhook(self: Task, job_id: int) -> str:
         result = session.scalar(select(Result).where(Result.job_id == job_id))
         url = job.callback_url
         payload = outcome(job, result)
+        msg_id = message_id(job)
         attempt = 1 + (session.scalar(
             select(func.count()).select_from(WebhookDelivery)
             .where(WebhookDelivery.job_id == job_id)
@@ -168,11 +159,8 @@ def deliver_webhook(self: Task, job_id: int) -> str:
                           separators=(",", ":"), sort_keys=True).encode()
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "faceid-batch-webhook/1",
-            SIGNATURE_HEADER: sign(s.webhook_secret.get_secret_value(), body),
-            TIMESTAMP_HEADER: str(timestamp),
-            DELIVERY_HEADER: f"{job_id}.{attempt}",
-            EVENT_HEADER: EVENT,
+            "User-Agent": "faceid-batch-webhook/2",
+            **headers_for(s.webhook_secret.get_secret_value(), msg_id, body, timestamp),
         }
         started = time.monotonic()
         try:

@@ -81,7 +81,12 @@ class Settings(BaseSettings):
     # How often the feeder tops the lanes up (and so how late a due retry can be sent).
     feed_interval_seconds: float = Field(0.25, gt=0, le=10)
 
-    # Completion callbacks (notify.py): HMAC-SHA256 key shared with the receiver.
+    # The producer API (producer/): a lane refuses a new HTTP submission (429) while its
+    # backlog is more than the budget answers in this many seconds.
+    onboarding_max_wait_seconds: float = Field(10.0, gt=0, le=3600)
+    backfill_max_wait_seconds: float = Field(3600.0, gt=0, le=30 * 86400)
+
+    # Completion callbacks (notify.py): one or two whsec_ secrets shared with the receiver.
     webhook_secret: SecretStr | None = None
     webhook_timeout: float = Field(10.0, gt=0, le=120)
     webhook_max_attempts: int = Field(8, ge=1, le=50)
@@ -113,6 +118,18 @@ class Settings(BaseSettings):
     def lane_depth(self) -> int:
         """Messages the feeder keeps in each lane's Redis list."""
         return self.queue_depth or max(10, 2 * self.faceid_rate_limit)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_form(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            from faceid_batch.webhooks import WebhookSecretError, secret_keys
+
+            try:
+                secret_keys(value.get_secret_value())
+            except WebhookSecretError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("billing_overrides")
     @classmethod

@@ -27,6 +27,9 @@ from requests.adapters import HTTPAdapter
 from faceid_batch.httpenv import ResolvedEnvSession, environ_proxies, pinned_session
 from faceid_batch.media import (
     CHUNK,
+    EXTENSIONS,
+    PHOTO_FORMATS,
+    VIDEO_FORMATS,
     MediaError,
     MediaInfo,
     file_md5,
@@ -181,6 +184,10 @@ class MediaStager:
         file is uploaded straight away.
         """
         label = display_source(source)
+        if source.startswith("cos://") and known_md5 is not None:
+            ours = self.submitted(kind, source, known_md5)
+            if ours is not None:
+                return ours
         with self._local_copy(kind, source) as path:
             if inspect is not None:
                 inspect(path)
@@ -193,7 +200,7 @@ class MediaStager:
             else:
                 info = peek_local(kind, path, known_md5, label=label)
             key = f"{self.settings.cos_key_prefix}{info.md5}{info.extension}"
-            if check_existing and info.size >= CHECK_EXISTING_FROM and self.exists(key):
+            if check_existing and (info.size or 0) >= CHECK_EXISTING_FROM and self.exists(key):
                 return StagedMedia(key, info, uploaded=False)
             sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
             if sent_md5 != info.md5:
@@ -202,6 +209,19 @@ class MediaStager:
                 raise MediaError(f"{kind} {label}: file changed after it was submitted "
                                  f"(MD5 {sent_md5}, expected {info.md5})")
             return StagedMedia(key, info, uploaded=True)
+
+    def submitted(self, kind: str, source: str, md5: str) -> StagedMedia | None:
+        """The object the producer API put in the bucket for a job, or None if ``source`` is
+        not one: its key is ``<COS_KEY_PREFIX><md5><ext>`` of our bucket, its content was
+        hashed, sniffed, size-checked and preflighted on the way in, and the store checked
+        its MD5 (the ETag). Nothing is read again."""
+        bucket, key = parse_cos_uri(source)
+        allowed = PHOTO_FORMATS if kind == "photo" else VIDEO_FORMATS
+        for fmt in allowed:
+            if bucket == self.bucket and key == f"{self.settings.cos_key_prefix}{md5}" \
+                    f"{EXTENSIONS[fmt]}":
+                return StagedMedia(key, MediaInfo(kind, fmt, None, md5), uploaded=False)
+        return None
 
     def _upload(self, path: str, key: str, hash_locally: bool) -> str:
         """Simple PUT (media are at most 8 MB); return the MD5 of what the store received.

@@ -33,7 +33,12 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 class SubmitError(ValueError):
-    """The job cannot be accepted; the message names the field and the problem."""
+    """The job cannot be accepted; the message names the field and the problem, and
+    ``field`` names it for machines (the producer API's problem details)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,10 @@ class JobSpec:
     photo_md5: str | None = None
     video_md5: str | None = None
     # Filled in by validate_spec: preflight findings on the local files (None: nothing).
+    # A caller that checked the media itself (the producer API) passes its findings here.
     preflight: list[dict[str, Any]] | None = None
+    # The producer API token that submitted it (a submit token sees only its own jobs).
+    submitted_by: int | None = None
 
     @property
     def refusal(self) -> dict[str, Any] | None:
@@ -70,17 +78,19 @@ def validate_liveness(liveness_type: str, validate_data: str | None) -> str | No
     """Check LivenessType and ValidateData against the API's rules; return the clean data."""
     if liveness_type not in LIVENESS_TYPES:
         raise SubmitError(
-            f"liveness type {liveness_type!r}: must be one of {', '.join(LIVENESS_TYPES)}"
-        )
+            f"liveness type {liveness_type!r}: must be one of {', '.join(LIVENESS_TYPES)}",
+            "liveness_type")
     data = (validate_data or "").strip() or None
     if liveness_type == "LIP" and (data is None or not _LIP_CODE.match(data)):
-        raise SubmitError(f"validate data {data!r}: LIP needs a 4-digit code such as 1234")
+        raise SubmitError(f"validate data {data!r}: LIP needs a 4-digit code such as 1234",
+                          "validate_data")
     if liveness_type == "ACTION" and (data is None or not _ACTION_SEQ.match(data)):
         raise SubmitError(
-            f"validate data {data!r}: ACTION needs an action sequence such as 1,2 or 2,1"
-        )
+            f"validate data {data!r}: ACTION needs an action sequence such as 1,2 or 2,1",
+            "validate_data")
     if liveness_type == "SILENT" and data is not None:
-        raise SubmitError(f"validate data {data!r}: SILENT takes no validate data")
+        raise SubmitError(f"validate data {data!r}: SILENT takes no validate data",
+                          "validate_data")
     return data
 
 
@@ -93,30 +103,34 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
     preflight rules on local media (findings in ``preflight``; a refusal is not raised)."""
     if not _KEY.match(spec.idempotency_key or ""):
         raise SubmitError(
-            "idempotency key: 1-200 printable characters without spaces are required"
-        )
+            "idempotency key: 1-200 printable characters without spaces are required", "key")
     if spec.lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
-        raise SubmitError(f"lane {spec.lane!r}: must be onboarding or backfill")
+        raise SubmitError(f"lane {spec.lane!r}: must be onboarding or backfill", "lane")
     data = validate_liveness(spec.liveness_type, spec.validate_data)
     md5s: dict[str, str | None] = {"photo": None, "video": None}
     for kind, source in (("photo", spec.photo), ("video", spec.video)):
         if not source:
-            raise SubmitError(f"{kind}: a path, http(s) URL or cos://bucket/key is required")
+            raise SubmitError(f"{kind}: a path, http(s) URL or cos://bucket/key is required",
+                              kind)
         if "?" in source and is_remote(source):
             # A query string may carry a signature; we never keep one.
-            raise SubmitError(f"{kind}: URLs with a query string are not accepted")
+            raise SubmitError(f"{kind}: URLs with a query string are not accepted", kind)
         if not is_remote(source):
             try:
                 md5s[kind] = inspect_local(kind, source).md5
             except MediaError as exc:
-                raise SubmitError(str(exc)) from None
+                raise SubmitError(str(exc), kind) from None
+        else:
+            # Known only when the submitter read the content itself (the producer API).
+            md5s[kind] = getattr(spec, f"{kind}_md5")
     local = {kind: None if is_remote(src) else src
              for kind, src in (("photo", spec.photo), ("video", spec.video))}
     findings = preflight.check(settings or get_settings(), spec.liveness_type,
                                local["photo"], local["video"])
+    stored = [*(spec.preflight or []), *(findings.stored() or [])] or None
     return JobSpec(**{**spec.__dict__, "validate_data": data,
                       "photo_md5": md5s["photo"], "video_md5": md5s["video"],
-                      "preflight": findings.stored()})
+                      "preflight": stored})
 
 
 def sent_at_once(lane: str) -> bool:
@@ -130,7 +144,7 @@ def _job_values(spec: JobSpec) -> dict[str, Any]:
         lane=spec.lane, state=JobState.QUEUED.value, liveness_type=spec.liveness_type,
         validate_data=spec.validate_data, photo_source=spec.photo, video_source=spec.video,
         photo_md5=spec.photo_md5, video_md5=spec.video_md5, callback_url=spec.callback_url,
-        meta=spec.metadata, preflight=spec.preflight,
+        meta=spec.metadata, preflight=spec.preflight, submitted_by=spec.submitted_by,
         result_code=None, passed=None, error_message=None, finished_at=None,
         # Out (sent right after the commit) or due (fed in its turn): see the docstring.
         enqueued_at=now if sent_at_once(spec.lane) else None,
@@ -181,6 +195,23 @@ def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[in
             .values(**_job_values(spec), updated_at=utcnow())
         ).rowcount
     return job_id, bool(changed) and spec.refusal is None
+
+
+def check_callback(settings: Settings, url: str | None) -> str | None:
+    """The callback URL, checked: absolute http(s), nothing secret in it, and WEBHOOK_SECRET
+    set (callbacks are always signed)."""
+    if url is None:
+        return None
+    from faceid_batch.notify import CallbackURLError, check_callback_url
+
+    try:
+        url = check_callback_url(url)
+    except CallbackURLError as exc:
+        raise SubmitError(str(exc), "callback_url") from None
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        raise SubmitError("callback_url needs WEBHOOK_SECRET to be set: callbacks are "
+                          "always signed", "callback_url")
+    return url
 
 
 def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) -> None:

@@ -1,4 +1,8 @@
-"""Named bearer tokens of the admin service: add, list, revoke, and look one up by its hash.
+"""Named bearer tokens: add, list, revoke, and look one up by its hash.
+
+A token has a scope: ``admin`` (the admin service: listings, face images, audit, and every
+verification on the producer API) or ``submit`` (the producer API only: create
+verifications, and read the status and outcome of those it created).
 
 Only the SHA-256 of a token is stored. The tokens are 32 random bytes from ``secrets``
 (256 bits): nobody can guess one or search for it from its hash, so the slow, salted hashes
@@ -26,6 +30,9 @@ from faceid_batch.models import AdminToken, utcnow
 
 BOOTSTRAP_NAME = "ADMIN_TOKEN"
 BOOTSTRAP_ID = 0
+ADMIN = "admin"
+SUBMIT = "submit"
+SCOPES = (ADMIN, SUBMIT)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 # last_used_at is written at most this often per token: a write per request would make
 # every image view contend for the SQLite write lock with the workers.
@@ -38,10 +45,15 @@ class TokenError(ValueError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request or a signed link acts for: the token's id and name."""
+    """Who a request or a signed link acts for: the token's id, name and scope."""
 
     token_id: int
     name: str
+    scope: str = ADMIN
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == ADMIN
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class TokenInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    scope: str = ADMIN
 
 
 def digest(token: str) -> str:
@@ -57,16 +70,19 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def add(url: str, name: str) -> str:
-    """Create a token named ``name``; return the token itself (it is never stored)."""
+def add(url: str, name: str, scope: str = ADMIN) -> str:
+    """Create a token named ``name`` with ``scope``; return the token itself (it is never
+    stored)."""
     if not NAME_RE.match(name) or name.upper() == BOOTSTRAP_NAME:
         raise TokenError(
             f"token name {name!r} refused: 1-100 of A-Z a-z 0-9 . _ @ -, starting with a letter "
             f"or digit, and not {BOOTSTRAP_NAME} (the name of the bootstrap token)")
+    if scope not in SCOPES:
+        raise TokenError(f"scope {scope!r}: must be one of {', '.join(SCOPES)}")
     token = secrets.token_urlsafe(32)
     try:
         with session_scope(url) as s:
-            s.add(AdminToken(name=name, token_sha256=digest(token)))
+            s.add(AdminToken(name=name, token_sha256=digest(token), scope=scope))
     except IntegrityError:
         # Names are never reused, revoked ones included, so an audit row's actor names one token.
         raise TokenError(f"a token named {name!r} exists (names are never reused)") from None
@@ -77,7 +93,8 @@ def list_all(url: str) -> list[TokenInfo]:
     """Every token, oldest first, without its hash."""
     with session_scope(url) as s:
         rows = s.execute(select(AdminToken.name, AdminToken.created_at, AdminToken.last_used_at,
-                                AdminToken.revoked_at).order_by(AdminToken.id)).all()
+                                AdminToken.revoked_at, AdminToken.scope)
+                         .order_by(AdminToken.id)).all()
     return [TokenInfo(*r) for r in rows]
 
 
@@ -92,10 +109,13 @@ def revoke(url: str, name: str) -> None:
         row.revoked_at = utcnow()
 
 
-def any_active(url: str) -> bool:
+def any_active(url: str, scope: str | None = ADMIN) -> bool:
+    """Whether some token that is not revoked has ``scope`` (None: any scope)."""
     with session_scope(url) as s:
-        return s.scalar(select(AdminToken.id).where(AdminToken.revoked_at.is_(None))
-                        .limit(1)) is not None
+        q = select(AdminToken.id).where(AdminToken.revoked_at.is_(None))
+        if scope is not None:
+            q = q.where(AdminToken.scope == scope)
+        return s.scalar(q.limit(1)) is not None
 
 
 class Authenticator:
@@ -117,7 +137,8 @@ class Authenticator:
         # SHA-256, which tells nothing about a 256-bit random token.
         now = utcnow()
         with session_scope(self.url) as s:
-            row = s.execute(select(AdminToken.id, AdminToken.name, AdminToken.last_used_at)
+            row = s.execute(select(AdminToken.id, AdminToken.name, AdminToken.last_used_at,
+                                   AdminToken.scope)
                             .where(AdminToken.token_sha256 == hashed,
                                    AdminToken.revoked_at.is_(None))).first()
             if row is None:
@@ -126,7 +147,7 @@ class Authenticator:
             if last is None or _aware(last) < now - TOUCH_EVERY:
                 s.execute(update(AdminToken).where(AdminToken.id == row.id)
                           .values(last_used_at=now))
-        return Principal(row.id, row.name)
+        return Principal(row.id, row.name, row.scope)
 
 
 def _aware(value: datetime) -> datetime:

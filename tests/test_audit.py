@@ -212,7 +212,7 @@ def test_token_list_never_prints_a_token(env):
     out = cli("token", "list")
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert lines[0].split()[:2] == ["name", "created"]
+    assert lines[0].split()[:3] == ["name", "scope", "created"]
     byname = {line.split()[0]: line for line in lines[1:]}
     assert set(byname) == {"alice", "bob"}
     assert byname["alice"].rstrip().endswith("-") and not byname["bob"].rstrip().endswith("-")
@@ -291,3 +291,22 @@ def test_audit_is_append_only(env):
             s.delete(s.scalars(select(AccessAudit)).one())
     [row] = rows(url)
     assert row.actor == "alice"
+
+
+def test_a_submit_token_is_for_the_producer_api_only(env):
+    settings, job, _ = env
+    out = cli("token", "add", "signup-service", "--scope", "submit")
+    assert out.exit_code == 0, out.output
+    token = out.stdout.strip().splitlines()[-1]  # alone on the last line
+    assert len(token) >= 40 and " " not in token
+    listed = {line.split()[0]: line.split()[1] for line in
+              cli("token", "list").output.splitlines()[1:]}
+    assert listed["signup-service"] == "submit"
+    assert cli("token", "add", "x", "--scope", "root").exit_code == 2
+    client = TestClient(create_app(settings))
+    for path in ("/api/results", f"/api/jobs/{job}", "/api/stats", "/review"):
+        assert client.get(path, headers=bearer(token)).status_code == 403, path
+    login = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert login.status_code == 401
+    admin = add_token("an-admin")
+    assert client.get("/api/results", headers=bearer(admin)).status_code == 200

@@ -1,33 +1,40 @@
-"""Completion callbacks: signed, retried with backoff, every attempt recorded; the API.
+"""Completion callbacks: Standard Webhooks signatures, retried with backoff, every attempt
+recorded; the Python API.
 
-The receiver is a real HTTP server in the test process; deliveries come from a real worker.
-Until ``tasks.py`` calls ``notify.job_finished`` itself (``HOOKED``), the delivery test
-makes that call once the job is final, exactly where the worker will.
+The receiver is a real HTTP server in the test process; deliveries come from a real worker
+and are checked with the published ``standardwebhooks`` package (PyPI), not our own code.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
+import shutil
+import subprocess
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-import faceid_batch.tasks
-from faceid_batch import api, notify
+from faceid_batch import api, webhooks
 from faceid_batch.db import session_scope
 from faceid_batch.models import WebhookDelivery
 from faceid_batch.samples import write_pair
+from faceid_batch.settings import SettingsError, load_settings
 from faceid_batch.submit import SubmitError
-from faceid_batch.worker import resources
 from helpers import wait_until
 
-SECRET = "whsec-test-not-real-0123456789"
-HOOKED = "job_finished" in inspect.getsource(faceid_batch.tasks)
+# Obviously fake secrets in the Standard Webhooks form (whsec_ + base64 of the key).
+SECRET = "whsec_dGVzdC1GQUtFLXdlYmhvb2stc2VjcmV0LW5vdC1yZWFs"
+NEXT_SECRET = "whsec_c2Vjb25kLUZBS0Utc2VjcmV0LWZvci1yb3RhdGlvbiEh"
+NODE = Path(__file__).resolve().parent / "node"
+# The Node check runs where scripts/test could install tests/node (npm ci).
+NODE_WEBHOOKS = bool(shutil.which("node")) and (NODE / "node_modules" / "standardwebhooks").is_dir()
 WORKER = dict(extra_args=("--include", "faceid_batch.notify"), WEBHOOK_SECRET=SECRET,
               WEBHOOK_RETRY_BASE_DELAY="0.2", WEBHOOK_MAX_ATTEMPTS="3")
 
@@ -96,29 +103,32 @@ def test_one_signed_delivery_per_job_and_retries_after_500(
     for job_id in ids.values():
         outcome = api.wait(job_id, timeout=60, settings=settings)
         assert outcome.final and outcome.state == "completed", outcome
-        if not HOOKED:
-            assert notify.job_finished(resources(), job_id) is True
 
     wait_until(lambda: len(receiver.to("/flaky")) == 2 and len(receiver.to("/down")) == 3,
                30, what="the retried deliveries")
     wait_until(lambda: len(deliveries(settings.database_url, ids["/down"])) == 3, 10,
                what="the last failed attempt to be recorded")
 
-    # Every request is signed over its raw body with the shared secret.
+    # Every request verifies with the published Standard Webhooks library, and not with
+    # another secret; a body changed on the way does not.
     for path, job_id in ids.items():
         for headers, body in receiver.to(path):
-            assert notify.verify_signature(SECRET, body, headers["X-FaceID-Signature"])
-            assert not notify.verify_signature("another-secret", body,
-                                               headers["X-FaceID-Signature"])
-            payload = json.loads(body)
+            payload = Webhook(SECRET).verify(body, headers)
+            with pytest.raises(WebhookVerificationError):
+                Webhook(NEXT_SECRET).verify(body, headers)
+            with pytest.raises(WebhookVerificationError):
+                Webhook(SECRET).verify(body + b" ", headers)
+            assert payload == json.loads(body)
             assert payload["job_id"] == job_id and payload["event"] == "job.finished"
-            assert payload["timestamp"] == int(headers["X-FaceID-Timestamp"])
+            assert payload["timestamp"] == int(headers["webhook-timestamp"])
             assert payload["state"] == "completed" and payload["passed"] is True
             assert payload["result"] == "Success" and payload["sim"] >= 70
             assert payload["metadata"] == {"user": list(ids).index(path)}
     assert len(receiver.to("/ok")) == 1  # one delivery per job
-    assert [h["X-FaceID-Delivery"] for h, _ in receiver.to("/flaky")] == [
-        f"{ids['/flaky']}.1", f"{ids['/flaky']}.2"]
+
+    # A retry is the same message: the same webhook-id, so receivers can deduplicate.
+    flaky = [h["webhook-id"] for h, _ in receiver.to("/flaky")]
+    assert len(set(flaky)) == 1 and flaky[0] != receiver.to("/ok")[0][0]["webhook-id"]
 
     # Every attempt is recorded; /down gives up after WEBHOOK_MAX_ATTEMPTS.
     url = settings.database_url
@@ -127,8 +137,6 @@ def test_one_signed_delivery_per_job_and_retries_after_500(
     assert deliveries(url, ids["/down"]) == [(n, 500, "HTTP 500") for n in (1, 2, 3)]
 
 
-@pytest.mark.xfail(not HOOKED, run=HOOKED, strict=False,
-                   reason="needs notify.job_finished(res, job_id) in tasks.py after a final state")
 def test_worker_sends_the_callback_itself(hook_settings, sim_control, start_worker, receiver,
                                           tmp_path):
     settings = hook_settings
@@ -139,6 +147,32 @@ def test_worker_sends_the_callback_itself(hook_settings, sim_control, start_work
     api.wait(job_id, timeout=60, settings=settings)
     wait_until(lambda: receiver.to("/ok"), 20, what="the callback")
     assert deliveries(settings.database_url, job_id) == [(1, 200, None)]
+
+
+@pytest.mark.skipif(not NODE_WEBHOOKS, reason="needs node and `npm ci` in tests/node "
+                                               "(scripts/test runs it)")
+def test_a_delivery_verifies_with_the_npm_standardwebhooks_package(
+        hook_settings, sim_control, start_worker, receiver, tmp_path):
+    settings = hook_settings
+    start_worker(**WORKER)
+    photo, video = write_pair(tmp_path / "m", 8)
+    job_id = api.submit(str(photo), str(video), "SILENT", key="node-hook",
+                        callback_url=receiver.url + "/ok", settings=settings)
+    wait_until(lambda: receiver.to("/ok"), 60, what="the callback")
+    headers, body = receiver.to("/ok")[0]
+    (tmp_path / "headers.json").write_text(json.dumps(headers))
+    (tmp_path / "body").write_bytes(body)
+
+    def node(secret: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["node", str(NODE / "verify_webhook.mjs"), secret,
+                               str(tmp_path / "headers.json"), str(tmp_path / "body")],
+                              capture_output=True, text=True, timeout=30)
+
+    good = node(SECRET)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["job_id"] == job_id
+    bad = node(NEXT_SECRET)
+    assert bad.returncode == 1 and "not verified" in bad.stderr
 
 
 def test_network_error_is_recorded_and_retried(hook_settings, start_worker, sim_control,
@@ -152,24 +186,41 @@ def test_network_error_is_recorded_and_retried(hook_settings, start_worker, sim_
     job_id = api.submit(str(photo), str(video), "SILENT", key="hook-refused",
                         callback_url=f"http://127.0.0.1:{free_port()}/x", settings=settings)
     api.wait(job_id, timeout=60, settings=settings)
-    if not HOOKED:
-        notify.job_finished(resources(), job_id)
     wait_until(lambda: len(deliveries(settings.database_url, job_id)) == 3, 30,
                what="three failed attempts")
     assert deliveries(settings.database_url, job_id) == [
         (n, None, "ConnectionError") for n in (1, 2, 3)]
 
 
-def test_signature_is_hmac_sha256_of_the_body():
-    import hashlib
-    import hmac
-
+def test_signatures_are_standard_webhooks_and_two_secrets_allow_rotation():
     body = b'{"job_id":1}'
-    expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert notify.sign(SECRET, body) == f"sha256={expected}"
-    assert notify.verify_signature(SECRET, body, f"sha256={expected}")
-    assert not notify.verify_signature(SECRET, body + b" ", f"sha256={expected}")
-    assert not notify.verify_signature(SECRET, body, None)
+    headers = webhooks.headers_for(SECRET, "msg_job1_1", body)
+    # The published library accepts ours; ours accepts what the library signs.
+    assert Webhook(SECRET).verify(body, headers) == {"job_id": 1}
+    ts = int(headers["webhook-timestamp"])
+    theirs = Webhook(SECRET).sign("msg_job1_1", datetime.fromtimestamp(ts, UTC), body.decode())
+    assert headers["webhook-signature"] == theirs
+    assert webhooks.verify(SECRET, headers, body)
+    assert not webhooks.verify(SECRET, headers, body + b" ")
+    assert not webhooks.verify(SECRET, {**headers, "webhook-timestamp": str(ts - 3600)}, body)
+    # While rotating, both secrets sign: a receiver on either one accepts the delivery.
+    both = webhooks.headers_for(f"{NEXT_SECRET} {SECRET}", "msg_job1_1", body)
+    assert len(both["webhook-signature"].split()) == 2
+    assert Webhook(SECRET).verify(body, both) and Webhook(NEXT_SECRET).verify(body, both)
+    assert webhooks.new_secret().startswith("whsec_")
+    Webhook(webhooks.new_secret())  # a fresh secret is one the library takes
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("plain-text-secret", "start with whsec_"),
+    ("whsec_not base64!", "base64"),
+    ("whsec_c2hvcnQ=", "too short"),
+    (f"{SECRET} {NEXT_SECRET} {SECRET}", "two while rotating"),
+])
+def test_a_webhook_secret_not_in_the_standard_form_is_refused_at_start(value, expected):
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET: .*" + re.escape(expected)) as info:
+        load_settings(webhook_secret=value)
+    assert value not in str(info.value)  # the error never echoes the secret
 
 
 @pytest.mark.parametrize("url,expected", [

@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the admin app; raise AdminConfigError when no token could ever be accepted."""
     token = settings.admin_token.get_secret_value().strip() if settings.admin_token else ""
     url = settings.database_url
-    if not token and not tokens.any_active(url):
+    if not token and not tokens.any_active(url, tokens.ADMIN):
         raise AdminConfigError(
             "no admin token: the admin service shows face images and refuses to start without "
             "one (add a named token with `faceid-batch token add NAME`, or set ADMIN_TOKEN to "
@@ -63,6 +63,10 @@ def create_app(settings: Settings) -> FastAPI:
         if who is None:
             raise HTTPException(401, "missing, wrong or revoked admin token",
                                 headers={"WWW-Authenticate": "Bearer"})
+        if not who.is_admin:
+            # A producer's token creates and reads its own verifications, nothing here.
+            raise HTTPException(403, f"token {who.name!r} has scope {who.scope!r}: the admin "
+                                     "service needs an admin token")
         return who
 
     def filters(
@@ -155,7 +159,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         presented = (form.get("token") or [""])[0].strip()
-        if check.who(f"Bearer {presented}") is None:
+        who = check.who(f"Bearer {presented}")
+        if who is None or not who.is_admin:
             return HTMLResponse(pages.login("Wrong token."), status_code=401)
         response = RedirectResponse("/review", status_code=303)
         response.set_cookie(COOKIE, presented, httponly=True, samesite="strict",

@@ -1,0 +1,98 @@
+"""A verification as the producer API shows it: status apart from outcome.
+
+``status`` is where the job stands (queued, running, retrying, completed, failed, refused,
+paused); ``outcome`` is set once it is final: ``passed``, ``code`` (FaceID's Result, or our
+own ``Local.*`` code), ``sim``, ``description``, ``request_id``, ``attempts``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from faceid_batch.models import Job, JobState, Result
+
+STATUSES = [s.value for s in JobState]
+FINAL = {s.value for s in JobState.final()}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "key", "status", "lane", "created_at", "outcome"],
+    "properties": {
+        "id": {"type": "integer"},
+        "key": {"type": "string", "description": "The idempotency key."},
+        "status": {"type": "string", "enum": STATUSES},
+        "lane": {"type": "string", "enum": ["onboarding", "backfill"]},
+        "liveness_type": {"type": "string", "enum": ["LIP", "ACTION", "SILENT"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "callback_url": {"type": ["string", "null"]},
+        "metadata": {"type": ["object", "null"]},
+        "outcome": {
+            "type": ["object", "null"],
+            "description": "Set once status is completed, failed or refused.",
+            "properties": {
+                "passed": {"type": ["boolean", "null"],
+                           "description": "Success with Sim at or above PASS_THRESHOLD; "
+                                          "null without a verdict."},
+                "code": {"type": ["string", "null"]},
+                "sim": {"type": ["number", "null"]},
+                "description": {"type": ["string", "null"]},
+                "request_id": {"type": ["string", "null"]},
+                "attempts": {"type": "integer"},
+            },
+        },
+    },
+}
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive UTC
+        return value.isoformat() + "Z"
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def show(job: Job, result: Result | None) -> dict[str, Any]:
+    """The JSON of one verification."""
+    outcome = None
+    if job.state in FINAL:
+        outcome = {
+            "passed": job.passed,
+            "code": job.result_code,
+            "sim": result.sim if result else None,
+            "description": (result.description if result else None) or job.error_message,
+            "request_id": result.request_id if result else None,
+            "attempts": job.attempts,
+        }
+    return {
+        "id": job.id, "key": job.idempotency_key, "status": job.state, "lane": job.lane,
+        "liveness_type": job.liveness_type, "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at), "finished_at": _iso(job.finished_at),
+        "callback_url": job.callback_url, "metadata": job.meta, "outcome": outcome,
+    }
+
+
+def load(session: Any, *, job_id: int | None = None, key: str | None = None
+         ) -> tuple[Job, Result | None] | None:
+    """A job and its result, by id or by idempotency key."""
+    q = select(Job, Result).outerjoin(Result, Result.job_id == Job.id)
+    q = q.where(Job.id == job_id) if job_id is not None else q.where(Job.idempotency_key == key)
+    row = session.execute(q).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def fingerprint(photo: str, video: str, liveness_type: str, validate_data: str | None,
+                lane: str, callback_url: str | None, metadata: Any) -> tuple[Any, ...]:
+    """What makes two submissions with one key the same request. Uploads are compared by
+    their content-addressed sources (so by their MD5s), URLs as given."""
+    return (photo, video, liveness_type, validate_data or None, lane, callback_url or None,
+            metadata or None)
+
+
+def fingerprint_of(job: Job) -> tuple[Any, ...]:
+    return fingerprint(job.photo_source, job.video_source, job.liveness_type,
+                       job.validate_data, job.lane, job.callback_url, job.meta)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC
 from pathlib import Path
 
 import requests
@@ -33,6 +34,11 @@ def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values \
         else float("nan")
+
+
+def _ts(when) -> float:  # type: ignore[no-untyped-def]
+    # SQLite hands back naive datetimes (stored as UTC).
+    return when.replace(tzinfo=when.tzinfo or UTC).timestamp()
 
 
 def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -84,6 +90,10 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         while len(calls()) < args.jobs * 0.25 and time.monotonic() < deadline:
             time.sleep(0.2)
         held: dict[int, str] = {}
+        with session_scope(db_url) as s:
+            # What the failure can strand: jobs running, and jobs whose message is in Redis.
+            exposed = set(s.scalars(select(Job.id).where(Job.id.in_(ids), (
+                Job.state == "running") | Job.enqueued_at.is_not(None))))
         if name == "worker-kill":
             with session_scope(db_url) as s:
                 rows = s.execute(select(Job.id, Job.lease_id).where(
@@ -107,8 +117,10 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             time.sleep(0.5)
         log = calls()
         with session_scope(db_url) as s:
-            finished = [t.timestamp() for t in s.scalars(
-                select(Job.finished_at).where(Job.id.in_(ids), Job.finished_at.is_not(None)))]
+            ends = dict(s.execute(select(Job.id, Job.finished_at).where(
+                Job.id.in_(ids), Job.finished_at.is_not(None))).all())
+            finished = [_ts(t) for t in ends.values()]
+            exposed_end = [_ts(ends[i]) for i in exposed if i in ends]
             recorded = set(s.scalars(select(Attempt.request_id)))
     finally:
         for w in workers:
@@ -124,8 +136,11 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         "calls paid twice": sum(n - 1 for n in charged.values() if n > 1),
         "answers lost (calls with no attempt row)": sum(
             1 for c in log if c["request_id"] not in recorded),
-        "last job ended, s after the part was back": round(max(finished) - back_at, 1)
-        if finished else None,
+        "jobs running or in Redis when it broke": len(exposed),
+        "of those, the last ended, s after the part was back": round(
+            max(exposed_end) - back_at, 1) if exposed_end else None,
+        "last job of the batch ended, s after the part was back": round(
+            max(finished) - back_at, 1) if finished else None,
     })
     if held:
         again = []

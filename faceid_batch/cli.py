@@ -28,6 +28,16 @@ def _settings():  # type: ignore[no-untyped-def]
         _fail(str(exc))
 
 
+def _api_settings():  # type: ignore[no-untyped-def]
+    """The settings of a command that calls FaceID or COS (their credentials checked)."""
+    settings = _settings()
+    try:
+        settings.require_api()
+    except SettingsError as exc:
+        _fail(str(exc))
+    return settings
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Bring the database schema to REVISION (default: head)."""
@@ -98,11 +108,7 @@ def worker(
                               help="Also run beat (the retention purge's schedule)"),
 ) -> None:
     """Run a Celery worker (same as: celery -A faceid_batch.worker worker -P threads ...)."""
-    settings = _settings()
-    try:
-        settings.require_api()
-    except SettingsError as exc:
-        _fail(str(exc))
+    _api_settings()
     from faceid_batch.worker import celery_app
 
     argv = ["worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
@@ -139,11 +145,7 @@ def api(
                                     help="Also serve the admin routes (admin tokens only)"),
 ) -> None:
     """Serve the producer API: POST /v1/verifications, GET /v1/verifications/{id}."""
-    settings = _settings()
-    try:
-        settings.require_api()
-    except SettingsError as exc:
-        _fail(str(exc))
+    settings = _api_settings()
     import uvicorn
 
     from faceid_batch.producer.app import create_app

@@ -59,15 +59,17 @@ Key = Hashable  # a batch id, or None for the jobs of no batch
 
 # The batches with due jobs in a lane, one index seek per batch (a loose index scan over
 # ix_jobs_due), so a backlog of millions in a few batches costs a few seeks.
+# Every step is the same seek (batch ids start at 1), so the planner takes ix_jobs_due for
+# all of them; a first step written "batch_id IS NOT NULL" was read through ix_jobs_batch_id
+# past every finished job of the first batch.
 _DUE_BATCHES = text("""
 WITH RECURSIVE due(b) AS (
-  SELECT (SELECT batch_id FROM jobs WHERE lane = :lane AND due_at IS NOT NULL
-          AND batch_id IS NOT NULL ORDER BY batch_id LIMIT 1)
+  SELECT CAST(0 AS BIGINT)
   UNION ALL
   SELECT (SELECT batch_id FROM jobs WHERE lane = :lane AND due_at IS NOT NULL
           AND batch_id > due.b ORDER BY batch_id LIMIT 1) FROM due WHERE due.b IS NOT NULL
 )
-SELECT b FROM due WHERE b IS NOT NULL
+SELECT b FROM due WHERE b IS NOT NULL AND b > 0
 """)
 _NO_BATCH_DUE = select(_J.id).where(
     _J.lane == bindparam("lane"), _J.batch_id.is_(None), _J.due_at.is_not(None)).limit(1)

@@ -127,6 +127,11 @@ class Job(Base):
         Index("ix_jobs_due_again", "lane", "batch_id", "due_at", "id",
               sqlite_where=text("due_at IS NOT NULL AND started_at IS NOT NULL"),
               postgresql_where=text("due_at IS NOT NULL AND started_at IS NOT NULL")),
+        # Jobs of no batch: PostgreSQL does not read ix_jobs_due in order past an IS NULL,
+        # and would sort every such due row on each pick.
+        Index("ix_jobs_due_no_batch", "lane", "due_at", "id",
+              sqlite_where=text("due_at IS NOT NULL AND batch_id IS NULL"),
+              postgresql_where=text("due_at IS NOT NULL AND batch_id IS NULL")),
         # Messages out in Redis and not yet taken: what the lost-message check reads.
         Index("ix_jobs_enqueued_at", "enqueued_at",
               sqlite_where=text("enqueued_at IS NOT NULL"),

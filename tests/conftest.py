@@ -105,6 +105,9 @@ def configured(app_env, database_url, monkeypatch):
     worker_mod.celery_app.conf.broker_url = app_env["REDIS_URL"]
     yield get_settings()
     get_settings.cache_clear()
+    for res in worker_mod._resources.values():
+        if "lease" in res.__dict__:
+            res.lease.stop()  # its heartbeat would outlive this test's Redis
     worker_mod._resources.clear()
 
 

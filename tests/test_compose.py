@@ -54,7 +54,7 @@ def _args(cmd) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_file_parses_and_has_the_stack():
-    assert {"redis", "postgres", "migrate", "worker", "beat", "admin", "flower",
+    assert {"redis", "postgres", "migrate", "worker", "beat", "api", "admin", "flower",
             "simulator"} <= set(services())
     for name, svc in services().items():
         assert "image" in svc or "build" in svc, name

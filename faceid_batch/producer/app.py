@@ -261,13 +261,9 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         photo, video = form.files["photo"], form.files["video"]
         sources = {kind: p.content_source(kind, up.md5, up.extension)
                    for kind, up in (("photo", photo), ("video", video))}
-        mine = resource.fingerprint(sources["photo"], sources["video"], f["liveness_type"],
-                                    f["validate_data"], f["lane"], f["callback_url"],
-                                    f["metadata"])
-        repeat = await _repeat(f["key"], who, mine, wait)
+        mine, repeat = await _known(f, sources["photo"], sources["video"], who, wait)
         if repeat is not None:
             return repeat
-        callback = _callback(f["callback_url"])
         if not admitted.get(f["lane"]):
             p.admit(f["lane"], f["key"])
         findings = await run_in_threadpool(
@@ -288,12 +284,8 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
             raise Problem("invalid-field", str(exc), None) from None
         except (CosClientError, CosServiceError, OSError) as exc:
             raise Problem("unavailable", f"the media store: {type(exc).__name__}") from None
-        spec = JobSpec(idempotency_key=f["key"], photo=sources["photo"],
-                       video=sources["video"], liveness_type=f["liveness_type"],
-                       validate_data=f["validate_data"], lane=f["lane"],
-                       callback_url=callback, metadata=f["metadata"],
-                       photo_md5=photo.md5, video_md5=video.md5,
-                       preflight=findings.stored(), submitted_by=who.token_id or None)
+        spec = _spec(f, sources["photo"], sources["video"], who, photo_md5=photo.md5,
+                     video_md5=video.md5, preflight=findings.stored())
         return await _store(spec, who, mine, wait)
 
     async def _create_json(request: Request, who: tokens.Principal, wait: int | None,
@@ -331,25 +323,30 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                               f"({settings.cos_bucket}): FaceID downloads only from the "
                               "bucket in its region", f"{kind}_url")
             urls[kind] = url
-        mine = resource.fingerprint(urls["photo"], urls["video"], f["liveness_type"],
-                                    f["validate_data"], f["lane"], f["callback_url"],
-                                    f["metadata"])
-        repeat = await _repeat(f["key"], who, mine, wait)
+        mine, repeat = await _known(f, urls["photo"], urls["video"], who, wait)
         if repeat is not None:
             return repeat
-        callback = _callback(f["callback_url"])
         p.admit(f["lane"], f["key"])
-        spec = JobSpec(idempotency_key=f["key"], photo=urls["photo"], video=urls["video"],
-                       liveness_type=f["liveness_type"], validate_data=f["validate_data"],
-                       lane=f["lane"], callback_url=callback, metadata=f["metadata"],
-                       submitted_by=who.token_id or None)
-        return await _store(spec, who, mine, wait)
+        return await _store(_spec(f, urls["photo"], urls["video"], who), who, mine, wait)
 
-    def _callback(url: str | None) -> str | None:
+    async def _known(f: dict[str, Any], photo: str, video: str, who: tokens.Principal,
+                     wait: int | None) -> tuple[tuple[Any, ...], Response | None]:
+        """The submission's fingerprint, and the answer if its key is known already. The
+        callback URL is checked (and normalised, as it is stored) first."""
         try:
-            return check_callback(settings, url)
+            f["callback_url"] = check_callback(settings, f["callback_url"])
         except SubmitError as exc:
             raise Problem("invalid-field", str(exc), exc.field) from None
+        mine = resource.fingerprint(photo, video, f["liveness_type"], f["validate_data"],
+                                    f["lane"], f["callback_url"], f["metadata"])
+        return mine, await _repeat(f["key"], who, mine, wait)
+
+    def _spec(f: dict[str, Any], photo: str, video: str, who: tokens.Principal,
+              **checked: Any) -> JobSpec:
+        return JobSpec(idempotency_key=f["key"], photo=photo, video=video,
+                       liveness_type=f["liveness_type"], validate_data=f["validate_data"],
+                       lane=f["lane"], callback_url=f["callback_url"],
+                       metadata=f["metadata"], submitted_by=who.token_id or None, **checked)
 
     async def _repeat(key: str, who: tokens.Principal, mine: tuple[Any, ...],
                       wait: int | None) -> Response | None:

@@ -1,8 +1,8 @@
 """The database schedules every job: jobs.due_at and jobs.lease_id, batches.weight
 
 ``due_at`` replaces ``next_attempt_at``: it is set only while a job waits in the database
-(queued, or retrying after its backoff), and two partial indexes hold only those rows, so
-the feeder reads a backlog of millions by index seeks. ``enqueued_at`` now means "its
+(queued, or retrying after its backoff), and partial indexes hold only those rows, so the
+feeder reads a backlog of millions by index seeks. ``enqueued_at`` now means "its
 message is in Redis and no worker has taken it yet" and is cleared when a worker does.
 
 Existing rows: a queued job that was never sent, and every retrying job (whose countdown
@@ -26,6 +26,7 @@ depends_on = None
 
 DUE = "due_at IS NOT NULL"
 DUE_AGAIN = "due_at IS NOT NULL AND started_at IS NOT NULL"
+DUE_NO_BATCH = "due_at IS NOT NULL AND batch_id IS NULL"
 OUT = "enqueued_at IS NOT NULL"
 
 
@@ -50,11 +51,13 @@ def upgrade() -> None:
         batch_op.drop_column("next_attempt_at")
     _partial("ix_jobs_due", ["lane", "batch_id", "due_at", "id"], DUE)
     _partial("ix_jobs_due_again", ["lane", "batch_id", "due_at", "id"], DUE_AGAIN)
+    _partial("ix_jobs_due_no_batch", ["lane", "due_at", "id"], DUE_NO_BATCH)
     _partial("ix_jobs_enqueued_at", ["enqueued_at"], OUT)
 
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_enqueued_at", table_name="jobs")
+    op.drop_index("ix_jobs_due_no_batch", table_name="jobs")
     op.drop_index("ix_jobs_due_again", table_name="jobs")
     op.drop_index("ix_jobs_due", table_name="jobs")
     with op.batch_alter_table("jobs") as batch_op:

@@ -248,40 +248,48 @@ def burst(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     rounds: dict[str, int] = {}
     admitted_at: dict[str, float] = {}
     lock = threading.Lock()
+    done = threading.Event()
+    local = threading.local()
+    pool = ThreadPoolExecutor(args.burst_clients)
 
-    def submit(i: int) -> None:
-        key = f"burst-{i}"
-        session = requests.Session()
-        tries = 0
-        while True:
-            tries += 1
-            resp = session.post(
+    def attempt(key: str, tries: int) -> None:
+        # A client's one POST; a 429 schedules the same POST after Retry-After, the way an
+        # integrator's client follows it.
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        try:
+            resp = local.session.post(
                 f"{stack.url}/v1/verifications",
                 headers={"Authorization": f"Bearer {stack.token}", "Idempotency-Key": key},
                 json={"photo_url": f"cos://{BUCKET}/{photo_key}",
                       "video_url": f"cos://{BUCKET}/{video_key}", "liveness_type": "SILENT"},
                 timeout=60)
-            with lock:
-                first.setdefault(key, (resp.status_code,
-                                       float(resp.headers.get("Retry-After", 0))))
-            if resp.status_code != 429:
-                with lock:
-                    rounds[key] = tries
-                    admitted_at[key] = time.time()
-                return
-            time.sleep(float(resp.headers["Retry-After"]))
+        except requests.RequestException:
+            threading.Timer(1.0, lambda: pool.submit(attempt, key, tries + 1)).start()
+            return
+        with lock:
+            first.setdefault(key, (resp.status_code, float(resp.headers.get("Retry-After", 0))))
+        if resp.status_code == 429:
+            later = threading.Timer(float(resp.headers["Retry-After"]),
+                                    lambda: pool.submit(attempt, key, tries + 1))
+            later.daemon = True
+            later.start()
+            return
+        with lock:
+            rounds[key] = tries
+            admitted_at[key] = time.time()
+            if len(rounds) == args.burst:
+                done.set()
 
     try:
         started = time.monotonic()
-        with ThreadPoolExecutor(args.burst_clients) as pool:
-            futures = []
-            for i in range(args.burst):
-                futures.append(pool.submit(submit, i))
-                # Spread over 10 s
-                time.sleep(max(0.0, started + 10.0 * (i + 1) / args.burst - time.monotonic()))
-            for f in futures:
-                f.result()
+        for i in range(args.burst):
+            pool.submit(attempt, f"burst-{i}", 1)
+            # Spread over 10 s
+            time.sleep(max(0.0, started + 10.0 * (i + 1) / args.burst - time.monotonic()))
         sent_in = time.monotonic() - started
+        done.wait(900)
+        pool.shutdown(wait=True)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             with session_scope(stack.db) as s:
@@ -306,6 +314,8 @@ def burst(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     limit = settings.onboarding_max_wait_seconds
     after = [first[k][1] for k in refused]
     answered = list(waits.values())
+    starts = sorted(c["t_start"] for c in calls)
+    rate = (len(starts) - 1) / max(1e-9, starts[-1] - starts[0]) if len(starts) > 1 else 0.0
     return {
         "scenario": f"burst: {args.burst} onboarding submissions within {sent_in:.1f} s",
         "admitted at once": len(at_once),
@@ -319,6 +329,7 @@ def burst(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         "admitted to answered p50 / p95 / max s":
             f"{pct(answered, 50):.1f} / {pct(answered, 95):.1f} / {max(answered):.1f}"
             if answered else "-",
+        "calls/s, first to last": round(rate, 2),
         f"answered within {limit:g} s + API latency p95 ({latency_p95:.1f} s)":
             f"{sum(1 for w in answered if w <= limit + latency_p95)}/{len(answered)}",
     }
@@ -334,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--signups", type=int, default=40)
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=2000)
-    ap.add_argument("--burst-clients", type=int, default=400)
+    ap.add_argument("--burst-clients", type=int, default=64)
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="faceid-bench-api-"))
     results = []

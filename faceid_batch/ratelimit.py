@@ -23,13 +23,20 @@ of sending, see ``wait`` and ``FaceIDClient.send(send_by=...)``). So a window is
 judged on a start that could still move into it.
 
 Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
-of now; beyond that it is told how long to sleep before asking again. An onboarding
-caller reserves whatever the next slot is, so it never queues behind more than a horizon
-of backfill reservations, however many backfill jobs are waiting. Refused backfill callers
-are told to come back one spacing apart, in the order they were refused (a queue kept as
-one timestamp), so each comes back about when a slot is free for it: a crowd of them told
-the same time would ask again together, and all but one would be refused again (measured:
-3.7 refused asks per job with 80 waiting threads; each is a round trip and a script run).
+of now; beyond that it is told how long to sleep before asking again. An onboarding caller
+has a longer horizon (``ONBOARDING_HORIZON`` in the workers), so it never queues behind
+more than a backfill horizon of backfill reservations, however many backfill jobs are
+waiting. Refused callers are told to come back one spacing apart, in the order they were
+refused (a queue kept as one timestamp per lane), so each comes back about when a slot is
+free for it: a crowd of them told the same time would ask again together, and all but one
+would be refused again (measured: 3.7 refused asks per job with 80 waiting threads; each is
+a round trip and a script run).
+
+Why onboarding has a horizon at all: a slot reserved far ahead is unreported when the next
+ones are computed, so it counts at its slot + LATE_BOUND, and a queue of such reservations
+is paced at limit per (window + LATE_BOUND). With onboarding reserving whatever the next
+slot was, 80 threads of onboarding jobs (a sign-up burst) reached 13.3 calls/s of 20. Within
+the horizon, the start a window before a new slot has happened and reported.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import redis
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME: the slot, or
 #           the caller's reported real start once it has reported)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
-# KEYS[3] = when the last refused backfill caller was told to come back (Redis time, us)
+# KEYS[3] = when the last refused caller of this lane was told to come back (Redis time, us)
 # ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
@@ -200,6 +207,10 @@ LATE_BOUND = STALE_AFTER + 0.25
 # Starts are at least this share of the steady spacing (window / limit) apart: no bursts,
 # while the pace is set by the window alone (see _RESERVE).
 MIN_SPACING = 0.5
+# How far ahead an onboarding caller of the workers reserves: longer than the backfill
+# horizon (priority), and well under the window, so the start a window before a new slot
+# has reported (see the module docstring).
+ONBOARDING_HORIZON = 0.5
 
 
 class RateLimitTimeout(Exception):
@@ -216,6 +227,7 @@ class GlobalRateLimiter:
         window: float = 1.0,
         key: str = "faceid:ratelimit",
         backfill_horizon: float = 0.15,
+        onboarding_horizon: float | None = None,
         min_spacing: float = MIN_SPACING,
         sleep=time.sleep,  # type: ignore[no-untyped-def]
     ) -> None:
@@ -225,7 +237,11 @@ class GlobalRateLimiter:
         self.key = key
         self.started_key = f"{key}:started"
         self.queue_key = f"{key}:backfill-queue"
+        self.onboarding_queue_key = f"{key}:onboarding-queue"
         self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
+        # None: no horizon, an onboarding caller takes whatever the next slot is.
+        self.onboarding_horizon_us = (-1 if onboarding_horizon is None
+                                      else int(onboarding_horizon * 1_000_000))
         self.min_gap_us = int(self.window_us / limit * min_spacing)
         self._script = client.register_script(_RESERVE)
         self._mark = client.register_script(_MARK)
@@ -236,9 +252,12 @@ class GlobalRateLimiter:
 
     def reserve(self, lane: str = "onboarding") -> Grant:
         """Try once to reserve a start; never sleeps."""
-        horizon = -1 if lane == "onboarding" else self.backfill_horizon_us
+        if lane == "onboarding":
+            horizon, queue = self.onboarding_horizon_us, self.onboarding_queue_key
+        else:
+            horizon, queue = self.backfill_horizon_us, self.queue_key
         member = uuid.uuid4().hex
-        reply = self._script(keys=[self.key, self.started_key, self.queue_key],
+        reply = self._script(keys=[self.key, self.started_key, queue],
                              args=[self.limit, self.window_us, horizon, member,
                                    int(LATE_BOUND * 1_000_000), self.min_gap_us])
         if not reply[0]:

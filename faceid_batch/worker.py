@@ -33,7 +33,7 @@ from faceid_batch.breaker import AccountBreaker
 from faceid_batch.faceid_client import FaceIDClient
 from faceid_batch.leases import WorkerLease
 from faceid_batch.models import Lane
-from faceid_batch.ratelimit import GlobalRateLimiter
+from faceid_batch.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
 from faceid_batch.settings import Settings, get_settings
 from faceid_batch.storage import MediaStager
 
@@ -199,7 +199,8 @@ class Resources:
     def limiter(self) -> GlobalRateLimiter:
         s = self.settings
         return GlobalRateLimiter(
-            self.redis, s.faceid_rate_limit, window=1.0 + s.rate_limit_margin_ms / 1000
+            self.redis, s.faceid_rate_limit, window=1.0 + s.rate_limit_margin_ms / 1000,
+            onboarding_horizon=ONBOARDING_HORIZON,
         )
 
 

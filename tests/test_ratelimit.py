@@ -282,3 +282,36 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
     # 16 callers for 10 slots a second: told to come back all at once they asked ~3 times
     # per slot; in line, each is refused about once.
     assert len(asks) / 48 <= 2.0, f"{len(asks) - 48} refused asks for 48 slots"
+
+
+def test_a_deep_onboarding_queue_keeps_the_full_rate_within_its_horizon(redis_server):
+    """Forty callers, each busy 1 s after its start, against 10 starts a second. Reserving
+    whatever the next slot is, they queue three seconds deep, and slots that far ahead are
+    unreported when the next ones are computed (each counted at slot + LATE_BOUND): the
+    pace falls to 10 per (1 + LATE_BOUND) s. Within an onboarding horizon it holds."""
+    import threading
+
+    r = redis.Redis.from_url(redis_server.url)
+
+    def pace(horizon, key: str) -> float:
+        limiter = GlobalRateLimiter(r, 10, window=1.0, key=key, onboarding_horizon=horizon)
+        starts: list[float] = []
+        started = time.monotonic()
+
+        def caller() -> None:
+            while time.monotonic() < started + 7.0:
+                slot = limiter.wait(limiter.reserve_slot("onboarding"), "onboarding")
+                limiter.started_at(slot, time.monotonic())
+                starts.append(time.monotonic() - started)
+                time.sleep(1.0)
+
+        threads = [threading.Thread(target=caller) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        return sum(1 for t in starts if 1.0 <= t < 7.0) / 6.0
+
+    deep, within = pace(None, "rl-deep"), pace(0.5, "rl-horizon")
+    assert deep < 0.8 * 10, deep  # the flaw the horizon is for (10 / 1.5 = 6.7)
+    assert within >= 0.9 * 10, within

@@ -1,15 +1,19 @@
 """Admission control: a lane takes a new HTTP submission only if it can answer it in time.
 
-The budget answers FACEID_RATE_LIMIT calls a second. When a lane's backlog (its jobs queued,
-retrying or running) is already more than the budget answers in the lane's wait
-(ONBOARDING_MAX_WAIT_SECONDS, BACKFILL_MAX_WAIT_SECONDS), a new submission gets ``429`` and
-a ``Retry-After`` instead of joining a queue where its answer would be late.
+The budget answers FACEID_RATE_LIMIT calls a second. Each lane keeps, in Redis (so every API
+process shares it), the time its backlog will have been answered: its *line*. A submission
+is admitted if, behind the line, it would be answered within the lane's wait
+(ONBOARDING_MAX_WAIT_SECONDS, BACKFILL_MAX_WAIT_SECONDS); admitting it moves the line one
+budget spacing later. The line is never earlier than the database's backlog says (now +
+the lane's jobs not yet answered / the rate), which counts what came another way (the CLI,
+a manifest, retries); between two readings of the database, the atomic line counts what
+the API admitted.
 
-Refused submissions are given places in line, one budget spacing apart, after the backlog
-and after every place already given (kept in Redis, so several API processes share it): a
-client that comes back with the same idempotency key at its time is admitted whatever the
-backlog then, since the backlog was planned to have room for it exactly then. A crowd
-refused together so comes back spread out, one per free slot, instead of all at once.
+A submission that would be answered too late gets ``429`` and a ``Retry-After`` that is a
+place in line: its slot is taken at the end of the line now, and a client back at that
+time with the same idempotency key is admitted at once (its slot was kept for it). Refused
+clients so come back spread one spacing apart, each when its answer fits in the wait again,
+instead of all at once.
 """
 
 from __future__ import annotations
@@ -29,31 +33,32 @@ PLACE_KEY = "faceid:admission:{lane}:place:{key}"
 EARLY = 0.5  # a client back this much before its place is let in (clocks and rounding)
 COUNT_CACHE_SECONDS = 0.25
 
-# KEYS = the lane's line (the last place given), this key's place
-# ARGV = now, backlog, threshold, spacing, early, ttl
+# KEYS = the lane's line (when its backlog will have been answered), this key's place
+# ARGV = now, backlog in the database, spacing (1 / rate), max wait, early, ttl
 # Returns {1} admitted, or {0, seconds to wait}.
 _ADMIT = """
 local now = tonumber(ARGV[1])
-local backlog = tonumber(ARGV[2])
-local threshold = tonumber(ARGV[3])
-local spacing = tonumber(ARGV[4])
+local spacing = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[6])
 local place = redis.call('GET', KEYS[2])
 if place then
   place = tonumber(place)
   if now >= place - tonumber(ARGV[5]) then
     redis.call('DEL', KEYS[2])
-    return {1}
+    return {1}  -- its slot in the line was taken when it was refused
   end
   return {0, tostring(place - now)}
 end
 local line = tonumber(redis.call('GET', KEYS[1]) or '0')
-if backlog < threshold and line <= now then return {1} end
--- After the backlog has drained to the threshold, and after every place already given.
-place = now + math.max(backlog + 1 - threshold, 1) * spacing
-if line + spacing > place then place = line + spacing end
-local ttl = math.ceil(place - now + tonumber(ARGV[6]))
-redis.call('SET', KEYS[1], tostring(place), 'EX', ttl)
-redis.call('SET', KEYS[2], tostring(place), 'EX', ttl)
+local floor = now + tonumber(ARGV[2]) * spacing
+if line < floor then line = floor end
+line = line + spacing
+redis.call('SET', KEYS[1], tostring(line), 'EX', ttl + math.ceil(line - now))
+if line - now <= max_wait then return {1} end
+-- Its slot is the new end of the line; it may come when that is within the wait.
+place = line - max_wait
+redis.call('SET', KEYS[2], tostring(place), 'EX', ttl + math.ceil(place - now))
 return {0, tostring(place - now)}
 """
 
@@ -88,12 +93,13 @@ class Admission:
         """None if the submission is admitted, else the seconds to wait (Retry-After)."""
         rate = self.settings.faceid_rate_limit
         threshold = rate * self.max_wait(lane)
+        # Counted up to ten waits' worth: beyond that the line says more than the count.
         backlog = self.backlog(lane, int(threshold * 10) + 1)
         try:
             reply = self._script(
                 keys=[LINE_KEY.format(lane=lane), PLACE_KEY.format(lane=lane, key=key)],
-                args=[repr(time.time()), backlog, threshold, repr(1.0 / rate), EARLY,
-                      int(self.max_wait(lane)) + 60])
+                args=[repr(time.time()), backlog, repr(1.0 / rate), self.max_wait(lane),
+                      EARLY, 60])
         except redis.RedisError:
             # Without Redis no place can be kept: admit on the backlog alone.
             return None if backlog < threshold else max(1.0, (backlog + 1 - threshold) / rate)

@@ -53,7 +53,8 @@ import redis
 #           the caller's reported real start once it has reported)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
 # KEYS[3] = when the last refused caller of this lane was told to come back (Redis time, us)
-# ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us
+# ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us,
+#        in_line (1: a caller refused before, back at the time it was told)
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
@@ -97,14 +98,23 @@ if n >= limit then
   local kth = latest[n - limit + 1]
   if kth + window > slot then slot = kth + window end
 end
-if horizon >= 0 and slot - now > horizon then
-  -- Come back when the next slot is within the horizon, but one spacing after the caller
-  -- refused before: the refused wait in line instead of all asking again at once.
-  local back = slot - horizon
-  local prev = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if prev + spacing > back then back = prev + spacing end
-  redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
-  return {0, back - now}
+if horizon >= 0 then
+  local line = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local in_line = tonumber(ARGV[7]) == 1
+  if in_line and slot - now > horizon then
+    -- Back for its turn, but the slot is not near yet: it keeps its place.
+    return {0, slot - horizon - now}
+  end
+  -- A newcomer does not pass the callers waiting in line (one may still be on its way back,
+  -- up to a spacing late): it joins the end of it. Beyond the horizon everyone is refused.
+  if slot - now > horizon or (not in_line and line + spacing > now) then
+    -- Come back when the next slot is within the horizon, but one spacing after the caller
+    -- refused before: the refused wait in line instead of all asking again at once.
+    local back = slot - horizon
+    if line + spacing > back then back = line + spacing end
+    redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
+    return {0, back - now}
+  end
 end
 redis.call('ZADD', key, slot, ARGV[4])
 local ttl = math.floor((slot - now + window + late) / 1000) + 1000
@@ -250,8 +260,9 @@ class GlobalRateLimiter:
         self._executor: ThreadPoolExecutor | None = None
         self.clock = RedisClock()
 
-    def reserve(self, lane: str = "onboarding") -> Grant:
-        """Try once to reserve a start; never sleeps."""
+    def reserve(self, lane: str = "onboarding", in_line: bool = False) -> Grant:
+        """Try once to reserve a start; never sleeps. ``in_line``: this caller was refused
+        before and comes back when it was told (it is not sent to the end of the line)."""
         if lane == "onboarding":
             horizon, queue = self.onboarding_horizon_us, self.onboarding_queue_key
         else:
@@ -259,7 +270,8 @@ class GlobalRateLimiter:
         member = uuid.uuid4().hex
         reply = self._script(keys=[self.key, self.started_key, queue],
                              args=[self.limit, self.window_us, horizon, member,
-                                   int(LATE_BOUND * 1_000_000), self.min_gap_us])
+                                   int(LATE_BOUND * 1_000_000), self.min_gap_us,
+                                   1 if in_line else 0])
         if not reply[0]:
             return Grant(False, int(reply[1]) / 1_000_000)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
@@ -267,14 +279,17 @@ class GlobalRateLimiter:
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
 
-        A refused backfill caller comes back when the script says (its place in line), with
-        up to one spacing of jitter.
+        A refused caller comes back when the script says (its place in line), with up to
+        one spacing of jitter, and keeps that place: callers of a lane are served in the
+        order they first asked.
         """
         spacing = self.window_us / 1_000_000 / self.limit
         started = time.monotonic()
+        in_line = False
         while True:
             asked = time.monotonic()
-            grant = self.reserve(lane)
+            grant = self.reserve(lane, in_line)
+            in_line = True
             if grant.granted:
                 replied = time.monotonic()
                 self.clock.sample(asked, replied, grant.redis_now_us)

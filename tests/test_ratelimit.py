@@ -259,8 +259,8 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
     asks = []
     reserve = limiter.reserve
 
-    def counted(lane: str = "onboarding"):
-        grant = reserve(lane)
+    def counted(lane: str = "onboarding", in_line: bool = False):
+        grant = reserve(lane, in_line)
         asks.append(grant.granted)
         return grant
 
@@ -280,8 +280,9 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
     assert len(starts) == 48 and sum(asks) == 48
     assert max_starts_in_window(starts, WINDOW) <= LIMIT
     # 16 callers for 10 slots a second: told to come back all at once they asked ~3 times
-    # per slot; in line, each is refused about once.
-    assert len(asks) / 48 <= 2.0, f"{len(asks) - 48} refused asks for 48 slots"
+    # per slot. In line, a caller asks to join it (a newcomer does not pass those waiting),
+    # then takes its slot when back, now and then after one more wait: 2.3 asks a slot.
+    assert len(asks) / 48 <= 2.5, f"{len(asks) - 48} refused asks for 48 slots"
 
 
 def test_a_deep_onboarding_queue_keeps_the_full_rate_within_its_horizon(redis_server):
@@ -315,3 +316,39 @@ def test_a_deep_onboarding_queue_keeps_the_full_rate_within_its_horizon(redis_se
     deep, within = pace(None, "rl-deep"), pace(0.5, "rl-horizon")
     assert deep < 0.8 * 10, deep  # the flaw the horizon is for (10 / 1.5 = 6.7)
     assert within >= 0.9 * 10, within
+
+
+@pytest.mark.parametrize("lane", ["backfill", "onboarding"])
+def test_callers_of_a_lane_are_served_in_the_order_they_asked(redis_server, lane):
+    """A newcomer asking while others wait in line joins its end, and a caller back for its
+    turn keeps its place: slots go in the order of first asks (give or take the jitter of one
+    spacing on the way back). A newcomer that found a slot free within the horizon used to
+    take it ahead of callers told to come back: under a sign-up burst some jobs waited over
+    twenty seconds for a slot, several times the line."""
+    import threading
+
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key=f"rl-fifo-{lane}",
+                                backfill_horizon=0.15, onboarding_horizon=0.5)
+    order: list[tuple[int, int]] = []  # (ask number, slot)
+    lock = threading.Lock()
+
+    def caller(i: int) -> None:
+        slot = limiter.reserve_slot(lane)
+        limiter.started_at(slot, slot.deadline)
+        with lock:
+            order.append((i, slot.slot_us))
+
+    threads = []
+    for i in range(40):  # four seconds of slots asked for within one
+        threads.append(threading.Thread(target=caller, args=(i,)))
+        threads[-1].start()
+        time.sleep(0.025)
+    for t in threads:
+        t.join(30)
+    by_slot = [i for i, _ in sorted(order, key=lambda o: o[1])]
+    assert len(by_slot) == 40
+    # Each caller's place among the slots is within a few of its place among the asks (the
+    # jitter on the way back, a caller back a moment early waiting once more: up to 5 seen);
+    # newcomers passing the line put callers 20-26 places back.
+    assert max(abs(place - i) for place, i in enumerate(by_slot)) <= 8, by_slot

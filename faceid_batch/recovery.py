@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import time
+from datetime import timedelta
 
 from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import select
@@ -34,8 +35,6 @@ VERIFY_TASK = "faceid_batch.verify"
 
 def sweep_stuck_jobs(res) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Make due the jobs only the sweep can see; return counts by reason."""
-    from datetime import timedelta
-
     s = res.settings
     counts = {"parked": 0, "stuck": 0}
     with session_scope(s.database_url) as session:

@@ -74,12 +74,6 @@ def reschedule_columns(due: datetime, state: str) -> dict[str, object]:
     return {"state": state, "due_at": due, "enqueued_at": None}
 
 
-def held_by(db: _Executor, job_id: int, lease_id: str) -> bool:
-    """Whether ``lease_id`` holds the job now."""
-    return db.scalar(select(_J.id).where(_HELD), {"of_job": job_id, "lease": lease_id}) \
-        is not None
-
-
 def park(db: _Executor, job_id: int) -> bool:
     """A waiting job of a paused batch: neither due nor out until the batch resumes."""
     return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING)).values(

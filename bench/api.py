@@ -29,21 +29,15 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ID = "AKIDbenchFAKEkeyNOTrealXXXXXXXXXXX"
-SECRET_KEY = "benchFAKEsecretKEYnotREAL0000000"
+from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct, print_scenarios, ts
+
 BUCKET = "bench-1250000000"
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values \
-        else float("nan")
 
 
 def peak_rss(pid: int) -> int:
@@ -53,8 +47,6 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def ts(when) -> float:  # type: ignore[no-untyped-def]
-    return when.replace(tzinfo=when.tzinfo or UTC).timestamp()
 
 
 class Stack:
@@ -366,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base / name, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    for r in results:
-        print()
-        for k, v in r.items():
-            print(f"  {k:<58} {v}")
+    print_scenarios(results)
     return 0
 
 

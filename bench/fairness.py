@@ -23,9 +23,8 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ID = "AKIDbenchFAKEkeyNOTrealXXXXXXXXXXX"
-SECRET_KEY = "benchFAKEsecretKEYnotREAL0000000"
+from bench.common import ROOT, SECRET_ID, SECRET_KEY
+
 BUCKET = "bench-1250000000"
 
 

@@ -20,25 +20,11 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ID = "AKIDbenchFAKEkeyNOTrealXXXXXXXXXXX"
-SECRET_KEY = "benchFAKEsecretKEYnotREAL0000000"
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values \
-        else float("nan")
-
-
-def _ts(when) -> float:  # type: ignore[no-untyped-def]
-    # SQLite hands back naive datetimes (stored as UTC).
-    return when.replace(tzinfo=when.tzinfo or UTC).timestamp()
+from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct, print_scenarios, ts
 
 
 def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -119,8 +105,8 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         with session_scope(db_url) as s:
             ends = dict(s.execute(select(Job.id, Job.finished_at).where(
                 Job.id.in_(ids), Job.finished_at.is_not(None))).all())
-            finished = [_ts(t) for t in ends.values()]
-            exposed_end = [_ts(ends[i]) for i in exposed if i in ends]
+            finished = [ts(t) for t in ends.values()]
+            exposed_end = [ts(ends[i]) for i in exposed if i in ends]
             recorded = set(s.scalars(select(Attempt.request_id)))
     finally:
         for w in workers:
@@ -180,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"\n{args.jobs} backfill jobs, 2 workers x threads {args.concurrency}, default "
           "settings")
-    for r in results:
-        print()
-        for k, v in r.items():
-            print(f"  {k:<50} {v}")
+    print_scenarios(results, 50)
     return 0
 
 

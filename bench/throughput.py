@@ -23,18 +23,8 @@ from pathlib import Path
 
 import requests
 
+from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct
 from faceid_batch.ratelimit import max_starts_in_window
-
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ID = "AKIDbenchFAKEkeyNOTrealXXXXXXXXXXX"
-SECRET_KEY = "benchFAKEsecretKEYnotREAL0000000"
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def make_media(directory: Path, count: int, video_mb: float, prefix: str) -> list[tuple[str, str]]:

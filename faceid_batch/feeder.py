@@ -12,9 +12,10 @@ lifetime. Each round (every FEED_INTERVAL_SECONDS) it:
   the account breaker is open and its probe is not due;
 - every second, makes the running jobs of a gone worker lease due again (leases.py);
 - every LOST_CHECK_SECONDS, makes due again the jobs whose message went out more than
-  LOST_GRACE ago and is neither in a lane's list nor taken by a worker: lost with a Redis
-  that restarted or was flushed, or with a worker killed between Redis handing it the
-  message and recording it as taken;
+  LOST_GRACE ago and is neither in a lane's list nor taken by a worker (in the last
+  TAKEN_GRACE_SECONDS, without claiming the job): lost with a Redis that restarted or was
+  flushed, with a worker killed between Redis handing it the message and recording it as
+  taken, or held by a process that died before it could claim the job;
 - every SWEEP_INTERVAL_SECONDS, runs the backstop sweep (recovery.py).
 
 Redis so holds a few seconds of work whatever the backlog, and losing it loses nothing the
@@ -50,6 +51,11 @@ LOST_CHECK_SECONDS = 2.0
 # A message out this long that is in no list and not taken by a worker is lost. Well above
 # the milliseconds between marking a row out and its message reaching Redis.
 LOST_GRACE = timedelta(seconds=5)
+# A message a worker took this long ago while its job is still not claimed will not run
+# there: the process that took it died (a prefork child killed with it in its pipe, a worker
+# killed between taking and claiming), and Redis would hand it out again only after the
+# visibility timeout. Far above the time a taken message waits for a free thread or child.
+TAKEN_GRACE_SECONDS = 30.0
 # The due batches of a lane, their states and weights are read again after this long.
 KEYS_REFRESH_SECONDS = 1.0
 ENABLED = True  # bench.baseline turns the feeder off for its own comparison run
@@ -247,7 +253,8 @@ class Feeder:
                 return 0
         # The broker first, then the database: a job still out afterwards whose message was
         # not in this snapshot was not in Redis when it was taken (it went out seconds ago).
-        in_broker = recovery.jobs_in_broker(self.res.redis, [lane.value for lane in Lane])
+        in_broker = recovery.jobs_in_broker(self.res.redis, [lane.value for lane in Lane],
+                                            taken_within=TAKEN_GRACE_SECONDS)
         if in_broker is None:
             return 0  # too many messages out to read now; checked again when fewer are
         with session_scope(self.s.database_url) as session:

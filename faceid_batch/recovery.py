@@ -59,15 +59,18 @@ def sweep_stuck_jobs(res) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 def jobs_in_broker(client, queues: list[str],  # type: ignore[no-untyped-def]
-                   scan_limit: int = LOST_SCAN_LIMIT) -> set[int] | None:
-    """The job ids of every verify message waiting in ``queues`` or taken and unacknowledged.
+                   scan_limit: int = LOST_SCAN_LIMIT,
+                   taken_within: float | None = None) -> set[int] | None:
+    """The job ids of every verify message waiting in ``queues`` or taken and unacknowledged
+    (with ``taken_within``: taken less than that many seconds ago).
 
     One MULTI/EXEC reads all of it, so a message moving between a queue and the unacknowledged
     set is seen once. None when the queues hold more than ``scan_limit`` messages (too long to
     read on every sweep).
     """
     # kombu's Redis transport: a queue's priority sub-queues are "<queue><sep><priority>"
-    # (none for 0); messages taken but not acknowledged live in the hash "unacked".
+    # (none for 0); messages taken but not acknowledged live in the hash "unacked", and when
+    # each was taken in the sorted set "unacked_index".
     keys = [q if pri == 0 else f"{q}{RedisChannel.sep}{pri}"
             for q in queues for pri in RedisChannel.priority_steps]
     pipe = client.pipeline(transaction=False)
@@ -80,12 +83,18 @@ def jobs_in_broker(client, queues: list[str],  # type: ignore[no-untyped-def]
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    pipe.hvals(RedisChannel.unacked_key)
-    *queued, taken = pipe.execute()
+    pipe.hgetall(RedisChannel.unacked_key)
+    pipe.zrange(RedisChannel.unacked_index_key, 0, -1, withscores=True)
+    pipe.time()
+    *queued, taken, index, (secs, micros) = pipe.execute()
     found: set[int] = set()
     for raw in [m for q in queued for m in q]:
         found.update(_verify_job_ids(raw))
-    for raw in taken:
+    since = dict(index)
+    now = secs + micros / 1e6
+    for tag, raw in taken.items():
+        if taken_within is not None and now - since.get(tag, now) > taken_within:
+            continue
         try:
             found.update(_verify_job_ids(json.loads(raw)[0]))
         except (ValueError, TypeError, IndexError, KeyError):

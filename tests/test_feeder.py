@@ -21,7 +21,7 @@ from faceid_batch import batches, leases, schedule
 from faceid_batch.backfill import run_backfill
 from faceid_batch.breaker import AccountBreaker
 from faceid_batch.db import session_scope
-from faceid_batch.feeder import FEEDER_KEY, FairShare, Feeder
+from faceid_batch.feeder import FEEDER_KEY, TAKEN_GRACE_SECONDS, FairShare, Feeder
 from faceid_batch.models import Job, JobState, utcnow
 from faceid_batch.recovery import jobs_in_broker
 from faceid_batch.submit import JobSpec, submit
@@ -266,12 +266,21 @@ def test_lost_messages_are_due_again_and_messages_in_redis_are_not(configured, t
     with session_scope(url) as s:
         first = s.get(Job, ids[0])
         assert first.due_at is not None and first.enqueued_at is None
+    # Taken half a minute ago and its job still not claimed: the process that took it is
+    # gone (a prefork child killed with it in its pipe); Redis would keep it 15 minutes.
+    now = client.time()[0]
+    client.zadd("unacked_index", {"tag-of-a-dead-worker": now - 5})
+    assert feeder.resend_lost() == 0
+    client.zadd("unacked_index", {"tag-of-a-dead-worker": now - TAKEN_GRACE_SECONDS - 1})
+    assert feeder.resend_lost() == 1
+    with session_scope(url) as s:
+        assert s.get(Job, ids[1]).due_at is not None
     # Redis flushed: every message out is lost, and the next rounds send them all again.
     client.flushall()
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.enqueued_at.is_not(None)).values(
             enqueued_at=utcnow() - timedelta(seconds=6)))
-    assert feeder.resend_lost() == 3
+    assert feeder.resend_lost() == 2
     feeder.round()
     assert sorted(out_messages(client, "onboarding")) == ids
 

@@ -61,10 +61,6 @@ class MediaInfo:
     size: int | None  # None: not read here (put in the bucket, checked, by the producer API)
     md5: str
 
-    @property
-    def extension(self) -> str:
-        return EXTENSIONS[self.fmt]
-
 
 def check_format_and_size(kind: str, label: str, head: bytes, size: int) -> str:
     """Validate the sniffed format and the size; return the format or raise MediaError."""

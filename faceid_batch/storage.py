@@ -199,7 +199,7 @@ class MediaStager:
                 info = inspect_local(kind, path, label=label)
             else:
                 info = peek_local(kind, path, known_md5, label=label)
-            key = f"{self.settings.cos_key_prefix}{info.md5}{info.extension}"
+            key = self.content_key(info.md5, info.fmt)
             if check_existing and (info.size or 0) >= CHECK_EXISTING_FROM and self.exists(key):
                 return StagedMedia(key, info, uploaded=False)
             sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
@@ -216,12 +216,16 @@ class MediaStager:
         hashed, sniffed, size-checked and preflighted on the way in, and the store checked
         its MD5 (the ETag). Nothing is read again."""
         bucket, key = parse_cos_uri(source)
-        allowed = PHOTO_FORMATS if kind == "photo" else VIDEO_FORMATS
-        for fmt in allowed:
-            if bucket == self.bucket and key == f"{self.settings.cos_key_prefix}{md5}" \
-                    f"{EXTENSIONS[fmt]}":
+        if bucket != self.bucket:
+            return None
+        for fmt in PHOTO_FORMATS if kind == "photo" else VIDEO_FORMATS:
+            if key == self.content_key(md5, fmt):
                 return StagedMedia(key, MediaInfo(kind, fmt, None, md5), uploaded=False)
         return None
+
+    def content_key(self, md5: str, fmt: str) -> str:
+        """The object key of a file with this MD5 and format (content-addressed)."""
+        return f"{self.settings.cos_key_prefix}{md5}{EXTENSIONS[fmt]}"
 
     def _upload(self, path: str, key: str, hash_locally: bool) -> str:
         """Simple PUT (media are at most 8 MB); return the MD5 of what the store received.

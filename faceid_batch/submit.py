@@ -98,14 +98,26 @@ def is_remote(source: str) -> bool:
     return source.startswith(("http://", "https://", "cos://"))
 
 
+def check_key(key: str | None) -> str:
+    """The idempotency key, if it is one (1-200 printable characters, no spaces)."""
+    if not _KEY.match(key or ""):
+        raise SubmitError(
+            "idempotency key: 1-200 printable characters without spaces are required", "key")
+    assert key is not None
+    return key
+
+
+def check_lane(lane: str) -> str:
+    if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
+        raise SubmitError(f"lane {lane!r}: must be onboarding or backfill", "lane")
+    return lane
+
+
 def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
     """Every free check: key, lane, liveness rules, local media (format, size), and the
     preflight rules on local media (findings in ``preflight``; a refusal is not raised)."""
-    if not _KEY.match(spec.idempotency_key or ""):
-        raise SubmitError(
-            "idempotency key: 1-200 printable characters without spaces are required", "key")
-    if spec.lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
-        raise SubmitError(f"lane {spec.lane!r}: must be onboarding or backfill", "lane")
+    check_key(spec.idempotency_key)
+    check_lane(spec.lane)
     data = validate_liveness(spec.liveness_type, spec.validate_data)
     md5s: dict[str, str | None] = {"photo": None, "video": None}
     for kind, source in (("photo", spec.photo), ("video", spec.video)):

@@ -49,6 +49,8 @@ from faceid_batch.submit import (
     JobSpec,
     SubmitError,
     check_callback,
+    check_key,
+    check_lane,
     submit,
     validate_liveness,
 )
@@ -57,7 +59,6 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 30  # seconds a client may ask to wait for the outcome (Prefer: wait=N)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
-_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 JSON_LIMIT = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -98,9 +99,9 @@ class Producer:
         return principal
 
     # -- one new submission ----------------------------------------------------------------
-    def content_source(self, kind: str, md5: str, extension: str) -> str:
-        """Where an upload is kept: content-addressed in the bucket, like staging does."""
-        return f"cos://{self.settings.cos_bucket}/{self.settings.cos_key_prefix}{md5}{extension}"
+    def content_source(self, md5: str, fmt: str) -> str:
+        """Where an upload is kept: content-addressed in the bucket, as staging keeps it."""
+        return f"cos://{self.settings.cos_bucket}/{self.stager.content_key(md5, fmt)}"
 
     def known(self, key: str, who: tokens.Principal) -> tuple[Any, Any] | None:
         with session_scope(self.settings.database_url) as session:
@@ -136,12 +137,12 @@ def _fields_of(values: dict[str, Any], header_key: str | None) -> dict[str, Any]
     if not key:
         raise Problem("invalid-field", "an idempotency key is required: the Idempotency-Key "
                       "header or the key field", "key")
-    if not _KEY.match(key):
-        raise Problem("invalid-field", "idempotency key: 1-200 printable characters without "
-                      "spaces", "key")
     lane = values.get("lane") or Lane.ONBOARDING.value
-    if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
-        raise Problem("invalid-field", f"lane {lane!r}: must be onboarding or backfill", "lane")
+    try:
+        check_key(key)
+        check_lane(lane)
+    except SubmitError as exc:
+        raise Problem.invalid(exc) from None
     liveness = values.get("liveness_type")
     if not isinstance(liveness, str) or not liveness:
         raise Problem("invalid-field", "liveness_type is required: LIP, ACTION or SILENT",
@@ -152,7 +153,7 @@ def _fields_of(values: dict[str, Any], header_key: str | None) -> dict[str, Any]
     try:
         validate = validate_liveness(liveness, validate)
     except SubmitError as exc:
-        raise Problem("invalid-field", str(exc), exc.field) from None
+        raise Problem.invalid(exc) from None
     metadata = values.get("metadata")
     if isinstance(metadata, str):
         try:
@@ -259,7 +260,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                              header_key: str | None, admitted: dict[str, bool]) -> Response:
         f = _fields_of(form.fields, header_key)
         photo, video = form.files["photo"], form.files["video"]
-        sources = {kind: p.content_source(kind, up.md5, up.extension)
+        sources = {kind: p.content_source(up.md5, up.fmt)
                    for kind, up in (("photo", photo), ("video", video))}
         mine, repeat = await _known(f, sources["photo"], sources["video"], who, wait)
         if repeat is not None:
@@ -336,7 +337,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         try:
             f["callback_url"] = check_callback(settings, f["callback_url"])
         except SubmitError as exc:
-            raise Problem("invalid-field", str(exc), exc.field) from None
+            raise Problem.invalid(exc) from None
         mine = resource.fingerprint(photo, video, f["liveness_type"], f["validate_data"],
                                     f["lane"], f["callback_url"], f["metadata"])
         return mine, await _repeat(f["key"], who, mine, wait)
@@ -366,7 +367,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         try:
             job_id, created = await run_in_threadpool(submit, settings, spec, "http")
         except SubmitError as exc:
-            raise Problem("invalid-field", str(exc), exc.field) from None
+            raise Problem.invalid(exc) from None
         except DBAPIError as exc:
             raise Problem("unavailable", f"the database: {type(exc.orig).__name__}") from None
         if not created:

@@ -58,6 +58,11 @@ class Problem(Exception):
     extra: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
 
+    @classmethod
+    def invalid(cls, exc: ValueError) -> Problem:
+        """The problem of a field check that failed (a SubmitError names its field)."""
+        return cls("invalid-field", str(exc), getattr(exc, "field", None))
+
     @property
     def status(self) -> int:
         return KINDS[self.kind][0]

@@ -19,7 +19,6 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from faceid_batch.media import (
-    EXTENSIONS,
     PHOTO_FORMATS,
     VIDEO_FORMATS,
     MiB,
@@ -47,11 +46,6 @@ class UploadedFile:
     size: int = 0
     fmt: str | None = None
     md5: str = ""
-
-    @property
-    def extension(self) -> str:
-        assert self.fmt is not None
-        return EXTENSIONS[self.fmt]
 
 
 @dataclass

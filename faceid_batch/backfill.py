@@ -123,8 +123,8 @@ def run_backfill(
     manifest = Manifest(manifest_path)  # refuses a non-manifest before a batch exists
     if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
         raise ValueError(f"lane {lane!r}: must be onboarding or backfill")
-    if weight is not None and not 0 < weight <= 1_000_000:
-        raise ValueError(f"weight {weight!r}: must be a number above 0 (at most 1000000)")
+    if weight is not None:
+        batches.check_weight(weight)
     # Opened first: an unwritable report path fails before a batch exists.
     report = Report(report_path or default_report_path(manifest.path))
     try:

@@ -144,10 +144,7 @@ def pause(settings: Settings, batch_id: int) -> int:
     """
     _set_state(settings, batch_id, BatchState.PAUSED.value)
     with session_scope(settings.database_url) as session:
-        return session.execute(update(Job).where(
-            Job.batch_id == batch_id, Job.state.in_(JobState.waiting()),
-            Job.due_at.is_not(None),
-        ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
+        return schedule.park_batch(session, batch_id)
 
 
 def resume(settings: Settings, batch_id: int, settle: float = RESUME_SETTLE_SECONDS) -> int:
@@ -161,12 +158,8 @@ def resume(settings: Settings, batch_id: int, settle: float = RESUME_SETTLE_SECO
 
 
 def _unpark(settings: Settings, batch_id: int) -> int:
-    """The batch's parked jobs are due again, in the order they were created."""
     with session_scope(settings.database_url) as session:
-        return session.execute(update(Job).where(
-            Job.batch_id == batch_id, Job.state == JobState.PAUSED.value,
-        ).values(state=JobState.QUEUED.value, due_at=Job.created_at, enqueued_at=None,
-                 updated_at=utcnow())).rowcount
+        return schedule.unpark_batch(session, batch_id)
 
 
 def cancel(settings: Settings, batch_id: int) -> int:
@@ -203,10 +196,16 @@ def retry_failed(settings: Settings, batch_id: int) -> int:
         )).rowcount
 
 
+def check_weight(weight: float) -> float:
+    """A batch's weight: above 0, at most a million."""
+    if not 0 < weight <= 1_000_000:
+        raise BatchError(f"weight {weight!r}: must be a number above 0 (at most 1000000)")
+    return weight
+
+
 def set_weight(settings: Settings, batch_id: int, weight: float) -> Batch:
     """Set the batch's share of the feed (takes effect within a second)."""
-    if not weight > 0 or weight > 1_000_000:
-        raise BatchError(f"weight {weight!r}: must be a number above 0 (at most 1000000)")
+    check_weight(weight)
     with session_scope(settings.database_url) as session:
         batch = session.get(Batch, batch_id)
         if batch is None:

@@ -8,7 +8,9 @@ back is due again. Redis only ever carries the short window the feeder (feeder.p
 topped up from the due rows, plus the onboarding jobs sent the moment they are submitted.
 
 Every change of ``due_at``, ``enqueued_at`` and ``lease_id`` is one of the named statements
-below, each guarded by the state it expects, so two parties racing on one job (a worker
+below (the others that write them end or restart a job: an answer's write in tasks.py,
+cancel and retry-failed in batches.py, the inserts of submit.py and backfill.py), each
+guarded by the state it expects, so two parties racing on one job (a worker
 claiming it, the feeder marking it, a checker recovering it) never both win.
 
 Order on the way out: a row is marked out, committed, then its message sent. A message that
@@ -81,6 +83,20 @@ def park(db: _Executor, job_id: int) -> bool:
     )).rowcount > 0
 
 
+def park_batch(db: _Executor, batch_id: int) -> int:
+    """A paused batch's due jobs are parked (those out are parked by the worker they reach)."""
+    return db.execute(_JOBS.update().where(
+        _J.batch_id == batch_id, _J.state.in_(WAITING), _J.due_at.is_not(None),
+    ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
+
+
+def unpark_batch(db: _Executor, batch_id: int) -> int:
+    """A resumed batch's parked jobs are due again, in the order they were created."""
+    return db.execute(_JOBS.update().where(
+        _J.batch_id == batch_id, _J.state == JobState.PAUSED.value,
+    ).values(**_queued_again())).rowcount
+
+
 # -- the feeder's side -------------------------------------------------------------------
 def mark_out(db: _Executor, ids: Sequence[int]) -> list[int]:
     """Mark due jobs as having a message out (before it is sent); return those marked."""
@@ -117,12 +133,18 @@ def running_leases(db: _Executor) -> list[str]:
     )]
 
 
+def _queued_again() -> dict[str, object]:
+    """A job back in the queue, due as of when it was created: ahead of the fresh rows that
+    came after it (it was at the front when it went out, or was parked)."""
+    return {"state": JobState.QUEUED.value, "due_at": _J.created_at, "enqueued_at": None,
+            "updated_at": utcnow()}
+
+
 def requeue_lease(db: _Executor, lease_id: str) -> list[int]:
     """Every running job of a lease that is gone is due again at once; return their ids."""
     return list(db.scalars(_JOBS.update().where(
         _J.state == RUNNING, _J.lease_id == lease_id,
-    ).values(state=JobState.QUEUED.value, due_at=_J.created_at, enqueued_at=None,
-             updated_at=utcnow()).returning(_J.id)))
+    ).values(**_queued_again()).returning(_J.id)))
 
 
 def requeue_stuck(db: _Executor, before: datetime) -> list[int]:
@@ -130,8 +152,7 @@ def requeue_stuck(db: _Executor, before: datetime) -> list[int]:
     worker older than leases) are due again; return their ids."""
     return list(db.scalars(_JOBS.update().where(
         _J.state == RUNNING, _J.updated_at < before,
-    ).values(state=JobState.QUEUED.value, due_at=_J.created_at, enqueued_at=None,
-             updated_at=utcnow()).returning(_J.id)))
+    ).values(**_queued_again()).returning(_J.id)))
 
 
 def make_due(db: _Executor, ids: Iterable[int]) -> int:
@@ -141,8 +162,7 @@ def make_due(db: _Executor, ids: Iterable[int]) -> int:
         count += db.execute(_JOBS.update().where(
             _J.id.in_(part), _J.state.in_((*WAITING, JobState.PAUSED.value)),
             _J.due_at.is_(None), _J.enqueued_at.is_(None),
-        ).values(state=JobState.QUEUED.value, due_at=_J.created_at,
-                 updated_at=utcnow())).rowcount
+        ).values(**_queued_again())).rowcount
     return count
 
 

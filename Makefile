@@ -5,5 +5,6 @@ demo:  ## run the demo (SQLite, local redis-server, simulator, one worker)
 	bash scripts/demo
 test:  ## run the whole test suite (SQLite and PostgreSQL)
 	bash scripts/test
-lint:  ## ruff
+lint:  ## ruff, and the import contracts (import-linter)
 	.venv/bin/ruff check faceid_batch faceid_sim tests bench
+	.venv/bin/lint-imports

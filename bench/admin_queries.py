@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import create_engine, text
 
-from faceid_batch import migrate, queries
+from faceid_batch import migrate
+from faceid_batch.admin import queries
+from faceid_batch.admin.queries import Filters, Page
 from faceid_batch.db import get_engine, normalise_url
-from faceid_batch.queries import Filters, Page
 
 BATCHES = 10
 CODES = ("Success", "FailedOperation.LivessDetectFake", "FailedOperation.SilentTooShort")

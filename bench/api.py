@@ -53,8 +53,9 @@ class Stack:
     """redis-server, simulator, database, an API process, optionally workers."""
 
     def __init__(self, base: Path, name: str, workers: int, extra_env: dict | None = None):
-        from faceid_batch import migrate, tokens
-        from faceid_batch.local_services import RedisServer, Simulator, Worker, free_port
+        from faceid_batch import migrate
+        from faceid_batch.admin import tokens
+        from faceid_batch.local.services import RedisServer, Simulator, Worker, free_port
 
         self.work = base / name
         self.redis = RedisServer(self.work / "redis").start()
@@ -108,8 +109,8 @@ def uploads(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
     from faceid_batch.db import session_scope
+    from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
     from faceid_batch.models import Job
-    from faceid_batch.samples import jpeg_bytes, mp4_bytes
 
     stack = Stack(base, "uploads", workers=0)
     photo = jpeg_bytes(3, 60_000)
@@ -163,8 +164,8 @@ def uploads(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
 
 
 def wait(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
-    from faceid_batch.samples import jpeg_bytes, mp4_bytes, write_pair
-    from faceid_batch.submit import JobSpec, insert_job, validate_spec
+    from faceid_batch.intake.submit import JobSpec, insert_job, validate_spec
+    from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, write_pair
 
     stack = Stack(base, "wait", workers=2)
     settings = stack.settings()
@@ -226,9 +227,9 @@ def burst(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
     from faceid_batch.db import session_scope
+    from faceid_batch.local.samples import write_pair
     from faceid_batch.models import Attempt, Job
-    from faceid_batch.samples import write_pair
-    from faceid_batch.storage import MediaStager
+    from faceid_batch.stage.storage import MediaStager
 
     stack = Stack(base, "burst", workers=2)
     settings = stack.settings()

@@ -12,7 +12,7 @@ import time
 
 from celery.signals import worker_init, worker_process_init
 
-from faceid_batch.ratelimit import GlobalRateLimiter, Slot
+from faceid_batch.call.ratelimit import Slot
 from faceid_batch.tasks import verify
 from faceid_batch.worker import resources
 
@@ -21,15 +21,15 @@ from faceid_batch.worker import resources
 verify.rate_limit = "20/s"
 
 
-class _NoLimiter(GlobalRateLimiter):
-    """Every call may start at once: only Celery's rate_limit holds calls back."""
-
-    def __init__(self) -> None:  # no Redis budget at all
-        self._sleep = time.sleep
-        self._executor = None
+class NoLimiter:
+    """Every call may start at once: only Celery's rate_limit holds calls back. It answers
+    what the pipeline asks of a limiter (pipeline.run_job)."""
 
     def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
         return Slot(time.monotonic(), 0, "")
+
+    def sleep_until(self, deadline: float) -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
 
     def started_at(self, slot: Slot, when: float) -> float:
         return 0.0
@@ -41,4 +41,4 @@ class _NoLimiter(GlobalRateLimiter):
 @worker_init.connect
 @worker_process_init.connect
 def _without_global_limiter(**_: object) -> None:
-    resources().__dict__["limiter"] = _NoLimiter()
+    resources().limiter = NoLimiter()  # in place of the cached global limiter

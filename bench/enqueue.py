@@ -39,7 +39,7 @@ def write_manifest(path: Path, rows: int, media: Path | None = None, start: int 
     """``rows`` rows cycling through LIP/ACTION/SILENT, each with a little metadata."""
     pairs: list[tuple[str, str]] = []
     if media is not None:
-        from faceid_batch.samples import write_pair
+        from faceid_batch.local.samples import write_pair
 
         pairs = [tuple(map(str, write_pair(media, i, 2_000, 20_000))) for i in range(100)]
     kinds = (("LIP", "{:04d}"), ("ACTION", "1,2"), ("SILENT", ""))
@@ -65,7 +65,7 @@ def peak_rss(path: str = "/proc/self/status") -> int:
 
 def child(manifest: str) -> None:
     """Run one backfill here and print its figures as JSON (run in a fresh process)."""
-    from faceid_batch.backfill import run_backfill
+    from faceid_batch.bulk.backfill import run_backfill
     from faceid_batch.settings import get_settings
 
     started = time.monotonic()
@@ -91,7 +91,7 @@ def send_alternatives(redis_url: str, n: int) -> dict[str, float]:
     import redis
 
     os.environ["REDIS_URL"] = redis_url
-    from faceid_batch.enqueue import send_verify_many
+    from faceid_batch.messages import send_verify_many
     from faceid_batch.tasks import verify
     from faceid_batch.worker import celery_app
 
@@ -155,7 +155,7 @@ def main() -> None:
     import redis
 
     from faceid_batch import migrate
-    from faceid_batch.local_services import RedisServer
+    from faceid_batch.local.services import RedisServer
     from faceid_batch.settings import load_settings
 
     base = Path(tempfile.mkdtemp(prefix="faceid-bench-enqueue-"))

@@ -30,7 +30,7 @@ BUCKET = "bench-1250000000"
 
 def manifest(path: Path, media: Path, prefix: str, n: int, offset: int) -> dict[str, str]:
     """A CSV of ``n`` SILENT rows with small local media; returns {video md5: prefix}."""
-    from faceid_batch.samples import write_pair
+    from faceid_batch.local.samples import write_pair
 
     lines, md5s = ["key,photo,video,liveness_type"], {}
     for i in range(n):
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from faceid_batch import migrate
-    from faceid_batch.backfill import run_backfill
-    from faceid_batch.local_services import RedisServer, Simulator, Worker
+    from faceid_batch.bulk.backfill import run_backfill
+    from faceid_batch.local.services import RedisServer, Simulator, Worker
     from faceid_batch.settings import load_settings
 
     base = Path(tempfile.mkdtemp(prefix="faceid-bench-fair-"))

@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args(argv)
 
-    from faceid_batch import preflight
-    from faceid_batch.local_services import Simulator
-    from faceid_batch.media import max_raw_size
-    from faceid_batch.samples import jpeg_bytes, mp4_bytes
+    from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
+    from faceid_batch.local.services import Simulator
     from faceid_batch.settings import load_settings
-    from faceid_batch.storage import make_cos_client
+    from faceid_batch.stage import preflight
+    from faceid_batch.stage.media import max_raw_size
+    from faceid_batch.stage.storage import make_cos_client
 
     work = Path(tempfile.mkdtemp(prefix="bench-preflight-"))
     files = {

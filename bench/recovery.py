@@ -33,11 +33,11 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
 
     from faceid_batch import migrate
     from faceid_batch.db import session_scope
-    from faceid_batch.local_services import RedisServer, Simulator, Worker
+    from faceid_batch.intake.submit import JobSpec, insert_job, validate_spec
+    from faceid_batch.local.samples import write_pair
+    from faceid_batch.local.services import RedisServer, Simulator, Worker
     from faceid_batch.models import Attempt, Job
-    from faceid_batch.samples import write_pair
     from faceid_batch.settings import load_settings
-    from faceid_batch.submit import JobSpec, insert_job, validate_spec
 
     work = base / name
     server = RedisServer(work / "redis", appendonly=True).start()

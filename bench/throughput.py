@@ -24,12 +24,12 @@ from pathlib import Path
 import requests
 
 from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct
-from faceid_batch.ratelimit import max_starts_in_window
+from faceid_batch.call.ratelimit import max_starts_in_window
 
 
 def make_media(directory: Path, count: int, video_mb: float, prefix: str) -> list[tuple[str, str]]:
     """``count`` unique photo/video pairs; videos share one random body, unique headers."""
-    from faceid_batch.samples import jpeg_bytes, mp4_bytes
+    from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
 
     directory.mkdir(parents=True, exist_ok=True)
     body = mp4_bytes(7, int(video_mb * 1024 * 1024))
@@ -76,10 +76,10 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
 
     from faceid_batch import migrate
     from faceid_batch.db import session_scope
-    from faceid_batch.local_services import Simulator, Worker
+    from faceid_batch.intake.submit import JobSpec, insert_job, submit, validate_spec
+    from faceid_batch.local.services import Simulator, Worker
     from faceid_batch.models import Attempt, Job
     from faceid_batch.settings import load_settings
-    from faceid_batch.submit import JobSpec, insert_job, submit, validate_spec
 
     work = base / name
     import redis as redis_lib
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the work directory (media, databases, logs) afterwards")
     args = ap.parse_args(argv)
 
-    from faceid_batch.local_services import RedisServer
+    from faceid_batch.local.services import RedisServer
 
     base = Path(tempfile.mkdtemp(prefix="faceid-bench-"))
     redis_server = RedisServer(base / "redis").start()

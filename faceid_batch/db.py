@@ -14,11 +14,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-_engines: dict[tuple[int, str], Engine] = {}
-_write_locks: dict[tuple[int, str], threading.Lock] = {}
+# This process's engines, write locks and checkpointed SQLite databases, by URL. A forked
+# child starts them afresh (``_after_fork``).
+_engines: dict[str, Engine] = {}
+_write_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-# (pid, url) of the SQLite databases this process checkpoints from a thread of its own.
-_checkpointed: set[tuple[int, str]] = set()
+# The SQLite databases this process checkpoints from a thread of its own.
+_checkpointed: set[str] = set()
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def _sqlite_pragmas(dbapi_conn, _record, url: str = "") -> None:  # type: ignore
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
-    if (os.getpid(), url) in _checkpointed:
+    if url in _checkpointed:
         cur.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint_in_background
     cur.close()
 
@@ -58,12 +60,31 @@ def make_engine(url: str) -> Engine:
 
 
 def get_engine(url: str) -> Engine:
-    """The engine for ``url`` in this process (built once; rebuilt after a fork)."""
-    key = (os.getpid(), url)
-    engine = _engines.get(key)
+    """The engine for ``url`` in this process (built once; a new pool after a fork)."""
+    engine = _engines.get(url)
     if engine is None:
-        engine = _engines[key] = make_engine(url)
+        engine = _engines[url] = make_engine(url)
     return engine
+
+
+# The parent's engines, kept referenced and never used in a forked child: closing their
+# connections here (SQLite file handles, PostgreSQL sockets) would act on the parent's.
+_inherited: list[Engine] = []
+
+
+def _after_fork() -> None:
+    # A forked child (a prefork pool process) builds its own engines. Locks held by a
+    # parent's thread at the fork would stay held here, and the checkpoint thread is the
+    # parent's.
+    global _locks_guard
+    _inherited.extend(_engines.values())
+    _engines.clear()
+    _write_locks.clear()
+    _checkpointed.clear()
+    _locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextmanager
@@ -95,9 +116,8 @@ def write_scope(url: str) -> Iterator[Session]:
         with session_scope(url) as session:
             yield session
         return
-    key = (os.getpid(), url)
     with _locks_guard:
-        lock = _write_locks.setdefault(key, threading.Lock())
+        lock = _write_locks.setdefault(url, threading.Lock())
     with lock, session_scope(url) as session:
         yield session
 
@@ -118,12 +138,11 @@ def checkpoint_in_background(url: str, interval: float = CHECKPOINT_INTERVAL) ->
     url = normalise_url(url)
     if make_url(url).get_backend_name() != "sqlite":
         return False
-    key = (os.getpid(), url)
     with _locks_guard:
-        if key in _checkpointed:
+        if url in _checkpointed:
             return True
-        _checkpointed.add(key)
-    stale = _engines.pop(key, None)
+        _checkpointed.add(url)
+    stale = _engines.pop(url, None)
     if stale is not None:
         stale.dispose()  # its connections were made with autocheckpoint on
 

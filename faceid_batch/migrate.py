@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from faceid_batch.db import make_engine
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -26,8 +28,6 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def current(database_url: str) -> str | None:
     """The revision the database is at, or None when it has none."""
     from alembic.runtime.migration import MigrationContext
-
-    from faceid_batch.db import make_engine
 
     engine = make_engine(database_url)
     try:

@@ -92,23 +92,23 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, le=50)
     webhook_retry_base_delay: float = Field(2.0, gt=0)
 
-    # Operations (issue 7): worker log lines, the Prometheus endpoint, the retention purge.
+    # Operations: worker log lines, the Prometheus endpoint, the retention purge.
     log_format: Literal["json", "text"] = "json"
     metrics_port: int = Field(9808, ge=0, le=65535)  # 0: no metrics endpoint
     metrics_addr: str = "127.0.0.1"  # compose sets 0.0.0.0 inside its network
     purge_after_days: float | None = Field(None, gt=0)  # unset: no scheduled purge
     purge_interval_seconds: float = Field(3600.0, gt=0)
 
-    # Admin service (issue 6): the bearer token every route needs, and how long its
+    # Admin service: the bearer token every route needs, and how long its
     # signed image links live.
     admin_token: SecretStr | None = None
     admin_link_seconds: int = Field(60, ge=5, le=3600)
 
-    # Access audit (issue 8, part 3): the key of the admin's signed image links. Unset: derived
+    # Access audit: the key of the admin's signed image links. Unset: derived
     # from ADMIN_TOKEN, else random per process (links then die with the process).
     admin_link_secret: SecretStr | None = None
 
-    # Cost accounting (issue 8, part 2): which answers are billed (billing.py), and the
+    # Cost accounting: which answers are billed (billing.py), and the
     # price of one billed call for `faceid-batch cost`'s estimate.
     billing_overrides: str = ""  # "Code=billable|free,Prefix*=free", before the defaults
     faceid_price_per_call: Decimal = Field(Decimal("0"), ge=0)  # 0: amount not estimated
@@ -123,7 +123,10 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_secret_form(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip():
-            from faceid_batch.webhooks import WebhookSecretError, secret_keys
+            # Checked by the parser of the module that owns the setting. Imported here: settings
+            # is the bottom layer, and its owner imports nothing that reads settings (see the
+            # import-linter contracts in pyproject.toml), so this makes no cycle.
+            from faceid_batch.outcome.webhooks import WebhookSecretError, secret_keys
 
             try:
                 secret_keys(value.get_secret_value())
@@ -134,12 +137,15 @@ class Settings(BaseSettings):
     @field_validator("billing_overrides")
     @classmethod
     def _billing_overrides_parse(cls, value: str) -> str:
-        from faceid_batch.billing import parse_overrides
+        # Checked by the parser of the module that owns the setting. Imported here: settings
+        # is the bottom layer, and its owner imports nothing that reads settings (see the
+        # import-linter contracts in pyproject.toml), so this makes no cycle.
+        from faceid_batch.call.billing import parse_overrides
 
         parse_overrides(value)  # BillingError (a ValueError) names BILLING_OVERRIDES
         return value
 
-    # Preflight (issue 8, part 1: preflight.py): rule actions as "rule=refuse|warn|off,...",
+    # Preflight (preflight.py): rule actions as "rule=refuse|warn|off,...",
     # the LIP duration window around the API's ~6 s, and the smallest photo side in pixels.
     preflight_rules: str = ""
     preflight_lip_min_seconds: float = Field(3.0, ge=0)
@@ -149,7 +155,10 @@ class Settings(BaseSettings):
     @field_validator("preflight_rules")
     @classmethod
     def _preflight_rules_known(cls, value: str) -> str:
-        from faceid_batch.preflight import parse_rules
+        # Checked by the parser of the module that owns the setting. Imported here: settings
+        # is the bottom layer, and its owner imports nothing that reads settings (see the
+        # import-linter contracts in pyproject.toml), so this makes no cycle.
+        from faceid_batch.stage.preflight import parse_rules
 
         parse_rules(value)
         return value

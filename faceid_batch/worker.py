@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
-from celery import Celery
+import requests
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -26,63 +26,22 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from kombu import Queue
 
-from faceid_batch import db, logs, metrics
-from faceid_batch.breaker import AccountBreaker
-from faceid_batch.faceid_client import FaceIDClient
-from faceid_batch.leases import WorkerLease
-from faceid_batch.models import Lane
-from faceid_batch.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
+from faceid_batch import db, messages
+from faceid_batch.call import billing
+from faceid_batch.call.billing import BillingTable
+from faceid_batch.call.breaker import AccountBreaker
+from faceid_batch.call.faceid_client import FaceIDClient
+from faceid_batch.call.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
+from faceid_batch.ops import logs, metrics
+from faceid_batch.scheduling import feeder
+from faceid_batch.scheduling.leases import WorkerLease
 from faceid_batch.settings import Settings, get_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.storage import MediaStager
 
 log = logging.getLogger(__name__)
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    """Build the Celery app for ``settings`` (the environment's by default)."""
-    settings = settings or get_settings()
-    app = Celery("faceid_batch", broker=settings.redis_url, include=["faceid_batch.tasks"])
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=Lane.ONBOARDING.value,
-        task_queues=[Queue(Lane.ONBOARDING.value), Queue(Lane.BACKFILL.value)],
-        broker_transport_options={
-            # Messages a worker took but never acknowledged (it was killed) come back after
-            # this long. Jobs do not wait for it: a killed worker's jobs are due again when
-            # its lease runs out (leases.py), and a late duplicate is dropped at the claim.
-            # Webhook countdown retries are kept under a third of it (tasks.max_countdown).
-            "visibility_timeout": settings.broker_visibility_timeout,
-            "unacked_restore_throttle": 1,
-            # A worker killed during its restore pass leaves the restore mutex held; kombu's
-            # default (300 s) would hold back every other worker's restores that long.
-            "unacked_mutex_expire": min(300, max(10, settings.broker_visibility_timeout)),
-            # Fixed queue order: a worker takes from 'onboarding' before 'backfill'
-            # (the default round-robin would let a backfill backlog delay a sign-up).
-            "queue_order_strategy": "priority",
-        },
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-        # The feeder (feeder.py), in every worker and in beat, runs the recovery sweep.
-        beat_schedule={},
-    )
-    if settings.purge_after_days:
-        # The retention purge of biometric data (purge.py), on the same beat as the sweep.
-        app.conf.beat_schedule["media-purge"] = {
-            "task": "faceid_batch.purge",
-            "schedule": settings.purge_interval_seconds,
-            "args": [settings.purge_after_days],
-            "options": {"queue": Lane.BACKFILL.value},
-        }
-    return app
-
-
-celery_app = make_celery()
+celery_app = messages.celery_app()
 app = celery_app  # `celery -A faceid_batch.worker` finds `app`
 
 
@@ -137,8 +96,6 @@ def _start_metrics(**_: object) -> None:
 def _start_feeder(**_: object) -> None:
     # Every worker and beat runs a feeder candidate; the one holding the lock feeds. Started
     # once the pool is up, so no prefork child is forked from a process with its thread.
-    from faceid_batch import feeder
-
     feeder.start(resources)
 
 
@@ -147,10 +104,8 @@ def _start_feeder(**_: object) -> None:
 def _drop_lease(**_: object) -> None:
     # A clean exit hands this process's jobs and the feeder lock over at once, instead of
     # after a lease lifetime.
-    from faceid_batch import feeder
-
     feeder.stop()
-    res = _resources.get(os.getpid())
+    res = _current
     if res is not None and "lease" in res.__dict__:
         res.lease.stop()
 
@@ -196,6 +151,16 @@ class Resources:
         return WorkerLease(self.redis, s.database_url, s.worker_lease_seconds).start()
 
     @cached_property
+    def billing(self) -> BillingTable:
+        """Which answers Tencent bills: the defaults with BILLING_OVERRIDES in front."""
+        return billing.table(self.settings.billing_overrides)
+
+    @cached_property
+    def webhook_http(self) -> requests.Session:
+        """The pooled HTTP session of completion callbacks (notify.deliver)."""
+        return requests.Session()
+
+    @cached_property
     def limiter(self) -> GlobalRateLimiter:
         s = self.settings
         return GlobalRateLimiter(
@@ -204,17 +169,40 @@ class Resources:
         )
 
 
-_resources: dict[int, Resources] = {}
+_current: Resources | None = None
+_inherited: list[Resources] = []
 _lock = threading.Lock()
 
 
 def resources() -> Resources:
-    """This process's resources (rebuilt after a fork, never per task)."""
-    pid = os.getpid()
-    res = _resources.get(pid)
+    """This process's resources: built once, by the first task that asks, never per task."""
+    global _current
+    res = _current
     if res is None:
         with _lock:
-            res = _resources.get(pid)
-            if res is None:
-                res = _resources[pid] = Resources(get_settings())
+            if _current is None:
+                _current = Resources(get_settings())
+            res = _current
     return res
+
+
+def drop_resources() -> None:
+    """Stop this process's lease and forget its resources; the next task builds them again
+    from the settings of that moment (a test that changed the environment, a reload)."""
+    global _current
+    with _lock:
+        res, _current = _current, None
+    if res is not None and "lease" in res.__dict__:
+        res.lease.stop()
+
+
+def _forget_after_fork() -> None:
+    # A prefork child builds its own clients and lease. The parent's stay referenced: their
+    # sockets are the parent's, and closing them from here would close them there.
+    global _current
+    if _current is not None:
+        _inherited.append(_current)
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from faceid_batch import migrate
 from faceid_batch.db import normalise_url
-from faceid_batch.local_services import RedisServer, Simulator, Worker
+from faceid_batch.local.services import RedisServer, Simulator, Worker
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 
@@ -101,14 +101,11 @@ def configured(app_env, database_url, monkeypatch):
     get_settings.cache_clear()
     import faceid_batch.worker as worker_mod
 
-    worker_mod._resources.clear()
+    worker_mod.drop_resources()
     worker_mod.celery_app.conf.broker_url = app_env["REDIS_URL"]
     yield get_settings()
     get_settings.cache_clear()
-    for res in worker_mod._resources.values():
-        if "lease" in res.__dict__:
-            res.lease.stop()  # its heartbeat would outlive this test's Redis
-    worker_mod._resources.clear()
+    worker_mod.drop_resources()  # its lease's heartbeat would outlive this test's Redis
 
 
 @pytest.fixture

@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import func, select, update
 from test_queries import FRAME, INJECTION, SEED, seed
 
-from faceid_batch.admin import AdminConfigError, create_app
+from faceid_batch.admin.app import AdminConfigError, create_app
 from faceid_batch.admin.auth import TokenCheck, link_key
+from faceid_batch.admin.tokens import Authenticator, Principal
 from faceid_batch.db import session_scope
+from faceid_batch.local.samples import png_bytes
 from faceid_batch.models import Job
-from faceid_batch.samples import png_bytes
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
-from faceid_batch.tokens import Authenticator, Principal
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 with warnings.catch_warnings():

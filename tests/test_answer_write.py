@@ -10,13 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
-from faceid_batch import tasks
+from faceid_batch.call.faceid_client import Answer, BestFrameInfo
 from faceid_batch.db import session_scope
-from faceid_batch.faceid_client import Answer, BestFrameInfo
+from faceid_batch.intake.submit import JobSpec, insert_job, validate_spec
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
 from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result
-from faceid_batch.samples import jpeg_bytes, mp4_bytes
+from faceid_batch.outcome import record
 from faceid_batch.settings import load_settings
-from faceid_batch.submit import JobSpec, insert_job, validate_spec
 from faceid_batch.worker import Resources
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
@@ -78,11 +78,11 @@ def test_the_best_frame_is_stored_with_the_answer(res, tmp_path, frame_server):
     md5 = hashlib.md5(FRAME).hexdigest()
     answer = Answer("Success", "result", 200, "req-ok", sim=91.5,
                     best_frame=BestFrameInfo(f"{frame_server}/frame.jpg", md5, len(FRAME)))
-    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
+    assert record.record_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id) == (JobState.COMPLETED.value, True, 1, 1, 91.5,
                                     [(md5, len(FRAME), FRAME)])
     # A redelivered answer for a job already final writes nothing more.
-    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
+    assert record.record_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id)[3] == 1
 
 
@@ -95,5 +95,5 @@ def test_a_best_frame_that_cannot_be_read_leaves_the_verdict(res, tmp_path, fram
     job_id = _job(res, tmp_path, f"frame-bad-{path.strip('/.')}-{md5 is None}")
     answer = Answer("Success", "result", 200, "req-bad", sim=40.0,
                     best_frame=BestFrameInfo(f"{frame_server}{path}", md5, None))
-    assert tasks._store_answer(res, job_id, answer) == JobState.COMPLETED.value
+    assert record.record_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id) == (JobState.COMPLETED.value, False, 1, 1, 40.0, [])

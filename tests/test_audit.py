@@ -19,14 +19,14 @@ from sqlalchemy.exc import DBAPIError
 from test_queries import FRAME, seed
 from typer.testing import CliRunner
 
-from faceid_batch import audit
-from faceid_batch.admin import AdminConfigError, create_app
-from faceid_batch.cli import app as cli_app
+from faceid_batch.admin import audit
+from faceid_batch.admin.app import AdminConfigError, create_app
+from faceid_batch.cli.main import app as cli_app
 from faceid_batch.db import get_engine, session_scope
+from faceid_batch.local.samples import png_bytes
 from faceid_batch.models import AccessAudit, AdminToken, Job
-from faceid_batch.samples import png_bytes
 from faceid_batch.settings import get_settings, load_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 with warnings.catch_warnings():

@@ -15,12 +15,14 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
-from faceid_batch import answers, backfill, batches
-from faceid_batch.backfill import run_backfill
+from faceid_batch.bulk import backfill, batches
+from faceid_batch.bulk.backfill import run_backfill
+from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import session_scope
-from faceid_batch.faceid_client import Answer
-from faceid_batch.models import Batch, Job, utcnow
-from faceid_batch.samples import write_pair
+from faceid_batch.local.samples import write_pair
+from faceid_batch.models import Batch, Job
+from faceid_batch.scheduling import answers
+from faceid_batch.times import utcnow
 from faceid_batch.worker import resources
 from helpers import file_md5, sim_calls, wait_until
 

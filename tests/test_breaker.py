@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from faceid_batch.breaker import AccountBreaker
+from faceid_batch.call.breaker import AccountBreaker
 
 
 def _gets(r: redis.Redis) -> int:

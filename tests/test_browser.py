@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import update
 from test_queries import seed
 
-from faceid_batch import audit
-from faceid_batch.admin import create_app
+from faceid_batch.admin import audit
+from faceid_batch.admin.app import create_app
 from faceid_batch.db import session_scope
 from faceid_batch.models import BestFrame, Job
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

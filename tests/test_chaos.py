@@ -1,4 +1,4 @@
-"""Nothing lost, nothing paid twice (issue 4): break a real part in the middle of a batch.
+"""Nothing lost, nothing paid twice: break a real part in the middle of a batch.
 
 Each test drives real Celery worker processes (threads pool) on a real redis-server, a real
 database and the FaceID simulator, breaks one part while calls are in flight — a worker
@@ -36,15 +36,15 @@ from redis.retry import Retry
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 
-from faceid_batch import answers, leases
-from faceid_batch.breaker import AccountBreaker
+from faceid_batch.call.breaker import AccountBreaker
+from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import normalise_url, session_scope
-from faceid_batch.faceid_client import Answer
-from faceid_batch.local_services import RedisServer, free_port
+from faceid_batch.intake.submit import JobSpec, insert_job, submit, validate_spec
+from faceid_batch.local.samples import write_pair
+from faceid_batch.local.services import RedisServer, free_port
 from faceid_batch.models import Attempt, Job, Result
-from faceid_batch.recovery import sweep_stuck_jobs
-from faceid_batch.samples import write_pair
-from faceid_batch.submit import JobSpec, insert_job, submit, validate_spec
+from faceid_batch.scheduling import answers, leases
+from faceid_batch.scheduling.recovery import sweep_stuck_jobs
 from faceid_batch.worker import Resources
 from faceid_sim.liveness import default_sim
 from helpers import file_md5, sim_calls, sim_config, sim_script, wait_until, worker_log

@@ -8,7 +8,7 @@ import sys
 
 import redis
 
-from faceid_batch.breaker import AccountBreaker
+from faceid_batch.call.breaker import AccountBreaker
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from faceid_batch.errors import Kind
-from faceid_batch.faceid_client import CompareRequest, FaceIDClient
-from faceid_batch.samples import write_pair
+from faceid_batch.call.errors import Kind
+from faceid_batch.call.faceid_client import CompareRequest, FaceIDClient
+from faceid_batch.local.samples import write_pair
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY, sim_calls
 
 
@@ -80,7 +80,7 @@ def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, stage
 def test_a_request_past_its_send_by_time_is_not_sent(simulator, sim_control, staged_request):
     import time
 
-    from faceid_batch.faceid_client import SendTooLate
+    from faceid_batch.call.faceid_client import SendTooLate
 
     c = client(simulator)
     sent: list[float] = []

@@ -1,4 +1,4 @@
-"""docker-compose.yml checks (issue 7). No Docker engine runs here, so the file itself is
+"""docker-compose.yml checks. No Docker engine runs here, so the file itself is
 checked: it parses, every service's command exists in the package, the settings it passes
 are the README's, Redis persists and refuses to evict, health checks and the one-shot
 migration are there, and workers can be scaled."""

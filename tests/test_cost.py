@@ -1,4 +1,4 @@
-"""Cost accounting (issue 8, part 2): the billing table, the attempt rows, `faceid-batch cost`.
+"""Cost accounting: the billing table, the attempt rows, `faceid-batch cost`.
 
 The end-to-end test runs a batch with scripted transient and non-billed answers, a duplicate
 key and a video preflight refuses through a real worker, and checks the report against the
@@ -18,16 +18,16 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from faceid_batch import billing
-from faceid_batch.cost import Scope, compute, cost_report
+from faceid_batch.admin.cost import Scope, compute, cost_report
+from faceid_batch.call import billing
+from faceid_batch.call.errors import EXACT, PREFIXES, Kind, classify
+from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import session_scope
-from faceid_batch.errors import EXACT, PREFIXES, Kind, classify
-from faceid_batch.faceid_client import Answer
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import mp4_bytes, write_pair
 from faceid_batch.models import Attempt, Batch, DedupeHit, Job, JobState
-from faceid_batch.persist import attempt_columns
-from faceid_batch.samples import mp4_bytes, write_pair
+from faceid_batch.outcome.persist import attempt_columns
 from faceid_batch.settings import SettingsError, load_settings
-from faceid_batch.submit import JobSpec, submit
 from faceid_sim.liveness import Outcome
 from helpers import file_md5, sim_calls, sim_script, wait_until
 
@@ -122,7 +122,7 @@ def test_bad_price_settings_name_the_variable():
 
 
 def test_cli_refuses_a_bad_override(monkeypatch, tmp_path):
-    from faceid_batch.cli import app
+    from faceid_batch.cli.main import app
     from faceid_batch.settings import get_settings
 
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
@@ -152,7 +152,7 @@ def test_attempt_rows_store_billable(database_url):
         for code, channel in (("Success", "result"), ("FailedOperation.DownLoadError", "result"),
                               ("InvalidParameterValue", "error"), ("InternalError", "error"),
                               ("ClientError.ReadTimeout", "transport")):
-            s.add(Attempt(**attempt_columns(job.id, 0, Answer(code, channel))))
+            s.add(Attempt(**attempt_columns(job.id, 0, Answer(code, channel), billing.table())))
         s.add(Attempt(**attempt_columns(job.id, 0, Answer("InternalError", "error"),
                                         billing.table("InternalError=billable"))))
     with session_scope(database_url) as s:
@@ -242,7 +242,7 @@ def test_price_is_decimal_and_exact(ledger):
 
 
 def test_cli_by_batch_name_or_id_and_period(ledger, monkeypatch):
-    from faceid_batch.cli import app
+    from faceid_batch.cli.main import app
     from faceid_batch.settings import get_settings
 
     url, alpha, _ = ledger
@@ -337,7 +337,7 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
         stored = dict(s.execute(select(Attempt.request_id, Attempt.billable)).all())
     assert stored == {c["request_id"]: c["charged"] for c in calls}  # call by call
 
-    from faceid_batch.cli import app
+    from faceid_batch.cli.main import app
     from faceid_batch.settings import get_settings
 
     monkeypatch.setenv("FACEID_PRICE_PER_CALL", "0.30")
@@ -358,7 +358,7 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
 def test_cost_of_a_backfill_batch_by_name(configured, sim_control, start_worker, tmp_path):
     """Batch scope: only the batch's calls, refusals and dedupe; a job outside it is not."""
     settings = configured
-    from faceid_batch.backfill import run_backfill
+    from faceid_batch.bulk.backfill import run_backfill
 
     pairs = [write_pair(tmp_path / "media", i) for i in range(4)]
     short = tmp_path / "short.mp4"

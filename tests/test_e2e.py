@@ -14,9 +14,9 @@ import requests
 from sqlalchemy import func, select
 
 from faceid_batch.db import session_scope
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import mp4_bytes, png_bytes, write_pair
 from faceid_batch.models import Attempt, BestFrame, Job, Result
-from faceid_batch.samples import mp4_bytes, png_bytes, write_pair
-from faceid_batch.submit import JobSpec, submit
 from helpers import wait_until
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from faceid_batch.errors import EXACT, Kind, classify
+from faceid_batch.call import billing
+from faceid_batch.call.errors import EXACT, PREFIXES, Kind, classify
 
 # A copy of ../shared/seed/000_c33f264b792dbe5a.txt (the API contract) is kept in docs/.
 SEED = Path(__file__).resolve().parents[1] / "docs" / "api-contract.txt"
@@ -63,3 +64,28 @@ def test_unknown_codes_get_a_final_default_and_are_logged(caplog):
     assert classify("TotallyNew.Code").kind == Kind.REQUEST
     assert not classify("TotallyNew.Code").retry
     assert "TotallyNew.Code" in caplog.text
+
+
+# What each kind means is read from the rule, by every decision about an answer.
+@pytest.mark.parametrize("kind,verdict,final,retry,counts,breaker", [
+    (Kind.SUCCESS, True, True, False, True, False),
+    (Kind.VERDICT, True, True, False, True, False),
+    (Kind.REQUEST, False, True, False, True, False),
+    (Kind.TRANSIENT, False, False, True, True, False),
+    (Kind.THROTTLED, False, False, True, False, False),
+    (Kind.ACCOUNT, False, False, False, False, True),
+])
+def test_a_kind_says_what_the_answer_does(kind, verdict, final, retry, counts, breaker):
+    rule = next(r for r in EXACT.values() if r.kind == kind)
+    assert (rule.verdict, rule.final, rule.retry, rule.counts_attempt, rule.trips_breaker) == (
+        verdict, final, retry, counts, breaker)
+
+
+def test_billing_is_read_from_the_row_that_classifies_a_code():
+    table = billing.table()
+    codes = [*EXACT, *(p + ".SomethingNew" for p, _ in PREFIXES), "FailedOperation.New",
+             "Brand.NewCode"]
+    for code in codes:
+        rule = classify(code)
+        assert table.billable(code) is rule.billed, code
+        assert table.decide(code).why == rule.billed_why, code

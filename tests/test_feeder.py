@@ -17,14 +17,16 @@ import pytest
 import redis
 from sqlalchemy import func, select, update
 
-from faceid_batch import batches, leases, schedule
-from faceid_batch.backfill import run_backfill
-from faceid_batch.breaker import AccountBreaker
+from faceid_batch.bulk import batches
+from faceid_batch.bulk.backfill import run_backfill
+from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.db import session_scope
-from faceid_batch.feeder import FEEDER_KEY, TAKEN_GRACE_SECONDS, FairShare, Feeder
-from faceid_batch.models import Job, JobState, utcnow
-from faceid_batch.recovery import jobs_in_broker
-from faceid_batch.submit import JobSpec, submit
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.models import Job, JobState
+from faceid_batch.scheduling import leases, schedule
+from faceid_batch.scheduling.feeder import FEEDER_KEY, TAKEN_GRACE_SECONDS, FairShare, Feeder
+from faceid_batch.scheduling.recovery import jobs_in_broker
+from faceid_batch.times import utcnow
 from faceid_batch.worker import Resources
 from helpers import BUCKET, wait_until
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from faceid_batch.faceid_client import FaceIDClient
-from faceid_batch.httpenv import environ_proxies, pinned_session
+from faceid_batch.call.faceid_client import FaceIDClient
+from faceid_batch.call.httpenv import environ_proxies, pinned_session
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import cos_endpoint, make_cos_client
+from faceid_batch.stage.storage import cos_endpoint, make_cos_client
 
 
 def test_proxies_follow_no_proxy_and_are_read_once(monkeypatch):
@@ -41,9 +41,9 @@ def test_clients_use_pinned_sessions(monkeypatch):
 
 
 def test_many_host_session_resolves_each_origin_once(monkeypatch):
-    from faceid_batch import httpenv
+    from faceid_batch.call import httpenv
 
-    httpenv._origin_proxies.cache_clear()
+    httpenv.origin_proxies.cache_clear()
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     seen = []
@@ -62,4 +62,4 @@ def test_many_host_session_resolves_each_origin_once(monkeypatch):
             pass
     assert seen[0][1] == {}
     assert seen[1][1] == seen[2][1] == {"http": "http://proxy.example:3128"}
-    assert httpenv._origin_proxies.cache_info().misses == 2
+    assert httpenv.origin_proxies.cache_info().misses == 2

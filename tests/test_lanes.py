@@ -8,9 +8,9 @@ import requests
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Job
-from faceid_batch.samples import write_pair
-from faceid_batch.submit import JobSpec, submit
 from helpers import wait_until
 
 

@@ -16,11 +16,12 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from faceid_batch.backfill import run_backfill
+from faceid_batch.bulk.backfill import run_backfill
+from faceid_batch.bulk.manifest import Manifest, ManifestError
 from faceid_batch.db import session_scope
-from faceid_batch.manifest import Manifest, ManifestError
+from faceid_batch.intake.submit import JobSpec, insert_job, validate_spec
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, png_bytes, write_pair
 from faceid_batch.models import Batch, Job
-from faceid_batch.samples import jpeg_bytes, mp4_bytes, png_bytes, write_pair
 from helpers import BUCKET, file_md5, sim_calls, wait_until
 
 HEADER = "key,photo,video,liveness_type,validate_data,metadata\n"
@@ -80,7 +81,7 @@ def test_mixed_manifest_runs_good_rows_and_reports_each_bad_one(
     big = media / "big.mp4"
     big.write_bytes(mp4_bytes(2, 9 * 1024 * 1024))
     # An object already in the bucket, given as cos://bucket/key.
-    from faceid_batch.storage import make_cos_client
+    from faceid_batch.stage.storage import make_cos_client
 
     cos = make_cos_client(settings)
     cos_photo, cos_video = jpeg_bytes(91, 15_000), mp4_bytes(92, 150_000)
@@ -193,3 +194,24 @@ def test_cli_refuses_a_manifest_without_required_columns(tmp_path, app_env, conf
     assert "Traceback" not in proc.stderr
     with session_scope(database_url) as s:
         assert s.scalars(select(Batch)).all() == []
+
+
+def test_backfill_rows_store_what_submit_stores(configured, tmp_path):
+    """A backfill row and a submitted job of the same media get the same columns from the
+    spec: the MD5s of local files among them (staging then does not hash them again)."""
+    settings = configured
+    photo, video = write_pair(tmp_path / "m", 2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"key,photo,video,liveness_type\nb-1,{photo},{video},SILENT\n")
+    assert run_backfill(settings, manifest, report_path=tmp_path / "r.csv").accepted == 1
+    submitted, _ = insert_job(settings, validate_spec(JobSpec(
+        idempotency_key="s-1", photo=str(photo), video=str(video), liveness_type="SILENT",
+        lane="backfill"), settings))
+    with session_scope(settings.database_url) as s:
+        fed = s.scalars(select(Job).where(Job.idempotency_key == "b-1")).one()
+        direct = s.get(Job, submitted)
+        assert (fed.photo_md5, fed.video_md5) == (file_md5(photo), file_md5(video))
+        for column in ("photo_md5", "video_md5", "liveness_type", "validate_data", "state",
+                       "preflight", "photo_source", "video_source"):
+            assert getattr(fed, column) == getattr(direct, column), column
+        assert fed.due_at is not None and fed.enqueued_at is None

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from faceid_batch.media import MediaError, base64_size, inspect_local, max_raw_size, sniff
-from faceid_batch.samples import jpeg_bytes, mp4_bytes, png_bytes
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, png_bytes
+from faceid_batch.stage.media import MediaError, base64_size, inspect_local, max_raw_size, sniff
 
 
 def test_sniff_each_format():

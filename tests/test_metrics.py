@@ -1,4 +1,4 @@
-"""The worker's Prometheus endpoint: the counters move after a small batch (issue 7)."""
+"""The worker's Prometheus endpoint: the counters move after a small batch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope
-from faceid_batch.local_services import free_port
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import write_pair
+from faceid_batch.local.services import free_port
 from faceid_batch.models import Job
-from faceid_batch.samples import write_pair
-from faceid_batch.submit import JobSpec, submit
 from helpers import file_md5, sim_script, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -2,8 +2,8 @@
 
 import json
 
-from faceid_batch.errors import Kind
-from faceid_batch.faceid_client import parse_response
+from faceid_batch.call.errors import Kind
+from faceid_batch.call.faceid_client import parse_response
 
 
 def body(resp: dict) -> bytes:

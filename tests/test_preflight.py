@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from faceid_batch import api, preflight
-from faceid_batch.backfill import run_backfill
+from faceid_batch.bulk.backfill import run_backfill
 from faceid_batch.db import session_scope
+from faceid_batch.intake import api
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, write_pair
 from faceid_batch.models import DedupeHit, Job
-from faceid_batch.samples import jpeg_bytes, mp4_bytes, write_pair
 from faceid_batch.settings import get_settings, load_settings
-from faceid_batch.submit import JobSpec, submit
+from faceid_batch.stage import preflight
 from helpers import file_md5, sim_calls, wait_until
 
 FINAL = ("completed", "failed", "refused")
@@ -235,7 +236,7 @@ def test_remote_sources_are_preflighted_by_the_worker_before_any_call(
         configured, sim_control, start_worker, tmp_path):
     """cos:// (and http) sources are not read at submit; the worker reads the copy it stages
     and refuses there, before the call: the simulator sees only the good job."""
-    from faceid_batch.storage import make_cos_client
+    from faceid_batch.stage.storage import make_cos_client
     from helpers import BUCKET
 
     settings = configured

@@ -24,13 +24,13 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
-from faceid_batch import tokens
+from faceid_batch.admin import tokens
 from faceid_batch.db import session_scope
-from faceid_batch.local_services import free_port
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, write_pair
+from faceid_batch.local.services import free_port
 from faceid_batch.models import Job
-from faceid_batch.samples import jpeg_bytes, mp4_bytes, write_pair
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, sim_calls, wait_until
 
 SECRET = "whsec_dGVzdC1GQUtFLXdlYmhvb2stc2VjcmV0LW5vdC1yZWFs"

@@ -1,4 +1,4 @@
-"""Biometric-data retention (issue 7): purge removes the media and best frames, keeps verdicts."""
+"""Biometric-data retention: purge removes the media and best frames, keeps verdicts."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import select, update
 
 from faceid_batch.db import session_scope
-from faceid_batch.models import BestFrame, Job, Result, utcnow
-from faceid_batch.samples import write_pair
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import write_pair
+from faceid_batch.messages import make_celery
+from faceid_batch.models import BestFrame, Job, Result
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
-from faceid_batch.submit import JobSpec, submit
-from faceid_batch.worker import make_celery
+from faceid_batch.stage.storage import MediaStager
+from faceid_batch.times import utcnow
 from helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +85,7 @@ def test_purge_is_scheduled_on_beat_when_configured(app_env):
     conf = make_celery(load_settings(purge_after_days=30, purge_interval_seconds=600)).conf
     entry = conf.beat_schedule["media-purge"]
     assert (entry["task"], entry["args"], entry["schedule"]) == ("faceid_batch.purge", [30], 600)
-    from faceid_batch.tasks import celery_app
+    from faceid_batch.tasks import celery_app  # tasks registers them on the app
 
     assert "faceid_batch.purge" in celery_app.tasks
 

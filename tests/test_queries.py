@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from faceid_batch import queries
+from faceid_batch.admin import queries
+from faceid_batch.admin.queries import Filters, Page, QueryError, write_csv, write_jsonl
 from faceid_batch.db import session_scope
 from faceid_batch.models import Attempt, Batch, BestFrame, Job, Result
-from faceid_batch.queries import Filters, Page, QueryError, write_csv, write_jsonl
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 INJECTION = "x'; DROP TABLE jobs; --"
@@ -170,7 +170,7 @@ def test_stats(seeded):
 def test_cli_commands(seeded, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from faceid_batch.cli import app
+    from faceid_batch.cli.main import app
     from faceid_batch.settings import get_settings
 
     url, ids = seeded

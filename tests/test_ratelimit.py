@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from faceid_batch.ratelimit import LATE_BOUND, GlobalRateLimiter, max_starts_in_window
+from faceid_batch.call.ratelimit import LATE_BOUND, GlobalRateLimiter, max_starts_in_window
 
 LIMIT = 10
 WINDOW = 1.0
@@ -82,7 +82,7 @@ def test_starts_never_bunch_and_the_window_sets_the_pace(redis_server):
     for _ in range(LIMIT * 2 + 1):
         slot = limiter.reserve_slot("onboarding")
         limiter.started_at(slot, slot.deadline)  # each call starts on time
-        limiter._writer().submit(lambda: None).result(timeout=5)
+        limiter.wait_for_writes()
         slots.append(slot.slot_us / 1e6)
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     # No burst: each start at least min_gap after the one before it...
@@ -109,7 +109,7 @@ def test_a_late_start_is_absorbed_not_carried_into_every_later_slot(redis_server
         slot = chosen.reserve_slot("onboarding")
         # ...then every call on time, but one that leaves 200 ms after its slot.
         chosen.started_at(slot, slot.deadline + (0.2 if i == LIMIT else 0.0))
-        chosen._writer().submit(lambda: None).result(timeout=5)
+        chosen.wait_for_writes()
         slots.append(slot.slot_us / 1e6)
     assert max_starts_in_window(slots, WINDOW) <= LIMIT
     assert slots[2 * LIMIT] >= slots[LIMIT] + 0.2 + WINDOW  # the late one's place, moved
@@ -132,7 +132,7 @@ def test_waiting_does_not_spin_redis(redis_server):
     # 15 tokens at 5 per 0.5 s take about a second of waiting...
     assert elapsed >= 0.9
     # ...done with one script call per token and one to report its start, not a poll loop.
-    limiter._writer().submit(lambda: None).result(timeout=5)
+    limiter.wait_for_writes()
     assert script_calls() - before <= 2 * 15 + 1
 
 
@@ -143,7 +143,7 @@ def test_a_late_start_pushes_the_next_window(redis_server):
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-late")
     first = limiter.reserve_slot("onboarding")
     assert limiter.started_at(first, first.deadline + 0.3) == pytest.approx(0.3)
-    limiter._writer().submit(lambda: None).result(timeout=5)  # the write-back has landed
+    limiter.wait_for_writes()  # the write-back has landed
     written = r.zscore("rl-late", first.member)
     # On the Redis clock, never earlier than the real start, within one round trip of it.
     assert first.slot_us + 300_000 <= written <= first.slot_us + 300_000 + first.rtt * 1e6 + 2
@@ -156,7 +156,7 @@ def test_an_on_time_start_is_reported_at_its_slot(redis_server):
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-ontime")
     slot = limiter.reserve_slot("onboarding")
     limiter.started_at(slot, slot.deadline)
-    limiter._writer().submit(lambda: None).result(timeout=5)
+    limiter.wait_for_writes()
     assert slot.slot_us <= r.zscore("rl-ontime", slot.member) <= slot.slot_us + slot.rtt * 1e6 + 2
     assert r.sismember("rl-ontime:started", slot.member)
 
@@ -172,13 +172,13 @@ def test_an_unreported_slot_counts_as_starting_as_late_as_it_may(redis_server):
     assert second.slot_us >= first.slot_us + (LATE_BOUND + 1.0) * 1e6
     limiter.release(limiter_slot(second))
     limiter.started_at(first, first.deadline + 0.1)
-    limiter._writer().submit(lambda: None).result(timeout=5)
+    limiter.wait_for_writes()
     third = limiter.reserve("onboarding")
     assert first.slot_us + 1.1e6 <= third.slot_us < first.slot_us + 1.15e6
 
 
 def limiter_slot(grant):  # type: ignore[no-untyped-def]
-    from faceid_batch.ratelimit import Slot
+    from faceid_batch.call.ratelimit import Slot
 
     return Slot(0.0, grant.slot_us, grant.member)
 
@@ -194,7 +194,7 @@ def test_a_released_slot_frees_the_budget(redis_server):
 def test_the_redis_clock_keeps_its_tightest_sample():
     """A sample taken with a long round trip (a thread that waited for the GIL before reading
     the reply) must not shift the mapping; deadlines are never before the Redis slot."""
-    from faceid_batch.ratelimit import RedisClock
+    from faceid_batch.call.ratelimit import RedisClock
 
     clock = RedisClock()
     clock.sample(10.0, 10.0002, 5_000_000_100)  # Redis = local + 4,990 s, ±100 µs

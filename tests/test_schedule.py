@@ -1,4 +1,4 @@
-"""The schedule of record (schedule.py) and how a task keeps to it (tasks.run_job).
+"""The schedule of record (schedule.py) and how a task keeps to it (pipeline.run_job).
 
 A message only says "this job may be due": a job runs when a worker claims it, and
 whatever happens before the call (Redis or the database away, the breaker open) puts it back
@@ -13,10 +13,12 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from faceid_batch import answers, schedule, tasks
+from faceid_batch import messages, pipeline
 from faceid_batch.db import session_scope
-from faceid_batch.models import Job, utcnow
-from faceid_batch.submit import JobSpec, submit
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.models import Job
+from faceid_batch.scheduling import answers, schedule
+from faceid_batch.times import utcnow
 from faceid_batch.worker import resources
 from helpers import BUCKET
 
@@ -71,7 +73,7 @@ def test_onboarding_submitted_while_redis_is_away_is_kept_due(configured, monkey
     def refused(*args, **kwargs):
         raise redis.ConnectionError("Redis is away")
 
-    monkeypatch.setattr(tasks.verify, "apply_async", refused)
+    monkeypatch.setattr(messages, "send_verify", refused)
     job_id = new_job(settings, "away-1", lane="onboarding")
     job = row(settings.database_url, job_id)
     # Accepted and due: the feeder sends it once Redis is back.
@@ -88,7 +90,7 @@ def test_redis_away_before_the_call_gives_the_job_back_to_the_schedule(configure
         raise redis.ConnectionError("Error 111 connecting to redis")
 
     monkeypatch.setattr(answers, "take", away)
-    assert tasks.run_job(res, job_id) == "queued"
+    assert pipeline.run_job(res, job_id) == "queued"
     job = row(settings.database_url, job_id)
     assert job.state == "queued" and job.attempts == 0
     assert job.due_at is not None and job.due_at.replace(tzinfo=None) > \
@@ -103,8 +105,9 @@ def test_database_away_gives_the_job_back_once_it_returns(configured, monkeypatc
     def away(*args, **kwargs):
         raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(tasks, "_run_claimed", away)
-    assert tasks.run_job(res, job_id) == "database-unavailable"
+    # The first step after the claim meets the database error.
+    monkeypatch.setattr(answers, "take", away)
+    assert pipeline.run_job(res, job_id) == "database-unavailable"
     assert row(settings.database_url, job_id).state == "running"
     assert res.lease.pending() == [job_id]
     # The heartbeat gives it back when the database takes writes again.
@@ -119,7 +122,7 @@ def test_a_message_for_a_job_another_worker_holds_is_dropped(configured):
     job_id = new_job(settings, "h-1")
     with session_scope(settings.database_url) as s:
         assert schedule.claim(s, job_id, "another-workers-lease")
-    assert tasks.run_job(res, job_id) == "not-claimed"
+    assert pipeline.run_job(res, job_id) == "not-claimed"
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(Job.lease_id).where(Job.id == job_id)) == \
             "another-workers-lease"

@@ -1,4 +1,4 @@
-"""Secrets hygiene (issue 7): a batch run with recognisable fake credentials leaves no trace.
+"""Secrets hygiene: a batch run with recognisable fake credentials leaves no trace.
 
 A real worker runs four jobs (a pass, a transient retry, a refused request, a spoof verdict)
 with a canary SecretKey and canary session tokens (temporary credentials, for FaceID and COS).
@@ -20,11 +20,11 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from faceid_batch import migrate
 from faceid_batch.db import session_scope
-from faceid_batch.local_services import Simulator, Worker
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import write_pair
+from faceid_batch.local.services import Simulator, Worker
 from faceid_batch.models import Job
-from faceid_batch.samples import write_pair
 from faceid_batch.settings import get_settings
-from faceid_batch.submit import JobSpec, submit
 from helpers import BUCKET, file_md5, sim_calls, sim_script, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +79,7 @@ def test_no_secret_in_logs_database_or_rows(redis_server, canary_sim, tmp_path, 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
-    worker_mod._resources.clear()
+    worker_mod.drop_resources()
     worker_mod.celery_app.conf.broker_url = redis_server.url
     settings = get_settings()
     try:
@@ -106,7 +106,7 @@ def test_no_secret_in_logs_database_or_rows(redis_server, canary_sim, tmp_path, 
             worker.stop()
     finally:
         get_settings.cache_clear()
-        worker_mod._resources.clear()
+        worker_mod.drop_resources()
 
     # The credentials really were used: the simulator saw the calls (it checks signatures).
     assert len(sim_calls(canary_sim.control_url)) == 5
@@ -179,7 +179,7 @@ def test_log_lines_are_redacted_and_tagged():
     import io
     import logging
 
-    from faceid_batch import logs
+    from faceid_batch.ops import logs
 
     stream = io.StringIO()
     logger = logging.getLogger("faceid_batch.test_redact")
@@ -212,7 +212,7 @@ def test_text_log_format_names_the_job():
     import io
     import logging
 
-    from faceid_batch import logs
+    from faceid_batch.ops import logs
 
     stream = io.StringIO()
     logger = logging.getLogger("faceid_batch.test_text")

@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 7): SIGTERM during a batch loses nothing and pays nothing twice.
+"""Graceful shutdown: SIGTERM during a batch loses nothing and pays nothing twice.
 
 A real worker (threads pool) is given SIGTERM while calls are in flight at a slow simulator.
 Celery's warm shutdown lets the calls in flight finish and be stored; the jobs it had not
@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope
+from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job, Result
-from faceid_batch.samples import write_pair
-from faceid_batch.submit import JobSpec, submit
 from helpers import file_md5, sim_calls, sim_config, wait_until
 
 pytestmark = pytest.mark.e2e

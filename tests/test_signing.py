@@ -1,6 +1,6 @@
 """TC3 signer against the public test vector of Tencent's signing documentation."""
 
-from faceid_batch.signing import sha256_hex, sign
+from faceid_batch.call.signing import sha256_hex, sign
 
 # Byte-exact body of the documented example, with literal backslash-u escapes.
 BODY = (

@@ -7,10 +7,10 @@ import hashlib
 import pytest
 import requests
 
-from faceid_batch.media import MediaError
-from faceid_batch.samples import jpeg_bytes, mp4_bytes
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
 from faceid_batch.settings import load_settings
-from faceid_batch.storage import MediaStager
+from faceid_batch.stage.media import MediaError
+from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 
@@ -71,7 +71,7 @@ def test_a_video_is_sent_in_large_writes(stager, tmp_path, monkeypatch):
     each); the upload reader hands it UPLOAD_READ at a time, and that is what is sent."""
     from urllib3.connection import HTTPConnection
 
-    from faceid_batch.storage import UPLOAD_READ
+    from faceid_batch.stage.storage import UPLOAD_READ
 
     writes: list[int] = []
     send = HTTPConnection.send

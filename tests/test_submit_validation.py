@@ -2,8 +2,8 @@
 
 import pytest
 
-from faceid_batch.samples import jpeg_bytes, mp4_bytes, png_bytes
-from faceid_batch.submit import JobSpec, SubmitError, validate_liveness, validate_spec
+from faceid_batch.intake.submit import JobSpec, SubmitError, validate_liveness, validate_spec
+from faceid_batch.local.samples import jpeg_bytes, mp4_bytes, png_bytes
 
 
 @pytest.fixture

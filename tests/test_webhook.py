@@ -21,12 +21,13 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from faceid_batch import api, webhooks
 from faceid_batch.db import session_scope
+from faceid_batch.intake import api
+from faceid_batch.intake.submit import SubmitError
+from faceid_batch.local.samples import write_pair
 from faceid_batch.models import WebhookDelivery
-from faceid_batch.samples import write_pair
+from faceid_batch.outcome import webhooks
 from faceid_batch.settings import SettingsError, load_settings
-from faceid_batch.submit import SubmitError
 from helpers import wait_until
 
 # Obviously fake secrets in the Standard Webhooks form (whsec_ + base64 of the key).
@@ -35,7 +36,7 @@ NEXT_SECRET = "whsec_c2Vjb25kLUZBS0Utc2VjcmV0LWZvci1yb3RhdGlvbiEh"
 NODE = Path(__file__).resolve().parent / "node"
 # The Node check runs where scripts/test could install tests/node (npm ci).
 NODE_WEBHOOKS = bool(shutil.which("node")) and (NODE / "node_modules" / "standardwebhooks").is_dir()
-WORKER = dict(extra_args=("--include", "faceid_batch.notify"), WEBHOOK_SECRET=SECRET,
+WORKER = dict(extra_args=("--include", "faceid_batch.outcome.notify"), WEBHOOK_SECRET=SECRET,
               WEBHOOK_RETRY_BASE_DELAY="0.2", WEBHOOK_MAX_ATTEMPTS="3")
 
 
@@ -181,7 +182,7 @@ def test_network_error_is_recorded_and_retried(hook_settings, start_worker, sim_
     start_worker(**WORKER)
     photo, video = write_pair(tmp_path / "m", 6)
     # Nothing listens on this port: connection refused, every attempt.
-    from faceid_batch.local_services import free_port
+    from faceid_batch.local.services import free_port
 
     job_id = api.submit(str(photo), str(video), "SILENT", key="hook-refused",
                         callback_url=f"http://127.0.0.1:{free_port()}/x", settings=settings)

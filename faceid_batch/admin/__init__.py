@@ -1,5 +1,3 @@
-"""The HTTP admin service: JSON queries and a review page behind a bearer token."""
-
-from faceid_batch.admin.app import AdminConfigError, create_app
-
-__all__ = ["AdminConfigError", "create_app"]
+"""The admin surface: queries, exports and stats (``queries``), the HTTP admin service and
+review page (``app``), tokens, the access audit, cost and the retention purge. Importing
+the package loads none of them, so a worker or a query command never loads the web stack."""

@@ -19,13 +19,12 @@ from urllib.parse import parse_qs
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from faceid_batch import audit, queries, tokens
-from faceid_batch.admin import pages
+from faceid_batch.admin import audit, pages, queries, tokens
 from faceid_batch.admin.auth import COOKIE, KINDS, TokenCheck, link_key
 from faceid_batch.admin.images import ImageSource
-from faceid_batch.admin_cli import make_filters
+from faceid_batch.admin.queries import Filters
+from faceid_batch.admin.tokens import Principal
 from faceid_batch.settings import Settings
-from faceid_batch.tokens import Principal
 
 NO_STORE = {"Cache-Control": "no-store, private", "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"}
@@ -77,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> queries.Filters:
         # Strings, not int/float: the review form sends empty fields, which mean "any".
         try:
-            return make_filters(
+            return Filters.from_options(
                 batch=_number(int, "batch", batch), lane=lane or None, state=state or None,
                 code=code or None, verdict=verdict or None,
                 sim_min=_number(float, "sim_min", sim_min),

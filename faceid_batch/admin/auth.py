@@ -17,8 +17,8 @@ import secrets
 import time
 from urllib.parse import urlencode
 
+from faceid_batch.admin.tokens import Authenticator, Principal
 from faceid_batch.settings import Settings
-from faceid_batch.tokens import Authenticator, Principal
 
 COOKIE = "faceid_admin_token"
 KINDS = ("best_frame", "id_photo")

@@ -14,8 +14,9 @@ import requests
 from fastapi import HTTPException
 from fastapi.responses import Response, StreamingResponse
 
-from faceid_batch import queries
+from faceid_batch.admin import queries
 from faceid_batch.settings import Settings, SettingsError
+from faceid_batch.stage.storage import MediaStager
 
 CHUNK = 64 * 1024
 
@@ -36,8 +37,6 @@ class ImageSource:
 
     def _media_stager(self):  # type: ignore[no-untyped-def]
         if self._stager is None:
-            from faceid_batch.storage import MediaStager
-
             try:
                 self._stager = MediaStager(self.settings)
             except SettingsError as exc:

@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from faceid_batch.queries import Listing
+from faceid_batch.admin.queries import Listing
 
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}
 td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.pass{color:#070}

@@ -6,6 +6,7 @@ from alembic import context
 
 from faceid_batch.db import make_engine
 from faceid_batch.models import Base
+from faceid_batch.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,8 +16,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from faceid_batch.settings import get_settings
-
     return get_settings().database_url
 
 

@@ -35,17 +35,10 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from faceid_batch import preflight, tokens
+from faceid_batch.admin import tokens
+from faceid_batch.admin.app import create_app as admin_app
 from faceid_batch.db import session_scope
-from faceid_batch.media import MediaError
-from faceid_batch.models import Lane
-from faceid_batch.producer import resource
-from faceid_batch.producer.admission import Admission, retry_after
-from faceid_batch.producer.problems import KINDS, MEDIA_TYPE, SCHEMA, Problem
-from faceid_batch.producer.uploads import FIELD_LIMIT, Form, read_form
-from faceid_batch.settings import Settings
-from faceid_batch.storage import MediaStager
-from faceid_batch.submit import (
+from faceid_batch.intake.submit import (
     JobSpec,
     SubmitError,
     check_callback,
@@ -54,6 +47,15 @@ from faceid_batch.submit import (
     submit,
     validate_liveness,
 )
+from faceid_batch.models import Lane
+from faceid_batch.producer import resource
+from faceid_batch.producer.admission import Admission, retry_after
+from faceid_batch.producer.problems import KINDS, MEDIA_TYPE, SCHEMA, Problem
+from faceid_batch.producer.uploads import FIELD_LIMIT, Form, read_form
+from faceid_batch.settings import Settings
+from faceid_batch.stage import preflight
+from faceid_batch.stage.media import MediaError
+from faceid_batch.stage.storage import MediaStager
 
 log = logging.getLogger(__name__)
 
@@ -434,8 +436,6 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                       openapi_extra=WEBHOOK_OPENAPI)(lambda: None)
 
     if with_admin:
-        from faceid_batch.admin.app import create_app as admin_app
-
         app.mount("/", admin_app(settings))
     return app
 

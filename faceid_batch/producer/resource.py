@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from faceid_batch.models import Job, JobState, Result
+from faceid_batch.times import as_aware
 
 STATUSES = [s.value for s in JobState]
 FINAL = {s.value for s in JobState.final()}
@@ -51,9 +52,7 @@ SCHEMA: dict[str, Any] = {
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite hands back naive UTC
-        return value.isoformat() + "Z"
-    return value.isoformat().replace("+00:00", "Z")
+    return as_aware(value).isoformat().replace("+00:00", "Z")
 
 
 def show(job: Job, result: Result | None) -> dict[str, Any]:

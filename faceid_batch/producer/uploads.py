@@ -18,14 +18,14 @@ from typing import Any, BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from faceid_batch.media import (
+from faceid_batch.producer.problems import Problem
+from faceid_batch.stage.media import (
     PHOTO_FORMATS,
     VIDEO_FORMATS,
     MiB,
     max_raw_size,
     sniff,
 )
-from faceid_batch.producer.problems import Problem
 
 FILES = ("photo", "video")
 FIELDS = ("liveness_type", "validate_data", "key", "lane", "callback_url", "metadata")

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from faceid_batch.samples import mp4_bytes
+from faceid_batch.local.samples import mp4_bytes
 from faceid_sim.media import MoovCollector, mp4_info
 
 

@@ -1,0 +1,378 @@
+"""One request budget for every worker on every host, kept in Redis.
+
+The account may start at most ``limit`` calls in any sliding window of one second. Each
+caller *reserves* a start time in one atomic Lua script, timed by the Redis server's clock
+(``TIME``), never the hosts' clocks:
+
+    t = max(now, last reservation + min_gap, the limit-th latest possible start + window)
+
+so that no window of ``window`` can hold more than ``limit`` starts; the caller sleeps until
+``t``. One Redis round trip per call and no polling: waiting never spins Redis.
+
+The pace is set by the window rule alone. Each of the ``limit`` latest starts frees one
+place a window after it *really* started, so a call that left 10 ms late delays the one
+start a window after it by 10 ms, and nothing else (spacing every start a full
+``window / limit`` after the previous one would carry every late start into every later
+slot). ``min_gap`` (half that spacing by default) only keeps starts from bunching.
+
+Each caller reports its real start (``started_at``: the moment its request's first bytes
+were handed to the kernel). Until it has, its reservation counts as starting as late as it
+still may: its slot plus ``LATE_BOUND`` (a caller past ``STALE_AFTER`` reserves again instead
+of sending, see ``wait`` and ``FaceIDClient.send(send_by=...)``). So a window is never
+judged on a start that could still move into it.
+
+Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
+of now; beyond that it is told how long to sleep before asking again. An onboarding caller
+has a longer horizon (``ONBOARDING_HORIZON`` in the workers), so it never queues behind
+more than a backfill horizon of backfill reservations, however many backfill jobs are
+waiting. Refused callers are told to come back one spacing apart, in the order they were
+refused (a queue kept as one timestamp per lane), so each comes back about when a slot is
+free for it: a crowd of them told the same time would ask again together, and all but one
+would be refused again (measured: 3.7 refused asks per job with 80 waiting threads; each is
+a round trip and a script run).
+
+Why onboarding has a horizon at all: a slot reserved far ahead is unreported when the next
+ones are computed, so it counts at its slot + LATE_BOUND, and a queue of such reservations
+is paced at limit per (window + LATE_BOUND). With onboarding reserving whatever the next
+slot was, 80 threads of onboarding jobs (a sign-up burst) reached 13.3 calls/s of 20. Within
+the horizon, the start a window before a new slot has happened and reported.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+
+# KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME: the slot, or
+#           the caller's reported real start once it has reported)
+# KEYS[2] = set of the members whose caller has reported its start (``started_at``)
+# KEYS[3] = when the last refused caller of this lane was told to come back (Redis time, us)
+# ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us,
+#        in_line (1: a caller refused before, back at the time it was told)
+_RESERVE = """
+local key, started = KEYS[1], KEYS[2]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local spacing = math.floor(window / limit)  -- the spacing of a steady stream at the limit
+local horizon = tonumber(ARGV[3])
+local late = tonumber(ARGV[5])
+local min_gap = tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Each reservation's latest possible start: its reported real start, or, until its caller
+-- has reported, its slot plus ``late`` (a caller does not send more than that after its
+-- slot; a thread that wakes later reserves again). One whose latest start is more than a
+-- window old no longer counts.
+local entries = redis.call('ZRANGEBYSCORE', key, '-inf', now - window, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local reported = redis.call('SISMEMBER', started, entries[i]) == 1
+  if reported or tonumber(entries[i + 1]) + late <= now - window then
+    redis.call('ZREM', key, entries[i])
+    redis.call('SREM', started, entries[i])
+  end
+end
+entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+local latest = {}
+local last = nil
+for i = 1, #entries, 2 do
+  local s = tonumber(entries[i + 1])
+  if not last or s > last then last = s end
+  if redis.call('SISMEMBER', started, entries[i]) == 0 then s = s + late end
+  latest[#latest + 1] = s
+end
+local slot = now
+-- No burst: a start at least ``min_gap`` after the last one planned.
+if last and last + min_gap > slot then slot = last + min_gap end
+-- No window holds more than ``limit`` starts: the new one comes a window after the
+-- limit-th latest possible start. Only this rule sets the pace, so a start that went late
+-- delays one later start, not every one after it.
+local n = #latest
+if n >= limit then
+  table.sort(latest)
+  local kth = latest[n - limit + 1]
+  if kth + window > slot then slot = kth + window end
+end
+if horizon >= 0 then
+  local line = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local in_line = tonumber(ARGV[7]) == 1
+  if in_line and slot - now > horizon then
+    -- Back for its turn, but the slot is not near yet: it keeps its place.
+    return {0, slot - horizon - now}
+  end
+  -- A newcomer does not pass the callers waiting in line (one may still be on its way back,
+  -- up to a spacing late): it joins the end of it. Beyond the horizon everyone is refused.
+  if slot - now > horizon or (not in_line and line + spacing > now) then
+    -- Come back when the next slot is within the horizon, but one spacing after the caller
+    -- refused before: the refused wait in line instead of all asking again at once.
+    local back = slot - horizon
+    if line + spacing > back then back = line + spacing end
+    redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
+    return {0, back - now}
+  end
+end
+redis.call('ZADD', key, slot, ARGV[4])
+local ttl = math.floor((slot - now + window + late) / 1000) + 1000
+redis.call('PEXPIRE', key, ttl)
+redis.call('PEXPIRE', started, ttl)
+return {1, slot - now, slot, now}
+"""
+
+
+# KEYS = reservations, started set; ARGV = member, real start (us, Redis clock), window_us.
+# The entry moves later only; one whose slot aged out while its caller was late comes back,
+# so that a very late start is still counted.
+_MARK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+if start <= now - window then return 0 end
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not old or tonumber(old) < start then
+  redis.call('ZADD', KEYS[1], start, ARGV[1])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+local ttl = math.floor((start - now + 2 * window) / 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+# KEYS = reservations, started set; ARGV = member. A slot given back unused.
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A reserved start: sleep ``wait`` seconds, then start the call."""
+
+    granted: bool
+    wait: float
+    slot_us: int = 0  # the reserved start on the Redis clock
+    member: str = ""
+    redis_now_us: int = 0  # the Redis clock when the script ran
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A granted start: ``deadline`` on this host's monotonic clock."""
+
+    deadline: float
+    slot_us: int
+    member: str
+    rtt: float = 0.0  # the reservation's round trip
+
+
+class RedisClock:
+    """This host's ``time.monotonic()`` mapped onto the Redis server's clock.
+
+    Every reservation is a clock sample: Redis read its TIME somewhere between our request
+    and its reply, so the offset is known to within half that round trip. The sample with
+    the shortest round trip wins; one older than ``REFRESH`` seconds gives way to the next,
+    so drift cannot pile up. A thread that waits for the GIL before it reads the reply only
+    widens its own sample, which then loses; mapping through the reply time instead would
+    carry that wait into every start it computes.
+    """
+
+    REFRESH = 30.0
+
+    def __init__(self) -> None:
+        self._best: tuple[float, float, float] | None = None  # offset µs, half rtt µs, when
+
+    def sample(self, asked: float, replied: float, redis_now_us: int) -> None:
+        half = (replied - asked) * 500_000
+        offset = redis_now_us - (asked + replied) * 500_000
+        best = self._best
+        if best is None or half <= best[1] or replied - best[2] > self.REFRESH:
+            self._best = (offset, half, replied)  # one tuple: threads read a consistent one
+
+    def local_deadline(self, redis_us: int) -> float:
+        """The earliest local time that is surely not before ``redis_us`` on Redis's clock."""
+        offset, half, _ = self._best or (0.0, 0.0, 0.0)
+        return (redis_us - offset + half) / 1_000_000
+
+    def redis_time(self, local: float) -> int:
+        """The latest Redis time that local time ``local`` can be (a start never reported
+        earlier than it was)."""
+        offset, half, _ = self._best or (0.0, 0.0, 0.0)
+        return int(local * 1_000_000 + offset + half) + 1
+
+
+# A caller that wakes this much after its slot reserves again instead of sending on it.
+STALE_AFTER = 0.25
+# The latest a call can start after its slot, as far as the budget counts it until its caller
+# reports: STALE_AFTER, plus what a thread may lose between that check and its write (the
+# GIL on a saturated host: up to hundreds of ms were measured between waking and writing).
+LATE_BOUND = STALE_AFTER + 0.25
+# Starts are at least this share of the steady spacing (window / limit) apart: no bursts,
+# while the pace is set by the window alone (see _RESERVE).
+MIN_SPACING = 0.5
+# How far ahead an onboarding caller of the workers reserves: longer than the backfill
+# horizon (priority), and well under the window, so the start a window before a new slot
+# has reported (see the module docstring).
+ONBOARDING_HORIZON = 0.5
+
+
+class RateLimitTimeout(Exception):
+    """No slot could be reserved within the caller's deadline."""
+
+
+class GlobalRateLimiter:
+    """Sliding-window limiter shared through Redis by all processes and hosts."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        limit: int,
+        window: float = 1.0,
+        key: str = "faceid:ratelimit",
+        backfill_horizon: float = 0.15,
+        onboarding_horizon: float | None = None,
+        min_spacing: float = MIN_SPACING,
+        sleep=time.sleep,  # type: ignore[no-untyped-def]
+    ) -> None:
+        self.redis = client
+        self.limit = limit
+        self.window_us = int(window * 1_000_000)
+        self.key = key
+        self.started_key = f"{key}:started"
+        self.queue_key = f"{key}:backfill-queue"
+        self.onboarding_queue_key = f"{key}:onboarding-queue"
+        self.backfill_horizon_us = int(backfill_horizon * 1_000_000)
+        # None: no horizon, an onboarding caller takes whatever the next slot is.
+        self.onboarding_horizon_us = (-1 if onboarding_horizon is None
+                                      else int(onboarding_horizon * 1_000_000))
+        self.min_gap_us = int(self.window_us / limit * min_spacing)
+        self._script = client.register_script(_RESERVE)
+        self._mark = client.register_script(_MARK)
+        self._release = client.register_script(_RELEASE)
+        self._sleep = sleep
+        self._executor: ThreadPoolExecutor | None = None
+        self.clock = RedisClock()
+
+    def reserve(self, lane: str = "onboarding", in_line: bool = False) -> Grant:
+        """Try once to reserve a start; never sleeps. ``in_line``: this caller was refused
+        before and comes back when it was told (it is not sent to the end of the line)."""
+        if lane == "onboarding":
+            horizon, queue = self.onboarding_horizon_us, self.onboarding_queue_key
+        else:
+            horizon, queue = self.backfill_horizon_us, self.queue_key
+        member = uuid.uuid4().hex
+        reply = self._script(keys=[self.key, self.started_key, queue],
+                             args=[self.limit, self.window_us, horizon, member,
+                                   int(LATE_BOUND * 1_000_000), self.min_gap_us,
+                                   1 if in_line else 0])
+        if not reply[0]:
+            return Grant(False, int(reply[1]) / 1_000_000)
+        return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
+
+    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
+        """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
+
+        A refused caller comes back when the script says (its place in line), with up to
+        one spacing of jitter, and keeps that place: callers of a lane are served in the
+        order they first asked.
+        """
+        spacing = self.window_us / 1_000_000 / self.limit
+        started = time.monotonic()
+        in_line = False
+        while True:
+            asked = time.monotonic()
+            grant = self.reserve(lane, in_line)
+            in_line = True
+            if grant.granted:
+                replied = time.monotonic()
+                self.clock.sample(asked, replied, grant.redis_now_us)
+                return Slot(self.clock.local_deadline(grant.slot_us), grant.slot_us,
+                            grant.member, replied - asked)
+            pause = grant.wait + random.uniform(0, spacing)
+            if timeout is not None and time.monotonic() - started + pause > timeout:
+                raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
+            self._sleep(pause)
+
+    def sleep_until(self, deadline: float) -> None:
+        """Sleep until a deadline (``time.monotonic()``)."""
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._sleep(remaining)
+
+    def wait(self, slot: Slot, lane: str = "onboarding") -> Slot:
+        """Sleep until ``slot``; a caller that wakes more than ``STALE_AFTER`` past it (a
+        stalled host) gives it back and reserves again rather than send on a stale slot."""
+        self.sleep_until(slot.deadline)
+        while time.monotonic() - slot.deadline > STALE_AFTER:
+            self.release(slot)
+            slot = self.reserve_slot(lane)
+            self.sleep_until(slot.deadline)
+        return slot
+
+    def mark_started(self, slot: Slot) -> float:
+        """Record that the call starts now; return how late that is, in seconds."""
+        return self.started_at(slot, time.monotonic())
+
+    def started_at(self, slot: Slot, when: float) -> float:
+        """Report that the call's first bytes left at ``when`` (``time.monotonic()``); return
+        how late that was, in seconds.
+
+        Until it is reported, a slot counts as starting at its time plus ``LATE_BOUND`` in
+        every later reservation (see ``_RESERVE``): a thread can wake late (a busy host, the
+        GIL), and its call must not crowd the second after it. The start is written on the Redis
+        clock (``RedisClock.redis_time``: never earlier than it really was) and moves the
+        entry later only.
+        """
+        if not slot.member:
+            return 0.0
+        # Written from a helper thread: a Redis round trip here would delay the very call
+        # whose start it records.
+        self._writer().submit(self._write_start, slot.member, self.clock.redis_time(when))
+        return when - slot.deadline
+
+    def release(self, slot: Slot) -> None:
+        """Give back a slot that will not be used (the call was called off before sending)."""
+        if slot.member:
+            try:
+                self._release(keys=[self.key, self.started_key], args=[slot.member])
+            except redis.RedisError:
+                pass  # it ages out after one window
+
+    def wait_for_writes(self, timeout: float = 5.0) -> None:
+        """Return once the start times handed to the background writer are in Redis."""
+        self._writer().submit(lambda: None).result(timeout=timeout)
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ratelimit")
+        return self._executor
+
+    def _write_start(self, member: str, start_us: int) -> None:
+        try:
+            self._mark(keys=[self.key, self.started_key], args=[member, start_us, self.window_us])
+        except redis.RedisError:
+            pass  # the slot keeps its reserved time: the margin absorbs one late start
+
+    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
+        """Block until this caller may start a call; return the seconds waited."""
+        started = time.monotonic()
+        slot = self.wait(self.reserve_slot(lane, timeout), lane)
+        self.mark_started(slot)
+        return time.monotonic() - started
+
+
+def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:
+    """The largest number of ``starts`` (seconds) in any half-open window [t, t + window)."""
+    starts = sorted(starts)
+    best, lo = 0, 0
+    for hi, t in enumerate(starts):
+        while starts[lo] <= t - window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

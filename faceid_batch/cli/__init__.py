@@ -1,0 +1,1 @@
+"""The ``faceid-batch`` command (``main``) and its command groups."""

@@ -1,0 +1,186 @@
+"""CLI commands for backfills and batch control, added to ``faceid-batch`` by ``register``.
+
+    faceid-batch backfill MANIFEST [--report PATH] [--lane backfill] [--name NAME] [--weight W]
+    faceid-batch batch status ID [--watch]
+    faceid-batch batch pause|resume|cancel|retry-failed ID
+    faceid-batch batch weight ID W
+
+Each command imports what it runs inside its function, so a command loads only its own
+dependencies (a query does not load Celery or the COS SDK).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from faceid_batch.cli.common import fail, load_settings
+
+batch_app = typer.Typer(no_args_is_help=True,
+                        help="Control a backfill batch: status, pause, resume, cancel.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``backfill`` and the ``batch`` group to the main command line."""
+    app.command("backfill")(backfill)
+    app.add_typer(batch_app, name="batch")
+
+
+
+
+def backfill(
+    manifest: Path = typer.Argument(..., help="CSV or JSONL: key, photo, video, "
+                                    "liveness_type[, validate_data, metadata]"),
+    report: Path = typer.Option(None, "--report",
+                                help="Per-row error report (default: <manifest>.errors.csv)"),
+    lane: str = typer.Option("backfill", help="Lane for the batch's jobs"),
+    name: str = typer.Option(None, "--name", help="Batch name (default: the manifest's "
+                             "absolute path); a re-run with the same name resumes it"),
+    weight: float = typer.Option(None, "--weight", help="The batch's share of the budget "
+                                 "against other batches due at the same time (default 1; "
+                                 "a resumed batch keeps its own unless given)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar"),
+) -> None:
+    """Enqueue every good row of MANIFEST as a job of one batch; report the bad rows.
+
+    Keys already known are not enqueued again, so a re-run after a crash inserts only what
+    is missing. Prints the batch id first.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from faceid_batch.bulk.backfill import run_backfill
+    from faceid_batch.bulk.manifest import ManifestError
+
+    settings = load_settings(need_api=True)
+    # On stderr: stdout keeps the batch id and the summary for scripts.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TextColumn("{task.fields[rows]}"), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not progress)
+    task = bar.add_task("enqueuing", total=None, rows="")
+
+    def started(batch_id: int, resumed: bool, state: str) -> None:
+        typer.echo(f"batch {batch_id} " + ("resumed (same name)" if resumed else "created"))
+        if state == "paused":
+            typer.echo(f"batch {batch_id} is paused: new rows are stored but not run until "
+                       f"`faceid-batch batch resume {batch_id}`")
+        bar.start()
+
+    def advanced(done: int, total: int, r) -> None:  # type: ignore[no-untyped-def]
+        bar.update(task, completed=done, total=total,
+                   rows=f"{r.read:,} rows, {r.accepted:,} new, {r.bad:,} bad, "
+                        f"{r.rate:,.0f} rows/s")
+
+    try:
+        result = run_backfill(settings, manifest, report_path=report, lane=lane, name=name,
+                              weight=weight, on_start=started, on_progress=advanced)
+    except (ManifestError, ValueError, OSError) as exc:
+        bar.stop()
+        fail(str(exc))
+    bar.stop()
+    typer.echo(
+        f"read {result.read:,} rows in {result.seconds:.1f}s ({result.rate:,.0f} rows/s): "
+        f"{result.accepted:,} accepted, {result.known:,} duplicate (key already known, "
+        f"not enqueued again), {result.bad:,} bad"
+        + (f" ({result.refused:,} refused by preflight: stored as refused, never called)"
+           if result.refused else "")
+    )
+    if result.parked:
+        typer.echo(f"{result.parked:,} jobs stored but parked: the batch is paused")
+    typer.echo(f"report: {result.report_path}"
+               + ("" if result.bad else " (no bad rows)"))
+    if result.stopped:
+        fail(f"stopped early: {result.stopped}", code=1)
+
+
+def _batch_call(fn, batch_id: int):  # type: ignore[no-untyped-def]
+    from faceid_batch.bulk.batches import BatchError
+
+    try:
+        return fn(load_settings(), batch_id)
+    except BatchError as exc:
+        fail(str(exc))
+
+
+@batch_app.command("status")
+def status(
+    batch_id: int = typer.Argument(..., metavar="ID"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Live progress until done"),
+    interval: float = typer.Option(2.0, help="Seconds between refreshes with --watch"),
+) -> None:
+    """Counts by state and outcome, recent rate and ETA."""
+    from faceid_batch.bulk import batches
+
+    st = _batch_call(batches.status, batch_id)
+    if not watch:
+        typer.echo(batches.format_status(st))
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"batch {batch_id}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}")) as bar:
+        task = bar.add_task("", total=st.total or None, info="")
+
+        def render(s: batches.BatchStatus) -> None:
+            bar.update(task, total=s.total or None, completed=s.done,
+                       info=f"{s.state}, {s.rate:.1f}/s, ETA {batches.format_eta(s)}")
+
+        try:
+            st = batches.watch(load_settings(), batch_id, render, interval=interval)
+        except KeyboardInterrupt:
+            st = batches.status(load_settings(), batch_id)
+    typer.echo(batches.format_status(st))
+
+
+@batch_app.command("pause")
+def pause(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Stop calling for the batch; queued jobs wait (jobs already calling finish)."""
+    from faceid_batch.bulk import batches
+
+    parked = _batch_call(batches.pause, batch_id)
+    typer.echo(f"batch {batch_id} paused; {parked} waiting jobs parked (workers park any "
+               "already on their way)")
+
+
+@batch_app.command("resume")
+def resume(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Resume a paused batch: its parked jobs are sent again."""
+    from faceid_batch.bulk import batches
+
+    due = _batch_call(batches.resume, batch_id)
+    typer.echo(f"batch {batch_id} resumed; {due} parked jobs due again")
+
+
+@batch_app.command("cancel")
+def cancel(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Cancel the batch: jobs not yet called end failed (Local.BatchCancelled)."""
+    from faceid_batch.bulk import batches
+
+    closed = _batch_call(batches.cancel, batch_id)
+    typer.echo(f"batch {batch_id} cancelled; {closed} jobs closed before any call")
+
+
+@batch_app.command("retry-failed")
+def retry_failed(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
+    """Queue the batch's failed jobs again, with fresh attempts."""
+    from faceid_batch.bulk import batches
+
+    n = _batch_call(batches.retry_failed, batch_id)
+    typer.echo(f"batch {batch_id}: {n} failed jobs queued again")
+
+
+@batch_app.command("weight")
+def weight(batch_id: int = typer.Argument(..., metavar="ID"),
+           value: float = typer.Argument(..., metavar="W")) -> None:
+    """Set the batch's share of the budget against other batches due at the same time."""
+    from faceid_batch.bulk import batches
+
+    _batch_call(lambda settings, bid: batches.set_weight(settings, bid, value), batch_id)
+    typer.echo(f"batch {batch_id}: weight {value:g} (the feeder uses it within a second)")

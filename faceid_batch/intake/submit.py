@@ -1,0 +1,261 @@
+"""Submit a job: validate everything that can be checked for free, insert the row, enqueue.
+
+The row is the job's place in the queue (schedule.py). An onboarding job is sent the moment
+it is committed: its row is inserted already marked out, then its message goes to the
+lane, so a person waiting never waits for the feeder; if the submitter dies before the
+send, the feeder's lost-message check sends it seconds later, and if Redis is unreachable
+the job is simply due and fed when Redis is back. A backfill-lane job is inserted due: the
+feeder sends it in its turn, so a producer of millions never fills Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from faceid_batch import messages
+from faceid_batch.db import session_scope
+from faceid_batch.models import DedupeHit, Job, JobState, Lane
+from faceid_batch.outcome.notify import CallbackURLError, check_callback_url
+from faceid_batch.scheduling import schedule
+from faceid_batch.settings import Settings, get_settings
+from faceid_batch.stage import preflight
+from faceid_batch.stage.media import MediaError, inspect_local
+
+log = logging.getLogger(__name__)
+
+LIVENESS_TYPES = ("LIP", "ACTION", "SILENT")
+_LIP_CODE = re.compile(r"^\d{4}$")
+_ACTION_SEQ = re.compile(r"^[12](,[12])*$")
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class SubmitError(ValueError):
+    """The job cannot be accepted; the message names the field and the problem, and
+    ``field`` names it for machines (the producer API's problem details)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One verification request as a producer gives it."""
+
+    idempotency_key: str
+    photo: str
+    video: str
+    liveness_type: str
+    validate_data: str | None = None
+    lane: str = Lane.ONBOARDING.value
+    callback_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    # Filled in by validate_spec for local files, so that staging need not hash them again.
+    photo_md5: str | None = None
+    video_md5: str | None = None
+    # Filled in by validate_spec: preflight findings on the local files (None: nothing).
+    # A caller that checked the media itself (the producer API) passes its findings here.
+    preflight: list[dict[str, Any]] | None = None
+    # The producer API token that submitted it (a submit token sees only its own jobs).
+    submitted_by: int | None = None
+
+    @property
+    def refusal(self) -> dict[str, Any] | None:
+        """The preflight finding that refuses this job, if any."""
+        return preflight.Findings(self.preflight or []).refusal
+
+    def refused_values(self) -> dict[str, Any]:
+        """Job columns of a refused job (state, predicted code, reason, finished)."""
+        finding = self.refusal
+        assert finding is not None
+        return schedule.refused_columns(finding["code"], preflight.describe(finding))
+
+
+def validate_liveness(liveness_type: str, validate_data: str | None) -> str | None:
+    """Check LivenessType and ValidateData against the API's rules; return the clean data."""
+    if liveness_type not in LIVENESS_TYPES:
+        raise SubmitError(
+            f"liveness type {liveness_type!r}: must be one of {', '.join(LIVENESS_TYPES)}",
+            "liveness_type")
+    data = (validate_data or "").strip() or None
+    if liveness_type == "LIP" and (data is None or not _LIP_CODE.match(data)):
+        raise SubmitError(f"validate data {data!r}: LIP needs a 4-digit code such as 1234",
+                          "validate_data")
+    if liveness_type == "ACTION" and (data is None or not _ACTION_SEQ.match(data)):
+        raise SubmitError(
+            f"validate data {data!r}: ACTION needs an action sequence such as 1,2 or 2,1",
+            "validate_data")
+    if liveness_type == "SILENT" and data is not None:
+        raise SubmitError(f"validate data {data!r}: SILENT takes no validate data",
+                          "validate_data")
+    return data
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(("http://", "https://", "cos://"))
+
+
+def check_key(key: str | None) -> str:
+    """The idempotency key, if it is one (1-200 printable characters, no spaces)."""
+    if not _KEY.match(key or ""):
+        raise SubmitError(
+            "idempotency key: 1-200 printable characters without spaces are required", "key")
+    assert key is not None
+    return key
+
+
+def check_lane(lane: str) -> str:
+    if lane not in (Lane.ONBOARDING.value, Lane.BACKFILL.value):
+        raise SubmitError(f"lane {lane!r}: must be onboarding or backfill", "lane")
+    return lane
+
+
+def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
+    """Every free check: key, lane, liveness rules, local media (format, size), and the
+    preflight rules on local media (findings in ``preflight``; a refusal is not raised)."""
+    check_key(spec.idempotency_key)
+    check_lane(spec.lane)
+    data = validate_liveness(spec.liveness_type, spec.validate_data)
+    md5s: dict[str, str | None] = {"photo": None, "video": None}
+    for kind, source in (("photo", spec.photo), ("video", spec.video)):
+        if not source:
+            raise SubmitError(f"{kind}: a path, http(s) URL or cos://bucket/key is required",
+                              kind)
+        if "?" in source and is_remote(source):
+            # A query string may carry a signature; we never keep one.
+            raise SubmitError(f"{kind}: URLs with a query string are not accepted", kind)
+        if not is_remote(source):
+            try:
+                md5s[kind] = inspect_local(kind, source).md5
+            except MediaError as exc:
+                raise SubmitError(str(exc), kind) from None
+        else:
+            # Known only when the submitter read the content itself (the producer API).
+            md5s[kind] = getattr(spec, f"{kind}_md5")
+    local = {kind: None if is_remote(src) else src
+             for kind, src in (("photo", spec.photo), ("video", spec.video))}
+    findings = preflight.check(settings or get_settings(), spec.liveness_type,
+                               local["photo"], local["video"])
+    stored = [*(spec.preflight or []), *(findings.stored() or [])] or None
+    return JobSpec(**{**spec.__dict__, "validate_data": data,
+                      "photo_md5": md5s["photo"], "video_md5": md5s["video"],
+                      "preflight": stored})
+
+
+def sent_at_once(lane: str) -> bool:
+    """Whether a job of ``lane`` is sent when submitted (onboarding) or fed (backfill)."""
+    return lane == Lane.ONBOARDING.value
+
+
+def spec_columns(spec: JobSpec) -> dict[str, Any]:
+    """The job columns a checked spec gives, the same for ``submit`` and a backfill's rows
+    (the MD5s of local media among them, so staging does not hash them again)."""
+    return dict(
+        lane=spec.lane, liveness_type=spec.liveness_type, validate_data=spec.validate_data,
+        photo_source=spec.photo, video_source=spec.video, photo_md5=spec.photo_md5,
+        video_md5=spec.video_md5, callback_url=spec.callback_url, meta=spec.metadata,
+        preflight=spec.preflight, submitted_by=spec.submitted_by,
+    )
+
+
+def _job_values(spec: JobSpec) -> dict[str, Any]:
+    if spec.refusal is not None:
+        return {**spec_columns(spec), **spec.refused_values()}
+    # Out (sent right after the commit) or due (fed in its turn): see the docstring.
+    return {**spec_columns(spec), **schedule.waiting_columns(out=sent_at_once(spec.lane))}
+
+
+def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
+    """Insert the job row; return (job id, created). An existing key returns its job,
+    except a ``refused`` one: it is checked again (a refusal cost nothing), so it is
+    updated from ``spec`` and counts as created (to be sent) if it now passes."""
+    job_id, created, _ = _insert_job(settings, spec)
+    return job_id, created
+
+
+def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None]:
+    """``insert_job``, plus the state the key's job had before (None: a new key)."""
+    with session_scope(settings.database_url) as session:
+        existing = session.execute(
+            select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
+        ).first()
+        if existing is not None and existing.state == JobState.REFUSED.value:
+            return *_recheck_refused(settings, existing.id, spec), existing.state
+        if existing is not None:
+            return existing.id, False, existing.state
+    try:
+        with session_scope(settings.database_url) as session:
+            job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec))
+            session.add(job)
+            session.flush()
+            return job.id, spec.refusal is None, None
+    except IntegrityError:
+        # Another producer inserted the same key between our check and our insert.
+        with session_scope(settings.database_url) as session:
+            return session.scalar(
+                select(Job.id).where(Job.idempotency_key == spec.idempotency_key)
+            ), False, None
+
+
+def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:
+    with session_scope(settings.database_url) as session:
+        changed = schedule.recheck_refused(session, job_id, _job_values(spec))
+    return job_id, changed and spec.refusal is None
+
+
+def check_callback(settings: Settings, url: str | None) -> str | None:
+    """The callback URL, checked: absolute http(s), nothing secret in it, and WEBHOOK_SECRET
+    set (callbacks are always signed)."""
+    if url is None:
+        return None
+    try:
+        url = check_callback_url(url)
+    except CallbackURLError as exc:
+        raise SubmitError(str(exc), "callback_url") from None
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        raise SubmitError("callback_url needs WEBHOOK_SECRET to be set: callbacks are "
+                          "always signed", "callback_url")
+    return url
+
+
+def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) -> None:
+    """One ``dedupe_hits`` row: a submission answered by an existing job (no new call)."""
+    with session_scope(settings.database_url) as session:
+        batch_id = session.scalar(select(Job.batch_id).where(Job.id == job_id))
+        session.add(DedupeHit(source=source, count=1, job_id=job_id, idempotency_key=key,
+                              batch_id=batch_id))
+
+
+def send_now(settings: Settings, job_id: int, lane: str) -> bool:
+    """Send the message of a committed job that is marked out; False if Redis could not take
+    it (the job is then due, and the feeder sends it when Redis is back)."""
+    try:
+        messages.send_verify(job_id, lane)
+        return True
+    except Exception as exc:  # noqa: BLE001 - kombu and redis-py raise many kinds for "away"
+        log.warning("job %s: not sent (%s); it is due and goes out when Redis is back",
+                    job_id, type(exc).__name__)
+        with session_scope(settings.database_url) as session:
+            schedule.due_again(session, [job_id])
+        return False
+
+
+def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[int, bool]:
+    """Validate, preflight, insert (idempotent on the key), then enqueue. Return (job id,
+    created). A job refused by preflight is stored ``refused`` and never sent (created
+    is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
+    spec = validate_spec(spec, settings)
+    job_id, created, known_state = _insert_job(settings, spec)
+    if created and sent_at_once(spec.lane):
+        send_now(settings, job_id, spec.lane)
+    elif spec.refusal is not None:
+        log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))
+    elif known_state is not None and known_state != JobState.REFUSED.value:
+        record_dedupe_hit(settings, job_id, spec.idempotency_key, source)
+    return job_id, created

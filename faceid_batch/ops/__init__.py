@@ -1,0 +1,1 @@
+"""Running it: structured logs with secrets masked, Prometheus metrics."""

@@ -1,0 +1,135 @@
+"""Write what happened to the database: attempts, results, final states, best frames."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from faceid_batch.call import billing
+from faceid_batch.call.faceid_client import Answer, BestFrameInfo
+from faceid_batch.models import Attempt, BestFrame, Job, Result
+from faceid_batch.ops.logs import redact
+from faceid_batch.scheduling import schedule
+from faceid_batch.times import utcnow
+
+log = logging.getLogger(__name__)
+
+# The statements of a call's answer, built once on the tables (not the ORM entities): the
+# columns of an INSERT and the SET clause of an UPDATE come from the parameters, so each set
+# of columns is compiled once per process, and a statement is not rebuilt, re-coerced and
+# re-keyed for the cache on every answer (that was most of the CPU of writing one).
+_ATTEMPTS, _RESULTS, _JOBS, _FRAMES = (Attempt.__table__, Result.__table__, Job.__table__,
+                                       BestFrame.__table__)
+_INSERT_ATTEMPT = _ATTEMPTS.insert()
+_INSERT_RESULT = _RESULTS.insert()
+_INSERT_FRAME = _FRAMES.insert()
+_RESULT_OF = select(_RESULTS.c.id).where(_RESULTS.c.job_id == bindparam("of_job"))
+_FRAME_OF = select(_FRAMES.c.id).where(_FRAMES.c.job_id == bindparam("of_job"))
+
+
+def attempt_number(attempts_before: int, answer: Answer) -> int:
+    """The job's attempt count once ``answer`` is recorded: throttled and account answers
+    (someone else used the budget; the account is in arrears) do not use up an attempt."""
+    return attempts_before + (1 if answer.rule.counts_attempt else 0)
+
+
+def attempt_columns(job_id: int, attempts_before: int, answer: Answer,
+                    bill: billing.BillingTable) -> dict[str, Any]:
+    """The attempt row of one call (see attempt_number for what counts as an attempt).
+
+    Every call's row is built here (parked answers too), so every row says whether Tencent
+    bills it: ``bill`` (the table of BILLING_OVERRIDES, Resources.billing) maps its code.
+    """
+    number = attempt_number(attempts_before, answer)
+    return {
+        "job_id": job_id,
+        "number": number,
+        "started_at": (datetime.fromtimestamp(answer.started_at, UTC) if answer.started_at
+                       else utcnow()),
+        "latency_ms": answer.latency_ms,
+        "http_status": answer.http_status,
+        "request_id": answer.request_id,
+        "code": answer.code,
+        "kind": answer.rule.kind.value,
+        "channel": answer.channel,
+        # Stored as received but without URL signatures or tokens, should an answer echo one.
+        "message": redact(answer.message) or None,
+        "counted": number > attempts_before,
+        "billable": bill.billable(answer.code),
+    }
+
+
+def decide(answer: Answer, threshold: float) -> bool:
+    """Pass only on Success with Sim at or above the threshold."""
+    return answer.code == "Success" and answer.sim is not None and answer.sim >= threshold
+
+
+def result_columns(job_id: int, answer: Answer, threshold: float) -> dict[str, Any]:
+    """The result row of FaceID's final answer for a job."""
+    return {
+        "job_id": job_id,
+        "result": answer.code,
+        "description": answer.description or answer.message or None,
+        "sim": answer.sim,
+        "request_id": answer.request_id,
+        "passed": decide(answer, threshold),
+        "threshold": threshold,
+    }
+
+
+def write_answer(session: Session, job_id: int, attempts_before: int, answer: Answer,
+                 job_columns: dict[str, Any], threshold: float | None,
+                 bill: billing.BillingTable) -> None:
+    """One call's rows in one go, without loading the job: its attempt, its result when
+    ``threshold`` is given (once per job), and ``job_columns`` on the job with its new
+    attempt count.
+    """
+    attempt = attempt_columns(job_id, attempts_before, answer, bill)
+    session.execute(_INSERT_ATTEMPT, attempt)
+    columns = {**job_columns, "attempts": attempt["number"]}
+    if threshold is not None and session.scalar(_RESULT_OF, {"of_job": job_id}) is None:
+        result = result_columns(job_id, answer, threshold)
+        session.execute(_INSERT_RESULT, result)
+        columns.update(schedule.completed_columns(answer.code, result["passed"]))
+    schedule.write(session, job_id, columns)
+
+
+class BestFrameError(Exception):
+    """The best frame could not be fetched or did not match its MD5."""
+
+
+def fetch_best_frame(
+    http: requests.Session, info: BestFrameInfo, max_bytes: int
+) -> tuple[bytes, str]:
+    """Download the best frame (bounded), check its MD5; return (bytes, md5)."""
+    try:
+        with http.get(info.url, stream=True, timeout=(5, 30)) as resp:
+            if resp.status_code != 200:
+                raise BestFrameError(f"best frame download: HTTP {resp.status_code}")
+            data = bytearray()
+            for chunk in resp.iter_content(256 * 1024):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise BestFrameError(f"best frame larger than {max_bytes} bytes")
+    except requests.RequestException as exc:
+        raise BestFrameError(f"best frame download: {type(exc).__name__}") from None
+    md5 = hashlib.md5(data).hexdigest()
+    if info.md5 and md5.lower() != info.md5.lower():
+        raise BestFrameError(f"best frame MD5 {md5} does not match the API's {info.md5}")
+    if info.size is not None and info.size != len(data):
+        raise BestFrameError(f"best frame size {len(data)} does not match the API's {info.size}")
+    return bytes(data), md5
+
+
+def store_best_frame(session: Session, job_id: int, content: bytes, md5: str) -> None:
+    """Keep the best frame with the job (once per job)."""
+    if session.scalar(_FRAME_OF, {"of_job": job_id}) is not None:
+        return
+    session.execute(_INSERT_FRAME, {"job_id": job_id, "md5": md5, "size": len(content),
+                                    "content": content})

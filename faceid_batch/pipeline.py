@@ -1,0 +1,256 @@
+"""One job's run through its stages: claim it, stage its media (preflight on what was
+fetched), wait for its rate-limit slot and the breaker, call, and hand the answer to
+outcome.record. The ``verify`` task (tasks.py) runs it.
+
+A message only says "this job may be due": the job runs if this worker *claims* it
+(schedule.claim: waiting and due, taken for this process's lease in one guarded UPDATE), so
+a message delivered twice, late or for a job another worker holds is dropped. Whatever the
+job needs next (a retry after its backoff, waiting out the account breaker, Redis or the
+database coming back) is written to its row as a due time; no task waits inside a worker on
+a countdown message.
+"""
+
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis
+import requests
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import DBAPIError
+
+from faceid_batch.bulk.batches import batch_gate
+from faceid_batch.call.errors import backoff
+from faceid_batch.call.faceid_client import CompareRequest, SendTooLate
+from faceid_batch.call.ratelimit import STALE_AFTER
+from faceid_batch.db import session_scope, write_scope
+from faceid_batch.intake.submit import is_remote
+from faceid_batch.models import Job, JobState
+from faceid_batch.ops import logs, metrics
+from faceid_batch.outcome import notify, record
+from faceid_batch.scheduling import answers, schedule
+from faceid_batch.stage import preflight
+from faceid_batch.stage.media import MediaError
+from faceid_batch.stage.storage import display_source
+from faceid_batch.times import utcnow
+
+if TYPE_CHECKING:
+    from faceid_batch.worker import Resources
+
+log = logging.getLogger(__name__)
+
+PREPARE_AHEAD = 0.05  # seconds before the reserved start to check the breaker and sign
+# Redis was unreachable before the call: the job is due again after this long (plus jitter).
+REDIS_AWAY_DELAY = 2.0
+# The database was unreachable: the heartbeat gives the job back once it is there again.
+DATABASE_AWAY_DELAY = 2.0
+
+
+
+# A job's statements, built once (see persist: rebuilding them per job cost more CPU than
+# running them).
+_J = Job.__table__.c
+_JOB_TO_RUN = select(
+    _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
+    _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key,
+).where(_J.id == bindparam("of_job"))
+
+
+def run_job(res: Resources, job_id: int) -> str:
+    """Claim the job for this process's lease and run it; return what it became (or why
+    the message was dropped). Never leaves a claimed job without a way back: a failure of
+    Redis or the database before the call gives it back to the schedule."""
+    lease = res.lease
+    try:
+        job = _claim(res, job_id, lease.id)
+    except DBAPIError as exc:
+        # The claim may or may not have been written: a give-back only moves it if it was.
+        _database_away(res, job_id, exc)
+        return "database-unavailable"
+    if isinstance(job, str):
+        return job
+    try:
+        return _run_claimed(res, job_id, job)
+    except redis.RedisError as exc:
+        # Raised only before the call (the breaker, the limiter, the park): nothing was paid.
+        log.warning("job %s: Redis unavailable (%s); due again in a few seconds", job_id,
+                    type(exc).__name__)
+        try:
+            return _give_back(res, job_id, REDIS_AWAY_DELAY + random.uniform(0, 2))
+        except DBAPIError as db_exc:
+            _database_away(res, job_id, db_exc)
+            return "database-unavailable"
+    except DBAPIError as exc:
+        # Any paid answer is already parked in Redis (answers.park) and is written first on
+        # the next run, without a new call.
+        _database_away(res, job_id, exc)
+        return "database-unavailable"
+
+
+def _database_away(res: Resources, job_id: int, exc: DBAPIError) -> None:
+    log.warning("job %s: database error (%s: %s); it goes back to the schedule when the "
+                "database is back", job_id, type(exc.orig).__name__,
+                str(exc.orig).splitlines()[0][:200] if str(exc.orig) else "")
+    res.lease.release_later(job_id, DATABASE_AWAY_DELAY)
+
+
+def _claim(res: Resources, job_id: int, lease_id: str) -> Any:
+    """The job's row once claimed for ``lease_id``, or why it is not run (a string)."""
+    with write_scope(res.settings.database_url) as session:
+        job = session.execute(_JOB_TO_RUN, {"of_job": job_id}).first()
+        if job is None:
+            log.error("job %s: no such job row; dropping the message", job_id)
+            return "missing"
+        if job.state in JobState.final():
+            # Already answered: a redelivery must never pay for a second call.
+            return str(job.state)
+        # A paused or cancelled batch: park or close the job without a call.
+        if job.batch_id is not None and (
+                gated := batch_gate(res, session, job_id, job.batch_id)) is not None:
+            return gated
+        if not schedule.claim(session, job_id, lease_id):
+            # Held by another worker, parked, or a retry whose time has not come: its row
+            # says when it runs, and the feeder sends it then.
+            return "not-claimed"
+    return job
+
+
+def _give_back(res: Resources, job_id: int, delay: float,
+               state: str = JobState.QUEUED.value) -> str:
+    """Put a job this worker holds back in the schedule, due after ``delay``; not an attempt."""
+    with write_scope(res.settings.database_url) as session:
+        schedule.reschedule(session, job_id, res.lease.id,
+                            utcnow() + timedelta(seconds=delay), state)
+    return state
+
+
+def _run_claimed(res: Resources, job_id: int, job: Any) -> str:
+    s = res.settings
+    parked = answers.take(res.redis, job_id, res.lease.id)
+    if parked is not None:
+        logs.bind(request_id=parked.request_id)
+        # A paid answer that could not be written earlier: store it, never call again.
+        return record.record_paid(res, job_id, parked)
+    lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
+    photo_md5, video_md5 = job.photo_md5, job.video_md5
+    liveness, validate = job.liveness_type, job.validate_data
+    # An earlier attempt recorded the key: the video is likely in the bucket already.
+    staged_before = job.video_key is not None
+
+    # This check only saves staging a job the breaker would stop: a closed state read in
+    # the last second will do. The one before the call (below) reads it afresh.
+    may_call, wait = res.breaker.before_call(max_age=1.0)
+    if not may_call:
+        return _give_back(res, job_id, wait + random.uniform(0, 2))
+
+    # Local files were preflighted at submit; remote ones are read here, on the copy staging
+    # makes anyway, before anything is uploaded or called.
+    findings: list[dict[str, Any]] = []
+
+    def remote_check(kind: str, source: str) -> Callable[[str], None] | None:
+        if not is_remote(source):
+            return None
+
+        def inspect(path: str) -> None:
+            pair = (path, None) if kind == "photo" else (None, path)
+            findings.extend(preflight.check(s, liveness, *pair,
+                                            names={kind: display_source(source)}).items)
+        return inspect
+
+    try:
+        photo = res.stager.stage("photo", photo_src, photo_md5, remote_check("photo", photo_src))
+        video = None
+        if preflight.Findings(findings).refusal is None:
+            video = res.stager.stage("video", video_src, video_md5,
+                                     remote_check("video", video_src),
+                                     check_existing=staged_before)
+    except MediaError as exc:
+        # Bad media fails the same way every time: final, and no API call is made.
+        with session_scope(s.database_url) as session:
+            schedule.fail(session, job_id, "Local.MediaInvalid", str(exc))
+        log.info("job %s: media refused before any call: %s", job_id, exc)
+        notify.job_finished(res, job_id)
+        return JobState.FAILED.value
+    except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
+        delay = backoff(2, s.retry_base_delay, s.retry_max_delay)
+        log.warning("job %s: staging failed (%s); due again in %.1fs", job_id,
+                    type(exc).__name__, delay)
+        return _give_back(res, job_id, delay, JobState.RETRYING.value)
+    if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
+        return refused
+    assert video is not None
+
+    slot = res.limiter.reserve_slot(lane)
+    metrics.RATE_LIMIT_WAIT.observe(max(0.0, slot.deadline - time.monotonic()))
+    # Everything but the send happens before the reserved start, so the call leaves on time
+    # (late starts bunch up at the API and can exceed its limit in a sliding second).
+    res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
+    # The breaker may have opened while this job waited for its slot.
+    may_call, wait = res.breaker.before_call()
+    if not may_call:
+        res.limiter.release(slot)
+        return _give_back(res, job_id, wait + random.uniform(0, 2))
+    prepared = res.faceid.prepare(CompareRequest(
+        image_url=res.stager.presign(photo.key),
+        image_md5=photo.info.md5,
+        video_url=res.stager.presign(video.key),
+        video_md5=video.info.md5,
+        liveness_type=liveness,
+        validate_data=validate,
+    ))
+    late: list[float] = []
+    while True:
+        try:
+            # The client sleeps until the slot at the first write, the request built and a
+            # connection in hand (see faceid_client), so it leaves as close to it as it can.
+            answer = res.faceid.send(
+                prepared, send_at=slot.deadline, send_by=slot.deadline + STALE_AFTER,
+                on_sent=lambda when, s=slot: late.append(res.limiter.started_at(s, when)))
+            break
+        except SendTooLate:
+            # The thread got to the write too long after its slot: the call is not made on
+            # it (see faceid_client); the slot goes back and the call waits for a new one.
+            res.limiter.release(slot)
+            metrics.RATE_LIMIT_TOO_LATE.inc()
+            log.info("job %s: not sent on its rate-limit slot (its thread got there too "
+                     "late); reserving a new slot", job_id)
+            slot = res.limiter.reserve_slot(lane)
+            # As for the first slot: not holding a pooled connection longer than this.
+            res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
+    if not late:
+        res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused
+    late_ms = (late[0] if late else 0.0) * 1000
+    logs.bind(request_id=answer.request_id)
+    metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late_ms / 1000)
+    log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
+             answer.code, answer.request_id, answer.latency_ms, late_ms)
+    res.breaker.record(answer.code if answer.rule.trips_breaker else None)
+    return record.record_paid(res, job_id, answer, (photo, video))
+
+
+def _store_preflight(res: Resources, job_id: int,
+                     findings: list[dict[str, Any]]) -> str | None:
+    """Keep the worker's preflight findings on the job; refuse it if one says so."""
+    refusal = preflight.Findings(findings).refusal
+    with session_scope(res.settings.database_url) as session:
+        before = list(session.scalar(select(Job.preflight).where(Job.id == job_id)) or [])
+        # A retry stages (and reads) again: only findings not kept yet are added.
+        stored = before + [f for f in findings if f not in before]
+        if refusal is None:
+            if stored != before:
+                schedule.write(session, job_id, {"preflight": stored})
+            return None
+        schedule.refuse(session, job_id, refusal["code"], preflight.describe(refusal), stored)
+    log.info("job %s: refused by preflight before any call: %s", job_id,
+             preflight.describe(refusal))
+    notify.job_finished(res, job_id)
+    return JobState.REFUSED.value
+
+

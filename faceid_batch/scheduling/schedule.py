@@ -1,0 +1,298 @@
+"""The schedule of record: when each job is due, whether its message is out, who holds it.
+
+The database is the queue. A job waiting for a worker is a row that is either *due*
+(``due_at`` set: first attempt, or a retry after its backoff) or *out* (``enqueued_at`` set:
+its message is in its lane's Redis list and no worker has taken it yet). A worker *claims*
+a job when its message comes (``state`` running, ``lease_id`` its lease), and a job it gives
+back is due again. Redis only ever carries the short window the feeder (feeder.py) keeps
+topped up from the due rows, plus the onboarding jobs sent the moment they are submitted.
+
+Every change of a job's state is built here: the guarded statements of the schedule
+(claim, reschedule, park, mark out, due again ...), and the columns of a new job, a final
+state (completed, failed, refused, cancelled) and a restart, which their callers write in
+the transaction that needs them (an answer with its attempt, a batch's cancel). Each
+statement is guarded by the state it expects, so two parties racing on one job (a worker
+claiming it, the feeder marking it, a checker recovering it) never both win.
+
+Order on the way out: a row is marked out, committed, then its message sent. A message that
+never left (the sender died) is found by the feeder's lost-message check and the job is
+due again. A message sent twice is harmless: only one claim succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from faceid_batch.models import Job, JobState
+from faceid_batch.times import utcnow
+
+_JOBS = Job.__table__
+_J = _JOBS.c
+WAITING = JobState.waiting()
+RUNNING = JobState.RUNNING.value
+CHUNK = 1000
+
+# A job takes a worker's claim when its message comes: it must be waiting, and due now (a
+# retry whose backoff has not run out is not taken by a stale message) or out (no due time).
+_CLAIM = _JOBS.update().where(
+    _J.id == bindparam("of_job"), _J.state.in_(WAITING),
+    or_(_J.due_at.is_(None), _J.due_at <= bindparam("now")),
+).values(
+    state=RUNNING, lease_id=bindparam("lease"), due_at=None, enqueued_at=None,
+    started_at=func.coalesce(_J.started_at, bindparam("now")), updated_at=bindparam("now"),
+)
+# What the holder of a job does with it: only the lease that holds it may move it.
+_HELD = and_(_J.id == bindparam("of_job"), _J.state == RUNNING,
+             _J.lease_id == bindparam("lease"))
+_RESCHEDULE = _JOBS.update().where(_HELD).values(
+    state=bindparam("to_state"), due_at=bindparam("due"), enqueued_at=None,
+    updated_at=bindparam("now"),
+)
+_Executor = Session | Connection
+
+
+def claim(db: _Executor, job_id: int, lease_id: str, now: datetime | None = None) -> bool:
+    """Take the job for ``lease_id``; False if it is not waiting or not due yet."""
+    now = now or utcnow()
+    return db.execute(_CLAIM, {"of_job": job_id, "lease": lease_id, "now": now}).rowcount > 0
+
+
+def reschedule(db: _Executor, job_id: int, lease_id: str, due: datetime,
+               state: str = JobState.QUEUED.value) -> bool:
+    """The holder gives the job back, due at ``due`` (``state``: queued or retrying).
+
+    False if ``lease_id`` no longer holds it (it was recovered and taken by another)."""
+    assert state in WAITING
+    return db.execute(_RESCHEDULE, {"of_job": job_id, "lease": lease_id, "due": due,
+                                    "to_state": state, "now": utcnow()}).rowcount > 0
+
+
+def reschedule_columns(due: datetime, state: str) -> dict[str, object]:
+    """The job columns of ``reschedule``, for a caller that writes them with an answer."""
+    assert state in WAITING
+    return {"state": state, "due_at": due, "enqueued_at": None}
+
+
+def park(db: _Executor, job_id: int) -> bool:
+    """A waiting job of a paused batch: neither due nor out until the batch resumes."""
+    return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING)).values(
+        state=JobState.PAUSED.value, due_at=None, enqueued_at=None, updated_at=utcnow(),
+    )).rowcount > 0
+
+
+def park_batch(db: _Executor, batch_id: int) -> int:
+    """A paused batch's due jobs are parked (those out are parked by the worker they reach)."""
+    return db.execute(_JOBS.update().where(
+        _J.batch_id == batch_id, _J.state.in_(WAITING), _J.due_at.is_not(None),
+    ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
+
+
+def unpark_batch(db: _Executor, batch_id: int) -> int:
+    """A resumed batch's parked jobs are due again, in the order they were created."""
+    return db.execute(_JOBS.update().where(
+        _J.batch_id == batch_id, _J.state == JobState.PAUSED.value,
+    ).values(**_queued_again())).rowcount
+
+
+# -- the feeder's side -------------------------------------------------------------------
+def mark_out(db: _Executor, ids: Sequence[int]) -> list[int]:
+    """Mark due jobs as having a message out (before it is sent); return those marked."""
+    now = utcnow()
+    marked: list[int] = []
+    for part in _chunks(ids):
+        marked += db.scalars(_JOBS.update().where(
+            _J.id.in_(part), _J.due_at.is_not(None), _J.state.in_(WAITING),
+        ).values(due_at=None, enqueued_at=now).returning(_J.id)).all()
+    return marked
+
+
+def due_again(db: _Executor, ids: Iterable[int]) -> int:
+    """Jobs whose message is gone (never sent, or lost with Redis) are due again, in the
+    order they were created: they were at the front of the queue when they went out."""
+    count = 0
+    for part in _chunks(list(ids)):
+        count += db.execute(_JOBS.update().where(
+            _J.id.in_(part), _J.enqueued_at.is_not(None), _J.state.in_(WAITING),
+        ).values(due_at=_J.created_at, enqueued_at=None, updated_at=utcnow())).rowcount
+    return count
+
+
+def out_before(db: _Executor, before: datetime, limit: int = 100_000) -> list[int]:
+    """Jobs whose message went out before ``before`` and that no worker has taken."""
+    return list(db.scalars(select(_J.id).where(
+        _J.enqueued_at < before, _J.state.in_(WAITING)).limit(limit)))
+
+
+def running_leases(db: _Executor) -> list[str]:
+    """The leases that hold running jobs."""
+    return [lease for lease in db.scalars(
+        select(_J.lease_id).where(_J.state == RUNNING, _J.lease_id.is_not(None)).distinct()
+    )]
+
+
+def _queued_again() -> dict[str, object]:
+    """A job back in the queue, due as of when it was created: ahead of the fresh rows that
+    came after it (it was at the front when it went out, or was parked)."""
+    return {"state": JobState.QUEUED.value, "due_at": _J.created_at, "enqueued_at": None,
+            "updated_at": utcnow()}
+
+
+def requeue_lease(db: _Executor, lease_id: str) -> list[int]:
+    """Every running job of a lease that is gone is due again at once; return their ids."""
+    return list(db.scalars(_JOBS.update().where(
+        _J.state == RUNNING, _J.lease_id == lease_id,
+    ).values(**_queued_again()).returning(_J.id)))
+
+
+def requeue_stuck(db: _Executor, before: datetime) -> list[int]:
+    """Running jobs not updated since ``before`` (their task hung, or they were taken by a
+    worker older than leases) are due again; return their ids."""
+    return list(db.scalars(_JOBS.update().where(
+        _J.state == RUNNING, _J.updated_at < before,
+    ).values(**_queued_again()).returning(_J.id)))
+
+
+def make_due(db: _Executor, ids: Iterable[int]) -> int:
+    """Waiting or parked jobs that must run (a paid answer waits for them) are due now."""
+    count = 0
+    for part in _chunks(list(ids)):
+        count += db.execute(_JOBS.update().where(
+            _J.id.in_(part), _J.state.in_((*WAITING, JobState.PAUSED.value)),
+            _J.due_at.is_(None), _J.enqueued_at.is_(None),
+        ).values(**_queued_again())).rowcount
+    return count
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    ids = list(ids)
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start:start + CHUNK]
+
+
+# -- new jobs, final states and restarts: the columns their callers write ------------------
+def waiting_columns(*, out: bool, paused: bool = False,
+                    now: datetime | None = None) -> dict[str, Any]:
+    """A job that is to run: out (its message is sent right after the commit), due now (the
+    feeder sends it in its turn) or parked (its batch is paused); no outcome yet."""
+    now = now or utcnow()
+    return {
+        "state": JobState.PAUSED.value if paused else JobState.QUEUED.value,
+        "due_at": None if paused or out else now,
+        "enqueued_at": now if out and not paused else None,
+        "result_code": None, "passed": None, "error_message": None, "finished_at": None,
+    }
+
+
+def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str, Any]:
+    """A failed job run again from its first attempt (retry-failed); the old attempts stay
+    in the attempts table for the audit."""
+    return {**waiting_columns(out=False, paused=paused, now=now), "attempts": 0}
+
+
+def completed_columns(code: str, passed: bool) -> dict[str, Any]:
+    """A job whose answer (a verdict, or Success with its Sim) is stored."""
+    return {"state": JobState.COMPLETED.value, "result_code": code, "passed": passed,
+            "error_message": None, "finished_at": utcnow()}
+
+
+def failed_columns(code: str, message: str) -> dict[str, Any]:
+    """Final without a verdict: a bad request or media, attempts used up, a cancel."""
+    return {"state": JobState.FAILED.value, "result_code": code, "passed": None,
+            "error_message": message[:2000], "finished_at": utcnow()}
+
+
+def refused_columns(code: str, reason: str) -> dict[str, Any]:
+    """Final without a call: preflight predicted the API's refusal ``code``."""
+    return {"state": JobState.REFUSED.value, "result_code": code, "passed": None,
+            "error_message": reason[:2000], "finished_at": utcnow(), "due_at": None,
+            "enqueued_at": None}
+
+
+def cancelled_columns(code: str, message: str) -> dict[str, Any]:
+    """A waiting job closed by its batch's cancel: failed, neither due nor out."""
+    columns = failed_columns(code, message)
+    return {**columns, "updated_at": columns["finished_at"], "due_at": None,
+            "enqueued_at": None}
+
+
+# -- the statements that write them -----------------------------------------------------
+_WRITE = _JOBS.update().where(_J.id == bindparam("of_job"))
+_REFUSED = JobState.REFUSED.value
+
+
+def write(db: _Executor, job_id: int, columns: dict[str, Any]) -> None:
+    """Write ``columns`` (built by the functions above) to one job: an answer's write, in
+    the transaction that read the job's state and holds its attempt."""
+    db.execute(_WRITE, {**columns, "of_job": job_id})
+
+
+def fail(db: _Executor, job_id: int, code: str, message: str) -> None:
+    """End a job this worker holds without a verdict (its media was refused)."""
+    write(db, job_id, {**failed_columns(code, message), "updated_at": utcnow()})
+
+
+def refuse(db: _Executor, job_id: int, code: str, reason: str,
+           findings: list[dict[str, Any]]) -> None:
+    """End a job without a call: preflight predicted the API's refusal ``code``."""
+    write(db, job_id, {**refused_columns(code, reason), "preflight": findings,
+                       "updated_at": utcnow()})
+
+
+def recheck_refused(db: _Executor, job_id: int, columns: dict[str, Any]) -> bool:
+    """A refused job submitted again (a refusal cost nothing): rewrite it from the new
+    submission; only a row still refused is, so two re-submissions racing send it once."""
+    # The entity's update: ``columns`` name attributes (``meta``), as a new row's do.
+    return db.execute(update(Job).where(Job.id == job_id, Job.state == _REFUSED)
+                      .values(**columns, updated_at=utcnow())).rowcount > 0
+
+
+def cancel(db: _Executor, job_id: int, code: str, message: str) -> bool:
+    """Close one waiting job of a cancelled batch; False if it was no longer waiting."""
+    return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING))
+                      .values(**cancelled_columns(code, message))).rowcount > 0
+
+
+def cancel_batch(db: _Executor, batch_id: int, code: str, message: str) -> int:
+    """Close every waiting job of a cancelled batch (jobs calling now keep their answer)."""
+    return db.execute(_JOBS.update().where(_J.batch_id == batch_id, _J.state.in_(WAITING))
+                      .values(**cancelled_columns(code, message))).rowcount
+
+
+def restart_failed(db: _Executor, batch_id: int, *, paused: bool, except_code: str) -> int:
+    """Run a batch's failed jobs again from their first attempt, except those that failed
+    with ``except_code`` (closed by a cancel); parked when the batch is paused."""
+    now = utcnow()
+    return db.execute(_JOBS.update().where(
+        _J.batch_id == batch_id, _J.state == JobState.FAILED.value,
+        or_(_J.result_code.is_(None), _J.result_code != except_code),
+    ).values(**restarted_columns(paused=paused, now=now), updated_at=now)).rowcount
+
+
+def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert job rows in one statement; return {idempotency key: id} of the rows inserted.
+
+    A key inserted meanwhile by another producer is skipped (ON CONFLICT DO NOTHING), so the
+    caller can count it as already known instead of losing the whole chunk to one conflict.
+    """
+    if not rows:
+        return {}
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(Job)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(Job)
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise RuntimeError(f"bulk insert is not written for {dialect}")
+    now = utcnow()
+    values = [{"created_at": now, "updated_at": now, "attempts": 0, **row} for row in rows]
+    stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+        Job.idempotency_key, Job.id
+    )
+    return {key: job_id for key, job_id in conn.execute(stmt, values)}

@@ -1,0 +1,292 @@
+"""Stage media in the COS bucket of the FaceID region with cos-python-sdk-v5.
+
+Objects are content-addressed (``<prefix><md5><ext>``): uploading a file again only writes
+the same bytes under the same key. A video is checked for (HEAD) before upload only when the
+caller knows it was staged before (a retry); small files are uploaded without a check.
+FaceID gets short-lived presigned GET URLs; those URLs are never stored or logged (they
+carry a signature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosServiceError
+from requests.adapters import HTTPAdapter
+
+from faceid_batch.call.httpenv import ResolvedEnvSession, environ_proxies, pinned_session
+from faceid_batch.settings import Settings
+from faceid_batch.stage.media import (
+    CHUNK,
+    EXTENSIONS,
+    PHOTO_FORMATS,
+    VIDEO_FORMATS,
+    MediaError,
+    MediaInfo,
+    file_md5,
+    inspect_local,
+    max_raw_size,
+    peek_local,
+)
+
+log = logging.getLogger(__name__)
+UPLOAD_READ = 1024 * 1024
+# Below this size a PUT costs about what the HEAD that could save it costs (the SDK's request
+# work dominates, not the bytes), so small files (ID photos) are uploaded without a check.
+CHECK_EXISTING_FROM = 1024 * 1024
+# The SDK logs full request URLs and headers at INFO/DEBUG (they carry signatures), and a
+# WARNING for every expected 404 of the HEAD that checks whether an object is there.
+logging.getLogger("qcloud_cos").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class StagedMedia:
+    """One file in the bucket, ready to be presigned."""
+
+    key: str
+    info: MediaInfo
+    uploaded: bool  # False when the object was already there
+
+
+def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
+    """One COS client per process; the SDK's session is pooled and thread-safe."""
+    secret_id, secret_key, token = settings.cos_credentials
+    endpoint = cos_endpoint(settings)
+    config = CosConfig(
+        Region=settings.cos_region,
+        SecretId=secret_id,
+        SecretKey=secret_key,
+        Token=token,
+        Scheme=settings.cos_scheme,
+        Domain=settings.cos_domain,
+        Timeout=60,
+        PoolConnections=4,
+        PoolMaxSize=pool_size,
+        Proxies=environ_proxies(endpoint) or None,
+    )
+    # Our own pooled session instead of the SDK's built-in one, so that requests does not
+    # read the environment again on every upload (see httpenv).
+    session = pinned_session(endpoint)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return CosS3Client(config, retry=2, session=session)
+
+
+def cos_endpoint(settings: Settings) -> str:
+    """The base URL of the bucket's COS endpoint."""
+    domain = settings.cos_domain or (f"{settings.cos_bucket}.cos.{settings.cos_region}"
+                                     ".myqcloud.com")
+    return f"{settings.cos_scheme}://{domain}/"
+
+
+def parse_cos_uri(source: str) -> tuple[str, str]:
+    """Split ``cos://bucket/key`` into (bucket, key)."""
+    rest = source[len("cos://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise MediaError(f"{source}: expected cos://BUCKET/KEY")
+    return bucket, key
+
+
+class MediaStager:
+    """Reads a job's sources, checks them, uploads them and presigns GET URLs."""
+
+    def __init__(self, settings: Settings, client: CosS3Client | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.cos_bucket or ""
+        self.client = client or make_cos_client(settings)
+        # Remote sources and best frames: many hosts, the environment read once per host.
+        self.http = ResolvedEnvSession()
+
+    # -- reading sources -------------------------------------------------------
+    @contextmanager
+    def _local_copy(self, kind: str, source: str) -> Iterator[str]:
+        """A local path for ``source``; remote sources are streamed to a temp file."""
+        if source.startswith(("http://", "https://")):
+            yield from self._download_http(kind, source)
+        elif source.startswith("cos://"):
+            yield from self._download_cos(kind, source)
+        else:
+            yield source
+
+    def _tmpfile(self) -> tuple[int, str]:
+        return tempfile.mkstemp(prefix="faceid-media-")
+
+    def _download_http(self, kind: str, url: str) -> Iterator[str]:
+        limit = max_raw_size(kind)
+        fd, path = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as out, self.http.get(url, stream=True, timeout=(5, 60)) as r:
+                if r.status_code != 200:
+                    raise MediaError(f"{kind} {display_source(url)}: HTTP {r.status_code}")
+                written = 0
+                for chunk in r.iter_content(CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise MediaError(f"{kind} {display_source(url)}: larger than the API limit")
+                    out.write(chunk)
+            yield path
+        finally:
+            os.unlink(path)
+
+    def _download_cos(self, kind: str, source: str) -> Iterator[str]:
+        bucket, key = parse_cos_uri(source)
+        if bucket != self.bucket:
+            raise MediaError(
+                f"{kind} {source}: bucket {bucket!r} is not COS_BUCKET; FaceID downloads only "
+                "from the bucket in its region"
+            )
+        fd, path = self._tmpfile()
+        os.close(fd)
+        try:
+            try:
+                resp = self.client.get_object(Bucket=bucket, Key=key)
+            except CosServiceError as exc:
+                raise MediaError(f"{kind} {source}: {exc.get_error_code()}") from None
+            with open(path, "wb") as out:
+                shutil.copyfileobj(resp["Body"].get_raw_stream(), out, CHUNK)
+            yield path
+        finally:
+            os.unlink(path)
+
+    # -- staging -----------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except CosServiceError as exc:
+            if exc.get_status_code() == 404:
+                return False
+            raise
+
+    def stage(self, kind: str, source: str, known_md5: str | None = None,
+              inspect: Callable[[str], None] | None = None,
+              check_existing: bool = True) -> StagedMedia:
+        """Check and upload one file; raise MediaError.
+
+        ``known_md5`` is the MD5 computed when the job was submitted: with it a file already
+        in the bucket is not read again, and an upload is checked against it on the way.
+        ``inspect`` is called with the local copy's path before anything is uploaded (the
+        worker's preflight of remote sources). With ``check_existing`` a file of at least
+        CHECK_EXISTING_FROM bytes already in the bucket is not uploaded again; without it
+        (a selfie video on its job's first attempt is new: the HEAD would only miss) the
+        file is uploaded straight away.
+        """
+        label = display_source(source)
+        if source.startswith("cos://") and known_md5 is not None:
+            ours = self.submitted(kind, source, known_md5)
+            if ours is not None:
+                return ours
+        with self._local_copy(kind, source) as path:
+            if inspect is not None:
+                inspect(path)
+            if source.startswith("cos://"):
+                # Already in the bucket: FaceID can read it where it is.
+                info = inspect_local(kind, path, label=label)
+                return StagedMedia(parse_cos_uri(source)[1], info, uploaded=False)
+            if known_md5 is None:
+                info = inspect_local(kind, path, label=label)
+            else:
+                info = peek_local(kind, path, known_md5, label=label)
+            key = self.content_key(info.md5, info.fmt)
+            if check_existing and (info.size or 0) >= CHECK_EXISTING_FROM and self.exists(key):
+                return StagedMedia(key, info, uploaded=False)
+            sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
+            if sent_md5 != info.md5:
+                # The file changed after it was checked: the object is not what its key says.
+                self.delete(key)
+                raise MediaError(f"{kind} {label}: file changed after it was submitted "
+                                 f"(MD5 {sent_md5}, expected {info.md5})")
+            return StagedMedia(key, info, uploaded=True)
+
+    def submitted(self, kind: str, source: str, md5: str) -> StagedMedia | None:
+        """The object the producer API put in the bucket for a job, or None if ``source`` is
+        not one: its key is ``<COS_KEY_PREFIX><md5><ext>`` of our bucket, its content was
+        hashed, sniffed, size-checked and preflighted on the way in, and the store checked
+        its MD5 (the ETag). Nothing is read again."""
+        bucket, key = parse_cos_uri(source)
+        if bucket != self.bucket:
+            return None
+        for fmt in PHOTO_FORMATS if kind == "photo" else VIDEO_FORMATS:
+            if key == self.content_key(md5, fmt):
+                return StagedMedia(key, MediaInfo(kind, fmt, None, md5), uploaded=False)
+        return None
+
+    def content_key(self, md5: str, fmt: str) -> str:
+        """The object key of a file with this MD5 and format (content-addressed)."""
+        return f"{self.settings.cos_key_prefix}{md5}{EXTENSIONS[fmt]}"
+
+    def _upload(self, path: str, key: str, hash_locally: bool) -> str:
+        """Simple PUT (media are at most 8 MB); return the MD5 of what the store received.
+
+        COS answers a simple PUT with ETag = the MD5 of the object, so a file whose MD5 was
+        taken at submit is checked by the store's ETag and not hashed again here.
+        """
+        with open(path, "rb") as fh:
+            reader = _HashingReader(fh, hashing=hash_locally)
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=reader)
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        if hash_locally or not _MD5_HEX.match(etag):
+            return reader.hexdigest() if hash_locally else file_md5(path)
+        return etag
+
+    def presign(self, key: str) -> str:
+        """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS. Never store it."""
+        return self.client.get_presigned_url(
+            Bucket=self.bucket, Key=key, Method="GET",
+            Expired=self.settings.presign_expiry_seconds,
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+class _HashingReader:
+    """A file for upload bodies: 1 MiB reads instead of http.client's 8 KiB blocks (far
+    fewer system calls per 5 MB video), hashing what is sent on the way."""
+
+    mode = "rb"  # requests checks it to warn about text-mode files
+
+    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
+        self._fh = fh
+        self._hashing = hashing
+        self._md5 = hashlib.md5()
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = self._fh.read(-1 if size is None or size < 0 else max(size, UPLOAD_READ))
+        if self._hashing:
+            self._md5.update(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset == 0 and whence == 0:
+            self._md5 = hashlib.md5()  # the SDK rewinds before a retry
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+def display_source(source: str) -> str:
+    """A source as shown or stored: never with its query string (it may hold a signature)."""
+    return source.split("?", 1)[0]

@@ -168,7 +168,8 @@ def _job_values(spec: JobSpec) -> dict[str, Any]:
     if spec.refusal is not None:
         return {**spec_columns(spec), **spec.refused_values()}
     # Out (sent right after the commit) or due (fed in its turn): see the docstring.
-    return {**spec_columns(spec), **schedule.waiting_columns(out=sent_at_once(spec.lane))}
+    return {**spec_columns(spec), **schedule.waiting_columns(out=sent_at_once(spec.lane)),
+            **schedule.OUTCOME_CLEARED}
 
 
 def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:

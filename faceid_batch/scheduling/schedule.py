@@ -180,20 +180,26 @@ def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
 def waiting_columns(*, out: bool, paused: bool = False,
                     now: datetime | None = None) -> dict[str, Any]:
     """A job that is to run: out (its message is sent right after the commit), due now (the
-    feeder sends it in its turn) or parked (its batch is paused); no outcome yet."""
+    feeder sends it in its turn) or parked (its batch is paused). A row that had an outcome
+    (a refusal checked again, a failure retried) also takes OUTCOME_CLEARED."""
     now = now or utcnow()
     return {
         "state": JobState.PAUSED.value if paused else JobState.QUEUED.value,
         "due_at": None if paused or out else now,
         "enqueued_at": now if out and not paused else None,
-        "result_code": None, "passed": None, "error_message": None, "finished_at": None,
     }
+
+
+# The outcome columns of a job that runs again; a new row has them NULL already.
+OUTCOME_CLEARED: dict[str, Any] = {"result_code": None, "passed": None, "error_message": None,
+                                   "finished_at": None}
 
 
 def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str, Any]:
     """A failed job run again from its first attempt (retry-failed); the old attempts stay
     in the attempts table for the audit."""
-    return {**waiting_columns(out=False, paused=paused, now=now), "attempts": 0}
+    return {**waiting_columns(out=False, paused=paused, now=now), **OUTCOME_CLEARED,
+            "attempts": 0}
 
 
 def completed_columns(code: str, passed: bool) -> dict[str, Any]:

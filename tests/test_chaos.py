@@ -408,8 +408,14 @@ def test_database_outage_after_calls(configured, sim_control, start_worker, tmp_
     sim_config(sim_control, latency={"fixed": 1.0})
     start_worker("w1", CONCURRENCY, **FAST)
     batch = make_batch(sim_control, tmp_path / "media", 20, submitter(settings))
-    wait_until(lambda: sum(c["charged"] for c in sim_calls(sim_control)) >= 4, 60,
-               what="4 paid calls before the outage")
+    # The outage starts once every thread's first call has been answered and written, and
+    # the threads have claimed their next jobs and are calling again (calls take 1 s): the
+    # first writes to meet it are those calls' answers. Started in the middle of the first
+    # answers, a thread's next claim could be first in line for the write lock, and every
+    # write waits out the one before it (SQLite's busy timeout, 30 s) before its own.
+    wait_until(lambda: sum(c["charged"] for c in sim_calls(sim_control)) >= CONCURRENCY, 60,
+               interval=0.05, what="every thread's first call answered")
+    time.sleep(0.3)
     client = redis.Redis.from_url(configured.redis_url)
     with database_outage(url):
         down_at = time.time()

@@ -85,16 +85,15 @@ def celery_app() -> Celery:
     return _app
 
 
-
-
 def send_verify(job_id: int, lane: str) -> None:
     """Send one ``verify`` message to ``lane`` now (raises when Redis cannot take it)."""
     celery_app().send_task(VERIFY_TASK, args=[job_id], queue=lane)
 
 
-def send_webhook(job_id: int, lane: str, countdown: float | None = None) -> None:
-    """Send the ``deliver_webhook`` message of a finished job."""
-    celery_app().send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=lane, countdown=countdown)
+def send_webhook(job_id: int, lane: str) -> None:
+    """Send the ``deliver_webhook`` message of a finished job (its retries are the task's
+    own countdown messages, tasks.deliver_webhook)."""
+    celery_app().send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=lane)
 
 
 def send_verify_many(job_ids: Iterable[int], lane: str, app: Celery | None = None) -> int:

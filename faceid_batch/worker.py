@@ -105,9 +105,8 @@ def _drop_lease(**_: object) -> None:
     # A clean exit hands this process's jobs and the feeder lock over at once, instead of
     # after a lease lifetime.
     feeder.stop()
-    res = _current
-    if res is not None and "lease" in res.__dict__:
-        res.lease.stop()
+    if _current is not None:
+        _current.stop()
 
 
 @dataclass
@@ -160,6 +159,11 @@ class Resources:
         """The pooled HTTP session of completion callbacks (notify.deliver)."""
         return requests.Session()
 
+    def stop(self) -> None:
+        """Stop this process's lease, if one was started (its heartbeat, its release)."""
+        if "lease" in self.__dict__:  # cached_property: built only once something asked
+            self.lease.stop()
+
     @cached_property
     def limiter(self) -> GlobalRateLimiter:
         s = self.settings
@@ -192,8 +196,8 @@ def drop_resources() -> None:
     global _current
     with _lock:
         res, _current = _current, None
-    if res is not None and "lease" in res.__dict__:
-        res.lease.stop()
+    if res is not None:
+        res.stop()
 
 
 def _forget_after_fork() -> None:

@@ -1,8 +1,7 @@
 """Which FaceID answers Tencent bills: one ordered table, first match wins.
 
 The defaults are the error table's own rows (errors.py says of every code whether it is
-billed, and why), so a code is classified and billed by one row. ``BILLING_OVERRIDES``
-puts its entries in front.
+billed, and why), so a code is classified and billed by one row.
 
 A pattern is an exact code (``InternalError``) or a prefix ending in ``*``
 (``InvalidParameter*`` also matches ``InvalidParameterValue.X``). ``BILLING_OVERRIDES``

@@ -162,8 +162,9 @@ def deliver(res: Resources, job_id: int, retries: int) -> str:
         }
         started = time.monotonic()
         try:
-            resp = res.webhook_http.post(url, data=body, headers=headers, allow_redirects=False,
-                                timeout=(min(s.webhook_timeout, 5.0), s.webhook_timeout))
+            resp = res.webhook_http.post(
+                url, data=body, headers=headers, allow_redirects=False,
+                timeout=(min(s.webhook_timeout, 5.0), s.webhook_timeout))
             status = resp.status_code
             resp.close()
             if not 200 <= status < 300:

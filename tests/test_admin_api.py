@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 import warnings
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, text, update
 from test_queries import FRAME, INJECTION, SEED, seed
 
+from faceid_batch.admin import tokens
 from faceid_batch.admin.app import AdminConfigError, create_app
-from faceid_batch.admin.auth import TokenCheck, link_key
+from faceid_batch.admin.auth import COOKIE, LEGACY_COOKIE, TokenCheck, link_key
 from faceid_batch.admin.tokens import Authenticator, Principal
-from faceid_batch.db import session_scope
+from faceid_batch.db import get_engine, session_scope
 from faceid_batch.local.samples import png_bytes
-from faceid_batch.models import Job
+from faceid_batch.models import AdminSession, Job
 from faceid_batch.settings import load_settings
 from faceid_batch.stage.storage import MediaStager
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
@@ -29,13 +32,17 @@ TOKEN = "admin-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def admin_settings(database_url, simulator, admin_token=TOKEN):  # type: ignore[no-untyped-def]
+    return load_settings(
+        database_url=database_url, admin_token=admin_token, faceid_secret_id=FAKE_SECRET_ID,
+        faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET, cos_domain=simulator.cos_domain,
+        cos_scheme="http")
+
+
 @pytest.fixture
 def admin(database_url, simulator, tmp_path):
     """A TestClient on the admin app, the seeded job ids, and a staged ID photo's bytes."""
-    settings = load_settings(
-        database_url=database_url, admin_token=TOKEN, faceid_secret_id=FAKE_SECRET_ID,
-        faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET, cos_domain=simulator.cos_domain,
-        cos_scheme="http")
+    settings = admin_settings(database_url, simulator)
     ids = seed(database_url)
     photo = tmp_path / "id.png"
     photo.write_bytes(png_bytes(42, 5000))
@@ -140,3 +147,143 @@ def test_export_and_review_page(admin):
     page = client.get("/review", params={"key_prefix": "x'"}).text
     assert "x&#x27;; DROP TABLE jobs; --1" in page and "alice-1" not in page
     assert "id='best-frame'" in client.get(f"/review/jobs/{ids['bob-1']}").text
+
+
+# -- login sessions -------------------------------------------------------------------------
+def log_in(client, token=TOKEN) -> str:  # type: ignore[no-untyped-def]
+    """Log in with the form; return the session id the cookie carries (never the token)."""
+    r = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/review", r.text
+    sid = r.cookies[COOKIE]
+    assert sid and token not in sid
+    return sid
+
+
+def session_row(url: str, sid: str) -> AdminSession | None:
+    with session_scope(url) as s:
+        return s.scalar(select(AdminSession).where(
+            AdminSession.session_sha256 == hashlib.sha256(sid.encode()).hexdigest()))
+
+
+def refused(app, sid: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a browser holding only this cookie is sent to the login form and refused."""
+    browser = TestClient(app, cookies={COOKIE: sid})
+    page = browser.get("/review", follow_redirects=False)
+    api = browser.get("/api/results")
+    if (page.status_code, api.status_code) == (200, 200):
+        return False
+    assert page.status_code == 303 and page.headers["location"] == "/login", page.text
+    assert api.status_code == 401, api.text
+    return True
+
+
+def test_login_cookie_is_an_expiring_session_id(admin):
+    client, ids, _ = admin
+    r = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    [cookie] = [c for c in r.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}=")]
+    sid = r.cookies[COOKIE]
+    assert sid != TOKEN and TOKEN not in cookie and len(sid) >= 43
+    attrs = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
+    assert attrs["max-age"] == "Max-Age=28800"  # ADMIN_SESSION_SECONDS' default, 8 h
+    assert {"httponly", "path", "samesite"} <= set(attrs) and "secure" not in attrs
+    assert attrs["samesite"].lower() == "samesite=strict" and attrs["path"] == "Path=/"
+    # A browser that logged in before sessions held the token itself: that cookie is deleted.
+    assert any(c.startswith(f'{LEGACY_COOKIE}=""') and "Max-Age=0" in c
+               for c in r.headers.get_list("set-cookie"))
+    # The cookie alone opens the pages and the JSON routes, with a logout button on each page.
+    browser = TestClient(client.app, cookies={COOKIE: sid})
+    page = browser.get("/review")
+    assert page.status_code == 200 and "id='logout'" in page.text and "alice-1" in page.text
+    assert "action='/logout'" in browser.get(f"/review/jobs/{ids['bob-1']}").text
+    assert browser.get("/api/results").json()["rows"]
+    row = session_row(client.app.state.database_url, sid)
+    assert row.token_sha256 == hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert row.ended_at is None and row.expires_at - row.created_at == timedelta(hours=8)
+    # Over https the cookie is Secure.
+    secure = TestClient(client.app, base_url="https://testserver").post(
+        "/login", data={"token": TOKEN}, follow_redirects=False)
+    assert "secure" in secure.headers["set-cookie"].lower()
+
+
+def test_the_token_as_a_cookie_no_longer_authenticates(admin):
+    client, _, _ = admin
+    for name in (LEGACY_COOKIE, COOKIE):
+        browser = TestClient(client.app, cookies={name: TOKEN})
+        assert browser.get("/api/results").status_code == 401, name
+        assert browser.get("/review", follow_redirects=False).headers["location"] == "/login"
+    # Bearer is unchanged, for API clients.
+    assert client.get("/api/results", headers=AUTH).status_code == 200
+
+
+def test_logout_ends_the_session(admin):
+    client, _, _ = admin
+    url = client.app.state.database_url
+    sid = log_in(client)
+    other = log_in(TestClient(client.app))  # another browser, its own session
+    assert client.get("/review").status_code == 200
+    r = client.post("/logout", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert any(c.startswith(f'{COOKIE}=""') and "Max-Age=0" in c
+               for c in r.headers.get_list("set-cookie"))
+    assert client.get("/review", follow_redirects=False).headers["location"] == "/login"
+    # The same cookie, kept by whoever copied it, is dead: the session ended in the database.
+    assert session_row(url, sid).ended_at is not None
+    assert refused(client.app, sid)
+    assert not refused(client.app, other)
+    assert client.get("/logout").status_code == 405  # a POST only: a GET changes nothing
+
+
+def test_an_expired_session_is_refused_and_old_ones_are_deleted(admin):
+    client, _, _ = admin
+    url = client.app.state.database_url
+    sid = log_in(client)
+    assert not refused(client.app, sid)
+    now = session_row(url, sid).created_at
+    with session_scope(url) as s:
+        s.execute(update(AdminSession).values(expires_at=now - timedelta(seconds=1)))
+    assert refused(client.app, sid)
+    # The next login deletes the sessions that expired more than a day ago, and only those.
+    with session_scope(url) as s:
+        s.execute(update(AdminSession).values(expires_at=now - timedelta(days=2)))
+    recent = log_in(TestClient(client.app))
+    with session_scope(url) as s:
+        s.execute(update(AdminSession).where(AdminSession.id == session_row(url, recent).id)
+                  .values(expires_at=now - timedelta(hours=20)))
+    log_in(TestClient(client.app))
+    assert session_row(url, sid) is None
+    assert session_row(url, recent) is not None
+
+
+def test_revoking_the_token_or_changing_admin_token_ends_its_sessions(admin, simulator):
+    client, _, _ = admin
+    url = client.app.state.database_url
+    carol = tokens.add(url, "carol")
+    sid = log_in(TestClient(client.app), carol)
+    mine = log_in(TestClient(client.app))  # opened with the bootstrap ADMIN_TOKEN
+    assert not refused(client.app, sid)
+    tokens.revoke(url, "carol")
+    # Refused at once, though the session itself is neither ended nor expired.
+    row = session_row(url, sid)
+    assert row.ended_at is None and row.token_sha256 == tokens.digest(carol)
+    assert refused(client.app, sid)
+    # A restart with the same ADMIN_TOKEN keeps its sessions; a new ADMIN_TOKEN ends them.
+    assert not refused(create_app(admin_settings(url, simulator)), mine)
+    assert refused(create_app(admin_settings(url, simulator, "another-admin-token-987")), mine)
+
+
+def test_the_database_holds_no_session_id(admin):
+    client, _, _ = admin
+    url = client.app.state.database_url
+    sids = [log_in(TestClient(client.app)) for _ in range(3)]
+    TestClient(client.app, cookies={COOKIE: sids[0]}).post("/logout")
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        everything = "\n".join(
+            repr(tuple(r)) for table in inspect(engine).get_table_names()
+            for r in conn.execute(text(f'SELECT * FROM "{table}"')))
+    for sid in sids:
+        assert hashlib.sha256(sid.encode()).hexdigest() in everything  # the scan sees them
+        assert sid not in everything
+    assert TOKEN not in everything
+    if url.startswith("sqlite"):
+        engine.dispose()

@@ -1,5 +1,6 @@
 """The review page in real headless Chromium, served by uvicorn on 127.0.0.1: log in, filter,
-open one job, and see the ID photo (from COS) and the best frame (from the database) load."""
+open one job, see the ID photo (from COS) and the best frame (from the database) load, and
+log out."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from test_queries import seed
 
 from faceid_batch.admin import audit
 from faceid_batch.admin.app import create_app
+from faceid_batch.admin.auth import COOKIE
 from faceid_batch.db import session_scope
 from faceid_batch.models import BestFrame, Job
 from faceid_batch.settings import load_settings
@@ -113,6 +115,10 @@ def test_review_page_shows_both_images(served, browser):
     browser.find_element(By.ID, "login").click()
     WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/review"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.job")) == 9
+    # The browser holds a session id that expires, not the token.
+    [cookie] = browser.get_cookies()
+    assert cookie["name"] == COOKIE and cookie["value"] != TOKEN and cookie["httpOnly"]
+    assert 0 < cookie["expiry"] - time.time() <= 8 * 3600
 
     browser.find_element(By.ID, "f-key_prefix").send_keys("bob-")
     browser.find_element(By.ID, "apply").click()
@@ -140,3 +146,10 @@ def test_review_page_shows_both_images(served, browser):
             for r in audit.entries(url, audit.Query(job_id=job))]
     assert sorted(seen) == [("ADMIN_TOKEN", "web", "best_frame", job, "127.0.0.1"),
                             ("ADMIN_TOKEN", "web", "id_photo", job, "127.0.0.1")]
+
+    # Log out: back to the form, the cookie gone, and the pages closed again.
+    browser.find_element(By.ID, "logout").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/login"))
+    assert browser.get_cookies() == []
+    browser.get(f"{base}/review/jobs/{job}")
+    assert browser.current_url.endswith("/login")

@@ -1,7 +1,8 @@
 """docker-compose.yml checks. No Docker engine runs here, so the file itself is
 checked: it parses, every service's command exists in the package, the settings it passes
 are the README's, Redis persists and refuses to evict, health checks and the one-shot
-migration are there, and workers can be scaled."""
+migration are there, workers can be scaled, only the producer API is published beyond the
+host's loopback, and the databases sit on an internal network."""
 
 from __future__ import annotations
 
@@ -51,6 +52,23 @@ def cli_help(*words: str) -> str:
 
 def _args(cmd) -> list[str]:  # type: ignore[no-untyped-def]
     return cmd.split() if isinstance(cmd, str) else list(cmd)
+
+
+def host_ip(port) -> str:  # type: ignore[no-untyped-def]
+    """The host address a ``ports`` entry binds; "" is every interface."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip") or "")
+    parts = str(port).rsplit(":", 2)
+    return parts[0] if len(parts) == 3 else ""
+
+
+def networks_of(svc: dict) -> set[str]:
+    # A list or a mapping of names; none given is compose's "default" network.
+    return set(svc.get("networks") or ["default"])
+
+
+def is_internal(network: str) -> bool:
+    return bool(((compose().get("networks") or {}).get(network) or {}).get("internal"))
 
 
 def test_file_parses_and_has_the_stack():
@@ -142,3 +160,33 @@ def test_simulator_is_a_profile():
     for name, svc in services().items():
         if name != "simulator":
             assert "profiles" not in svc, name
+
+
+def test_only_the_api_is_published_beyond_the_hosts_loopback():
+    # Admin shows face images, Flower controls tasks: operators reach them by an SSH tunnel
+    # or a reverse proxy on the host, never on the host's other interfaces.
+    for name, svc in services().items():
+        for port in svc.get("ports") or []:
+            assert name == "api" or host_ip(port) in ("127.0.0.1", "[::1]"), (name, port)
+    assert services()["admin"]["ports"] and services()["flower"]["ports"]
+    worker = services()["worker"]
+    assert "ports" not in worker and worker["expose"] == ["9808"]  # metrics stay inside
+
+
+def test_databases_are_on_the_internal_network_alone():
+    assert is_internal("backend")
+    for name in ("redis", "postgres"):
+        svc = services()[name]
+        assert networks_of(svc) == {"backend"}, name
+        assert not svc.get("ports"), name
+    for name in ("migrate", "worker", "beat", "admin", "api", "flower"):
+        assert "backend" in networks_of(services()[name]), name
+    assert "frontend" in networks_of(services()["api"])
+
+
+def test_what_publishes_or_calls_out_has_a_network_that_is_not_internal():
+    # Docker publishes no port of a container whose only network is internal, and such a
+    # container reaches nothing outside: the worker must reach FaceID and COS, admin COS.
+    for name, svc in services().items():
+        if svc.get("ports") or name in ("worker", "admin", "api"):
+            assert any(not is_internal(n) for n in networks_of(svc)), name

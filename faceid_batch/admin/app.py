@@ -1,10 +1,11 @@
 """The admin app factory: JSON routes mirroring queries.py, the review pages, signed images.
 
-Every route except the login form needs an admin token (a named one from ``faceid-batch token
-add``, or the bootstrap ADMIN_TOKEN), as ``Authorization: Bearer`` or as the HttpOnly cookie
-the login form sets (a browser cannot put a header on a link or an image). Image routes need
-the token *and* a valid short-lived signature issued to that same token; every image served
-is first written to the access audit (audit.py) under the token's name.
+Every route except the login form and logout needs an admin token (a named one from
+``faceid-batch token add``, or the bootstrap ADMIN_TOKEN), as ``Authorization: Bearer``, or a
+login session of one, whose id is the HttpOnly cookie the login form sets (a browser cannot
+put a header on a link or an image; auth.py says why the cookie is not the token). Image
+routes need the token *and* a valid short-lived signature issued to that same token; every
+image served is first written to the access audit (audit.py) under the token's name.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from faceid_batch.admin import audit, pages, queries, tokens
-from faceid_batch.admin.auth import COOKIE, KINDS, TokenCheck, link_key
+from faceid_batch.admin.auth import COOKIE, KINDS, LEGACY_COOKIE, Sessions, TokenCheck, link_key
 from faceid_batch.admin.images import ImageSource
 from faceid_batch.admin.queries import Filters
 from faceid_batch.admin.tokens import Principal
@@ -44,7 +45,9 @@ def create_app(settings: Settings) -> FastAPI:
             "one (add a named token with `faceid-batch token add NAME`, or set ADMIN_TOKEN to "
             "a long random string)")
     key, key_source = link_key(settings)
-    check = TokenCheck(tokens.Authenticator(url, token or None), key)
+    known = tokens.Authenticator(url, token or None)
+    sessions = Sessions(url, known, settings.admin_session_seconds)
+    check = TokenCheck(known, key, sessions)
     images = ImageSource(settings)
     app = FastAPI(title="faceid-batch admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.database_url = url
@@ -161,9 +164,23 @@ def create_app(settings: Settings) -> FastAPI:
         who = check.who(f"Bearer {presented}")
         if who is None or not who.is_admin:
             return HTMLResponse(pages.login("Wrong token."), status_code=401)
+        sessions.end(request.cookies.get(COOKIE))  # one browser, one session
         response = RedirectResponse("/review", status_code=303)
-        response.set_cookie(COOKIE, presented, httponly=True, samesite="strict",
+        response.set_cookie(COOKIE, sessions.open(presented), max_age=sessions.seconds,
+                            httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/")
+        response.delete_cookie(LEGACY_COOKIE, path="/")
+        return response
+
+    # A POST, like the login: the SameSite=Strict cookie is not sent with another site's
+    # form, so no other site can end a session (nor use one).
+    @app.post("/logout")
+    def logout(request: Request) -> Response:
+        sessions.end(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
+        response.delete_cookie(LEGACY_COOKIE, path="/")
         return response
 
     @app.exception_handler(HTTPException)

@@ -12,7 +12,10 @@ STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collaps
 td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.pass{color:#070}
 .fail{color:#a00}form.filters input,form.filters select{margin:0 6px 6px 0}
 .faces{display:flex;gap:2em}.faces figure{margin:0}.faces img{max-width:360px;max-height:360px;
-border:1px solid #ccc}"""
+border:1px solid #ccc}form.logout{float:right}"""
+# On each page behind the login. A form that POSTs, not a link: a GET changes nothing.
+LOGOUT = ("<form class='logout' method='post' action='/logout'>"
+          "<button type='submit' id='logout'>Log out</button></form>")
 
 FILTERS = (("batch", "batch id"), ("lane", "lane"), ("state", "state"), ("code", "outcome code"),
            ("sim_min", "Sim ≥"), ("sim_max", "Sim ≤"), ("since", "created ≥ (ISO)"),
@@ -73,7 +76,7 @@ def listing(out: Listing, params: dict[str, str]) -> str:
     if out.has_more:
         nav.append(f"<a id='next' href='?{escape(urlencode({**params, 'page': out.page + 1}))}'>"
                    "next »</a>")
-    return _page("Results", f"""<h1>Results</h1>{form}
+    return _page("Results", f"""{LOGOUT}<h1>Results</h1>{form}
 <table id='results'><tr>{sorts}</tr>{rows}</table>
 <p>page {out.page} · {len(out.rows)} rows {' · '.join(nav)}</p>""")
 
@@ -86,7 +89,7 @@ def job(shown: dict[str, Any]) -> str:
         f"<td>{_e(a['kind'])}</td><td>{_e(a['request_id'])}</td><td>{_e(a['http_status'])}</td>"
         f"<td>{a['latency_ms']}</td></tr>" for a in shown["attempts"])
     frame_note = "" if frame else "<p>no best frame stored</p>"
-    return _page(f"Job {j['id']}", f"""<p><a href='/review'>« results</a></p>
+    return _page(f"Job {j['id']}", f"""{LOGOUT}<p><a href='/review'>« results</a></p>
 <h1>Job {j['id']} · {_e(j['key'])}</h1>
 <p id='verdict'>verdict: {_verdict(j['passed'])} · outcome {_e(j['code'])} · Sim
 <b id='sim'>{sim}</b> · threshold {_e(result and result['threshold'])} · attempts

@@ -128,9 +128,11 @@ class Authenticator:
         self._bootstrap = bytes.fromhex(digest(bootstrap)) if bootstrap else None
 
     def principal(self, presented: str | None) -> Principal | None:
-        if not presented:
-            return None
-        hashed = digest(presented)
+        """The Principal of a presented token; None for no token, an unknown or a revoked one."""
+        return self.by_digest(digest(presented)) if presented else None
+
+    def by_digest(self, hashed: str) -> Principal | None:
+        """``principal`` for a token known only by its digest (a login session keeps that)."""
         if self._bootstrap is not None and hmac.compare_digest(bytes.fromhex(hashed),
                                                                self._bootstrap):
             return Principal(BOOTSTRAP_ID, BOOTSTRAP_NAME)

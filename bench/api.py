@@ -68,6 +68,7 @@ class Stack:
                     "FACEID_SECRET_ID": SECRET_ID, "FACEID_SECRET_KEY": SECRET_KEY,
                     "FACEID_ENDPOINT": self.sim.api_url, "COS_BUCKET": BUCKET,
                     "COS_DOMAIN": self.sim.cos_domain, "COS_SCHEME": "http",
+                    "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
                     "METRICS_PORT": "0", "PYTHONPATH": str(ROOT), **(extra_env or {})}
         self.token = tokens.add(self.db, "bench-producer", tokens.SUBMIT)
         port = free_port()

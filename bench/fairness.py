@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"DATABASE_URL": db_url, "REDIS_URL": server.url, "FACEID_SECRET_ID": SECRET_ID,
            "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
            "COS_BUCKET": BUCKET, "COS_DOMAIN": sim.cos_domain, "COS_SCHEME": "http",
+           "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
            "METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
     settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
     print(f"writing {args.big} + {args.small} jobs' media ...", flush=True)

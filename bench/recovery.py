@@ -50,7 +50,8 @@ def run(name: str, args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     env = {"DATABASE_URL": db_url, "REDIS_URL": server.url, "FACEID_SECRET_ID": SECRET_ID,
            "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
            "COS_BUCKET": "bench-1250000000", "COS_DOMAIN": sim.cos_domain,
-           "COS_SCHEME": "http", "METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+           "COS_SCHEME": "http", "METRICS_PORT": "0",
+           "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
     md5_job: dict[str, int] = {}
     for i in range(args.jobs):
         photo, video = write_pair(work / "media", i)

@@ -101,6 +101,7 @@ def run_scenario(name: str, args, redis_url: str, base: Path) -> dict:  # type: 
         "DATABASE_URL": db_url, "REDIS_URL": redis_url, "FACEID_SECRET_ID": SECRET_ID,
         "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
         "COS_BUCKET": "bench-1250000000", "COS_DOMAIN": sim.cos_domain, "COS_SCHEME": "http",
+        "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
         "FACEID_RATE_LIMIT": str(args.limit), "RETRY_BASE_DELAY": "1",
         "PYTHONPATH": str(ROOT),
     }

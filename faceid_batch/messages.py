@@ -41,7 +41,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
             # Messages a worker took but never acknowledged (it was killed) come back after
             # this long. Jobs do not wait for it: a killed worker's jobs are due again when
             # its lease runs out (leases.py), and a late duplicate is dropped at the claim.
-            # Webhook countdown retries are kept under a third of it (notify.max_countdown).
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_throttle": 1,
             # A worker killed during its restore pass leaves the restore mutex held; kombu's
@@ -90,14 +89,21 @@ def send_verify(job_id: int, lane: str) -> None:
     celery_app().send_task(VERIFY_TASK, args=[job_id], queue=lane)
 
 
-def send_webhook(job_id: int, lane: str) -> None:
-    """Send the ``deliver_webhook`` message of a finished job (its retries are the task's
-    own countdown messages, tasks.deliver_webhook)."""
-    celery_app().send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=lane)
+def send_webhooks(claims: Iterable[tuple[int, str]], lane: str,
+                  app: Celery | None = None) -> int:
+    """Send one ``deliver_webhook`` message per claimed callback (its id and claim token)
+    to ``lane``, through one Redis pipeline."""
+    return send_many(DELIVER_WEBHOOK_TASK, (list(c) for c in claims), lane, app)
 
 
 def send_verify_many(job_ids: Iterable[int], lane: str, app: Celery | None = None) -> int:
-    """Send one ``verify`` message per job id to ``lane`` through one Redis pipeline.
+    """Send one ``verify`` message per job id to ``lane`` through one Redis pipeline."""
+    return send_many(VERIFY_TASK, ([job_id] for job_id in job_ids), lane, app)
+
+
+def send_many(task: str, arg_lists: Iterable[list[object]], lane: str,
+              app: Celery | None = None) -> int:
+    """Send one ``task`` message per argument list to ``lane`` through one Redis pipeline.
 
     Celery builds each message (``amqp.as_task_v2``, the same code ``apply_async`` uses) and
     kombu publishes it inside ``Producer.batch``: one round trip per thousand messages
@@ -109,11 +115,11 @@ def send_verify_many(job_ids: Iterable[int], lane: str, app: Celery | None = Non
     origin = anon_nodename()  # what apply_async puts there, computed once
     sent = 0
     with app.producer_or_acquire() as producer, producer.batch(CHUNK):
-        for job_id in job_ids:
+        for args in arg_lists:
             task_id = str(uuid.uuid4())
             headers, properties, body, _ = amqp.as_task_v2(
-                task_id, VERIFY_TASK, args=[job_id], kwargs={},
-                argsrepr=f"[{job_id}]", kwargsrepr="{}", ignore_result=True, origin=origin,
+                task_id, task, args=args, kwargs={},
+                argsrepr=repr(args), kwargsrepr="{}", ignore_result=True, origin=origin,
             )
             # The lane queues are declared by the workers; declaring per message is what
             # made apply_async slow (a Queue copy and a cache lookup each time).

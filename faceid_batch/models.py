@@ -150,6 +150,9 @@ class Job(Base):
     photo_key: Mapped[str | None] = mapped_column(String(512))
     video_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Tries at staging its media that failed (a source that did not answer, COS away):
+    # bounded by STAGE_MAX_ATTEMPTS, then the job ends failed (revision 0011).
+    stage_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result_code: Mapped[str | None] = mapped_column(String(80))
     passed: Mapped[bool | None] = mapped_column(Boolean)
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -174,6 +177,9 @@ class Job(Base):
     batch_row: Mapped[int | None] = mapped_column(Integer)
     # Set by the retention purge (purge.py): media objects and best frame deleted, verdict kept.
     media_purged_at: Mapped[datetime | None]
+    # Set by an erasure request (purge --job/--key): media, best frame and the biometric
+    # columns (sources, MD5s, object keys, Sim) gone; the row, its verdict and audit kept.
+    erased_at: Mapped[datetime | None]
     # Preflight findings (revision 0006): a list of {"rule", "code", "action", "detail"};
     # action "refuse" made the job REFUSED, "warn" only recorded it. NULL: no finding.
     preflight: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -266,8 +272,55 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    message_id: Mapped[int | None] = mapped_column(BigId)  # webhook_messages.id
 
     job: Mapped[Job] = relationship(lazy="raise")
+
+
+class MediaObject(Base):
+    """The ledger of what the product wrote to COS: one row per object and job, written
+    before the PUT, so the purge and an erasure find every object whatever way its job
+    ended. ``job_id`` NULL: written for a submission that stored no job (yet, or ever: a
+    request that failed or lost the race for its key), purged once old."""
+
+    __tablename__ = "media_objects"
+    __table_args__ = (
+        Index("ix_media_objects_orphans", "written_at",
+              sqlite_where=text("job_id IS NULL AND deleted_at IS NULL"),
+              postgresql_where=text("job_id IS NULL AND deleted_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bucket: Mapped[str | None] = mapped_column(String(200))  # NULL: COS_BUCKET
+    object_key: Mapped[str] = mapped_column(String(512), index=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    written_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookMessage(Base):
+    """One completion callback to deliver: due while ``due_at`` is set, claimed by whoever
+    is sending it until ``claimed_until`` (a claim that lapses makes it due again)."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        Index("ix_webhook_messages_due", "due_at", "id",
+              sqlite_where=text("due_at IS NOT NULL"),
+              postgresql_where=text("due_at IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    lane: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claim: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class DedupeHit(Base):
@@ -327,3 +380,18 @@ class AccessAudit(Base):
     job_id: Mapped[int] = mapped_column(BigId)
     remote: Mapped[str | None] = mapped_column(String(200))  # client address or host
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminSession(Base):
+    """A login on the review pages. The cookie holds a random id; this row only its SHA-256,
+    and the SHA-256 of the token that opened it, which every request checks again (so a
+    revoked token, or a changed ADMIN_TOKEN, ends the session at once)."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]  # logout

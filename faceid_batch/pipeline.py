@@ -34,11 +34,16 @@ from faceid_batch.db import session_scope, write_scope
 from faceid_batch.intake.submit import is_remote
 from faceid_batch.models import Job, JobState
 from faceid_batch.ops import logs, metrics
-from faceid_batch.outcome import notify, record
-from faceid_batch.scheduling import answers, schedule
+from faceid_batch.outcome import record
+from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.stage import preflight
 from faceid_batch.stage.media import MediaError
-from faceid_batch.stage.storage import display_source
+from faceid_batch.stage.storage import (
+    SourceError,
+    SourcesBusy,
+    StagedMedia,
+    display_source,
+)
 from faceid_batch.times import utcnow
 
 if TYPE_CHECKING:
@@ -51,6 +56,11 @@ PREPARE_AHEAD = 0.05  # seconds before the reserved start to check the breaker a
 REDIS_AWAY_DELAY = 2.0
 # The database was unreachable: the heartbeat gives the job back once it is there again.
 DATABASE_AWAY_DELAY = 2.0
+# Every fetch slot was taken: the job is due again after this long (plus jitter).
+SOURCES_BUSY_DELAY = 1.0
+MEDIA_INVALID = "Local.MediaInvalid"
+STORE_UNAVAILABLE = "Local.StoreUnavailable"
+LOST = schedule.LOST
 
 
 
@@ -59,7 +69,7 @@ DATABASE_AWAY_DELAY = 2.0
 _J = Job.__table__.c
 _JOB_TO_RUN = select(
     _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
-    _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key,
+    _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key, _J.stage_attempts,
 ).where(_J.id == bindparam("of_job"))
 
 
@@ -126,66 +136,27 @@ def _give_back(res: Resources, job_id: int, delay: float,
                state: str = JobState.QUEUED.value) -> str:
     """Put a job this worker holds back in the schedule, due after ``delay``; not an attempt."""
     with write_scope(res.settings.database_url) as session:
-        schedule.reschedule(session, job_id, res.lease.id,
-                            utcnow() + timedelta(seconds=delay), state)
-    return state
+        held = schedule.reschedule(session, job_id, res.lease.id,
+                                   utcnow() + timedelta(seconds=delay), state)
+    return state if held else LOST
 
 
 def _run_claimed(res: Resources, job_id: int, job: Any) -> str:
-    s = res.settings
     parked = answers.take(res.redis, job_id, res.lease.id)
     if parked is not None:
         logs.bind(request_id=parked.request_id)
         # A paid answer that could not be written earlier: store it, never call again.
         return record.record_paid(res, job_id, parked)
-    lane, photo_src, video_src = job.lane, job.photo_source, job.video_source
-    photo_md5, video_md5 = job.photo_md5, job.video_md5
-    liveness, validate = job.liveness_type, job.validate_data
-    # An earlier attempt recorded the key: the video is likely in the bucket already.
-    staged_before = job.video_key is not None
-
     # This check only saves staging a job the breaker would stop: a closed state read in
     # the last second will do. The one before the call (below) reads it afresh.
     may_call, wait = res.breaker.before_call(max_age=1.0)
     if not may_call:
         return _give_back(res, job_id, wait + random.uniform(0, 2))
-
-    # Local files were preflighted at submit; remote ones are read here, on the copy staging
-    # makes anyway, before anything is uploaded or called.
-    findings: list[dict[str, Any]] = []
-
-    def remote_check(kind: str, source: str) -> Callable[[str], None] | None:
-        if not is_remote(source):
-            return None
-
-        def inspect(path: str) -> None:
-            pair = (path, None) if kind == "photo" else (None, path)
-            findings.extend(preflight.check(s, liveness, *pair,
-                                            names={kind: display_source(source)}).items)
-        return inspect
-
-    try:
-        photo = res.stager.stage("photo", photo_src, photo_md5, remote_check("photo", photo_src))
-        video = None
-        if preflight.Findings(findings).refusal is None:
-            video = res.stager.stage("video", video_src, video_md5,
-                                     remote_check("video", video_src),
-                                     check_existing=staged_before)
-    except MediaError as exc:
-        # Bad media fails the same way every time: final, and no API call is made.
-        with session_scope(s.database_url) as session:
-            schedule.fail(session, job_id, "Local.MediaInvalid", str(exc))
-        log.info("job %s: media refused before any call: %s", job_id, exc)
-        notify.job_finished(res, job_id)
-        return JobState.FAILED.value
-    except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
-        delay = backoff(2, s.retry_base_delay, s.retry_max_delay)
-        log.warning("job %s: staging failed (%s); due again in %.1fs", job_id,
-                    type(exc).__name__, delay)
-        return _give_back(res, job_id, delay, JobState.RETRYING.value)
-    if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
-        return refused
-    assert video is not None
+    staged = _stage_media(res, job_id, job)
+    if isinstance(staged, str):
+        return staged
+    photo, video = staged
+    lane, liveness, validate = job.lane, job.liveness_type, job.validate_data
 
     slot = res.limiter.reserve_slot(lane)
     metrics.RATE_LIMIT_WAIT.observe(max(0.0, slot.deadline - time.monotonic()))
@@ -235,6 +206,84 @@ def _run_claimed(res: Resources, job_id: int, job: Any) -> str:
     return record.record_paid(res, job_id, answer, (photo, video))
 
 
+def _stage_media(res: Resources, job_id: int,
+                 job: Any) -> tuple[StagedMedia, StagedMedia] | str:
+    """Stage the job's two media, preflighting what was fetched; the pair, or what the job
+    became (refused, failed, or given back to the schedule)."""
+    s = res.settings
+    # Local files were preflighted at submit; remote ones are read here, on the copy staging
+    # makes anyway, before anything is uploaded or called.
+    findings: list[dict[str, Any]] = []
+
+    def remote_check(kind: str, source: str) -> Callable[[str], None] | None:
+        if not is_remote(source):
+            return None
+
+        def inspect(path: str) -> None:
+            pair = (path, None) if kind == "photo" else (None, path)
+            findings.extend(preflight.check(s, job.liveness_type, *pair,
+                                            names={kind: display_source(source)}).items)
+        return inspect
+
+    try:
+        photo = res.stager.stage("photo", job.photo_source, job.photo_md5,
+                                 remote_check("photo", job.photo_source), job_id=job_id)
+        video = None
+        if preflight.Findings(findings).refusal is None:
+            # An earlier attempt recorded the key: the video is likely in the bucket already.
+            video = res.stager.stage("video", job.video_source, job.video_md5,
+                                     remote_check("video", job.video_source),
+                                     check_existing=job.video_key is not None, job_id=job_id)
+    except MediaError as exc:
+        # Bad media fails the same way every time: final, and no API call is made.
+        return _end_failed(res, job_id, MEDIA_INVALID, str(exc))
+    except SourcesBusy:
+        # Every fetch slot of this process is taken (sources that answer slowly): the job
+        # waits in the schedule, not on a thread; this is not one of its tries.
+        return _give_back(res, job_id, SOURCES_BUSY_DELAY + random.uniform(0, 1))
+    except SourceError as exc:
+        if exc.final:
+            return _end_failed(res, job_id, exc.code, str(exc))
+        return _staging_failed(res, job_id, job.stage_attempts, exc.code, str(exc))
+    except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
+        return _staging_failed(res, job_id, job.stage_attempts, STORE_UNAVAILABLE,
+                               f"the media store: {type(exc).__name__}")
+    if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
+        return refused
+    if video is None:  # pragma: no cover - a refusal above returned already
+        raise RuntimeError("video not staged without a refusal")
+    return photo, video
+
+
+def _staging_failed(res: Resources, job_id: int, tries_before: int, code: str,
+                    why: str) -> str:
+    """One more failed try at staging: due again after its backoff, or, once
+    STAGE_MAX_ATTEMPTS tries have failed, the end of the job with ``code``."""
+    s = res.settings
+    tries = tries_before + 1
+    if tries >= s.stage_max_attempts:
+        return _end_failed(res, job_id, code, f"gave up after {tries} tries at staging the "
+                                              f"media: {why}")
+    delay = backoff(tries, s.retry_base_delay, s.retry_max_delay)
+    log.warning("job %s: staging failed (%s: %s); due again in %.1fs", job_id, code, why,
+                delay)
+    with write_scope(s.database_url) as session:
+        held = schedule.staging_failed(session, job_id, res.lease.id,
+                                       utcnow() + timedelta(seconds=delay))
+    return JobState.RETRYING.value if held else LOST
+
+
+def _end_failed(res: Resources, job_id: int, code: str, why: str) -> str:
+    """End a job this worker holds, before any call, with ``code``."""
+    with write_scope(res.settings.database_url) as session:
+        if not schedule.fail(session, job_id, res.lease.id, code, why):
+            return LOST
+        callbacks.enqueue(session, job_id)
+    log.info("job %s: ended before any call: %s: %s", job_id, code, why)
+    metrics.JOBS_FINISHED.labels(state=JobState.FAILED.value).inc()
+    return JobState.FAILED.value
+
+
 def _store_preflight(res: Resources, job_id: int,
                      findings: list[dict[str, Any]]) -> str | None:
     """Keep the worker's preflight findings on the job; refuse it if one says so."""
@@ -244,13 +293,16 @@ def _store_preflight(res: Resources, job_id: int,
         # A retry stages (and reads) again: only findings not kept yet are added.
         stored = before + [f for f in findings if f not in before]
         if refusal is None:
-            if stored != before:
-                schedule.write(session, job_id, {"preflight": stored})
+            if stored != before and not schedule.write(session, job_id, res.lease.id,
+                                                       {"preflight": stored}):
+                return LOST
             return None
-        schedule.refuse(session, job_id, refusal["code"], preflight.describe(refusal), stored)
+        if not schedule.refuse(session, job_id, res.lease.id, refusal["code"],
+                               preflight.describe(refusal), stored):
+            return LOST
+        callbacks.enqueue(session, job_id)
     log.info("job %s: refused by preflight before any call: %s", job_id,
              preflight.describe(refusal))
-    notify.job_finished(res, job_id)
     return JobState.REFUSED.value
 
 

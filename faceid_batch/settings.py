@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -55,6 +56,18 @@ class Settings(BaseSettings):
     cos_key_prefix: str = "faceid-batch/media/"
     presign_expiry_seconds: int = Field(300, ge=30, le=3600)
 
+    # The egress policy (egress.py) for every fetch and POST made on a producer's behalf:
+    # networks (CIDRs) reached although they are not global (a media server on the LAN).
+    egress_allow_networks: str = ""
+    # One fetch of a producer's media URL (all its redirects) ends within this many seconds.
+    source_fetch_seconds: float = Field(20.0, gt=0, le=600)
+    # At most this share of a worker process's threads fetch producers' URLs at once; a job
+    # that finds them all busy waits in the schedule instead of holding a thread.
+    source_fetch_share: float = Field(0.25, gt=0, le=1)
+    # Tries at staging a job's media (fetching its sources, writing them to COS) before
+    # the job ends failed with the Local.* code of the last failure.
+    stage_max_attempts: int = Field(3, ge=1, le=50)
+
     pass_threshold: float = Field(70.0, ge=0, le=100)
     max_attempts: int = Field(6, ge=1, le=50)
     retry_base_delay: float = Field(2.0, gt=0)
@@ -85,12 +98,17 @@ class Settings(BaseSettings):
     # backlog is more than the budget answers in this many seconds.
     onboarding_max_wait_seconds: float = Field(10.0, gt=0, le=3600)
     backfill_max_wait_seconds: float = Field(3600.0, gt=0, le=30 * 86400)
+    # A submission's whole body arrives within this many seconds, or it is answered 408.
+    api_body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # Multipart uploads one API process reads at once; more are answered 503 (Retry-After).
+    api_max_uploads: int = Field(32, ge=1, le=10_000)
 
     # Completion callbacks (notify.py): one or two whsec_ secrets shared with the receiver.
     webhook_secret: SecretStr | None = None
     webhook_timeout: float = Field(10.0, gt=0, le=120)
-    webhook_max_attempts: int = Field(8, ge=1, le=50)
-    webhook_retry_base_delay: float = Field(2.0, gt=0)
+    # The delays between a callback's attempts (webhooks.DEFAULT_SCHEDULE: 13 attempts
+    # over about 28 hours); attempts are one more than the delays.
+    webhook_retry_schedule: str = "5s 30s 1m 2m 5m 15m 30m 1h 2h 4h 8h 12h"
 
     # Operations: worker log lines, the Prometheus endpoint, the retention purge.
     log_format: Literal["json", "text"] = "json"
@@ -103,6 +121,8 @@ class Settings(BaseSettings):
     # signed image links live.
     admin_token: SecretStr | None = None
     admin_link_seconds: int = Field(60, ge=5, le=3600)
+    # How long a review-page login lasts (its cookie's Max-Age and its row's expires_at).
+    admin_session_seconds: int = Field(28800, ge=60, le=7 * 86400)
 
     # Access audit: the key of the admin's signed image links. Unset: derived
     # from ADMIN_TOKEN, else random per process (links then die with the process).
@@ -133,6 +153,22 @@ class Settings(BaseSettings):
             except WebhookSecretError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _webhook_schedule_parse(cls, value: str) -> str:
+        # Checked by the parser of the module that owns it (see _webhook_secret_form).
+        from faceid_batch.outcome.webhooks import parse_schedule
+
+        parse_schedule(value)
+        return value
+
+    @property
+    def webhook_delays(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds."""
+        from faceid_batch.outcome.webhooks import parse_schedule
+
+        return parse_schedule(self.webhook_retry_schedule)
 
     @field_validator("billing_overrides")
     @classmethod
@@ -169,6 +205,23 @@ class Settings(BaseSettings):
             raise ValueError("PREFLIGHT_LIP_MIN_SECONDS: must be below "
                              f"PREFLIGHT_LIP_MAX_SECONDS ({self.preflight_lip_max_seconds:g})")
         return self
+
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def _egress_networks_parse(cls, value: str) -> str:
+        for part in value.replace(",", " ").split():
+            try:
+                ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not a network (a CIDR such as 10.1.0.0/16)"
+                                 ) from None
+        return value
+
+    @property
+    def egress_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """EGRESS_ALLOW_NETWORKS as networks."""
+        return tuple(ip_network(p, strict=False)
+                     for p in self.egress_allow_networks.replace(",", " ").split())
 
     @field_validator("faceid_endpoint")
     @classmethod

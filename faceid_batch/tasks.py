@@ -51,12 +51,14 @@ def sweep(self: Task) -> dict[str, int]:
 
 
 @faceid_task(name=messages.DELIVER_WEBHOOK_TASK)
-def deliver_webhook(self: Task, job_id: int) -> str:
-    """POST the job's outcome to its callback URL once; retry with backoff on failure."""
-    try:
-        return notify.deliver(resources(), job_id, self.request.retries)
-    except notify.RetryIn as retry:
-        raise self.retry(countdown=retry.delay) from None
+def deliver_webhook(self: Task, message: int, token: str | None = None) -> str:
+    """POST one claimed completion callback once; a failure makes it due again later."""
+    if token is None:
+        # A message of the earlier kind (its argument a job id): the job's callback becomes
+        # a due row like any other.
+        notify.queue_again(resources(), message)
+        return "queued-again"
+    return notify.deliver(resources(), message, token)
 
 
 @faceid_task(name=messages.PURGE_TASK)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import redis
-import requests
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -33,6 +32,7 @@ from faceid_batch.call.billing import BillingTable
 from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.call.faceid_client import FaceIDClient
 from faceid_batch.call.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
+from faceid_batch.egress import Egress, Policy
 from faceid_batch.ops import logs, metrics
 from faceid_batch.scheduling import feeder
 from faceid_batch.scheduling.leases import WorkerLease
@@ -53,6 +53,22 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
         s.faceid_secret_key, s.faceid_token, s.cos_secret_key, s.cos_token, s.webhook_secret)
         if v is not None)
     logs.configure(logger, s.log_format, secrets)
+
+
+_pool_threads = 1
+
+
+def pool_threads() -> int:
+    """How many tasks this process runs at once (the threads pool's size; 1 elsewhere)."""
+    return _pool_threads
+
+
+@worker_init.connect
+def _note_pool_size(sender: object = None, **_: object) -> None:
+    global _pool_threads
+    if getattr(sender, "pool_cls", None) is not None and "thread" in str(
+            getattr(sender, "pool_cls", "")).lower():
+        _pool_threads = int(getattr(sender, "concurrency", 1) or 1)
 
 
 @worker_init.connect
@@ -136,8 +152,11 @@ class Resources:
 
     @cached_property
     def stager(self) -> MediaStager:
-        self.settings.require_api()
-        return MediaStager(self.settings)
+        s = self.settings
+        s.require_api()
+        # A share of this process's task threads may fetch producers' URLs at once.
+        slots = max(1, int(pool_threads() * s.source_fetch_share))
+        return MediaStager(s, egress=self.egress, fetch_slots=slots)
 
     @cached_property
     def breaker(self) -> AccountBreaker:
@@ -155,9 +174,10 @@ class Resources:
         return billing.table(self.settings.billing_overrides)
 
     @cached_property
-    def webhook_http(self) -> requests.Session:
-        """The pooled HTTP session of completion callbacks (notify.deliver)."""
-        return requests.Session()
+    def egress(self) -> Egress:
+        """Every fetch and POST made on a producer's behalf: media URLs, best frames,
+        completion callbacks (egress.py)."""
+        return Egress(Policy(self.settings.egress_networks))
 
     def stop(self) -> None:
         """Stop this process's lease, if one was started (its heartbeat, its release)."""

@@ -67,6 +67,15 @@ def database_url(request, tmp_path, pg_url_fresh):
 
 
 @pytest.fixture
+def sqlite_url(tmp_path):
+    """A migrated SQLite database, for tests that only need one to exist (the ledger of
+    staged objects) and are not about the database."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
 def app_env(redis_server, simulator, tmp_path):
     """Environment for this product pointed at the local parts, with a fresh Redis db."""
     redis_server_flush(redis_server)
@@ -78,6 +87,9 @@ def app_env(redis_server, simulator, tmp_path):
         "COS_BUCKET": BUCKET,
         "COS_DOMAIN": simulator.cos_domain,
         "COS_SCHEME": "http",
+        # The simulator and the tests' receivers listen on 127.0.0.1; the egress policy
+        # refuses every other non-global address (tests of the policy unset this).
+        "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
         "RETRY_BASE_DELAY": "0.2",
         "RETRY_MAX_DELAY": "1",
         # No metrics endpoint unless a test asks for one: test workers would fight over a port.

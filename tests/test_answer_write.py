@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
@@ -16,6 +17,7 @@ from faceid_batch.intake.submit import JobSpec, insert_job, validate_spec
 from faceid_batch.local.samples import jpeg_bytes, mp4_bytes
 from faceid_batch.models import Attempt, BestFrame, Job, JobState, Result
 from faceid_batch.outcome import record
+from faceid_batch.scheduling import schedule
 from faceid_batch.settings import load_settings
 from faceid_batch.worker import Resources
 from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
@@ -49,9 +51,11 @@ def res(database_url):
     settings = load_settings(
         database_url=database_url, faceid_secret_id=FAKE_SECRET_ID,
         faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET, cos_domain="127.0.0.1:9",
-        cos_scheme="http",
+        cos_scheme="http", egress_allow_networks="127.0.0.1/32",
     )
-    return Resources(settings)
+    res = Resources(settings)
+    res.__dict__["lease"] = SimpleNamespace(id="test-lease")  # no Redis heartbeat needed
+    return res
 
 
 def _job(res: Resources, tmp_path, key: str) -> int:
@@ -59,7 +63,12 @@ def _job(res: Resources, tmp_path, key: str) -> int:
     photo.write_bytes(jpeg_bytes(22, 20_000))
     video.write_bytes(mp4_bytes(23, 200_000))
     spec = validate_spec(JobSpec(key, str(photo), str(video), "SILENT"), res.settings)
-    return insert_job(res.settings, spec)[0]
+    job_id = insert_job(res.settings, spec)[0]
+    # Held by this process's lease, as a worker's claim leaves it (an answer is written
+    # only to a job its writer's lease holds).
+    with session_scope(res.settings.database_url) as s:
+        assert schedule.claim(s, job_id, res.lease.id)
+    return job_id
 
 
 def _stored(res: Resources, job_id: int):  # type: ignore[no-untyped-def]
@@ -81,8 +90,9 @@ def test_the_best_frame_is_stored_with_the_answer(res, tmp_path, frame_server):
     assert record.record_answer(res, job_id, answer) == JobState.COMPLETED.value
     assert _stored(res, job_id) == (JobState.COMPLETED.value, True, 1, 1, 91.5,
                                     [(md5, len(FRAME), FRAME)])
-    # A redelivered answer for a job already final writes nothing more.
-    assert record.record_answer(res, job_id, answer) == JobState.COMPLETED.value
+    # A redelivered answer for a job already final writes nothing more: the job is not
+    # this writer's any more, and the call (the same RequestId) is recorded once.
+    assert record.record_answer(res, job_id, answer) == schedule.LOST
     assert _stored(res, job_id)[3] == 1
 
 

@@ -145,7 +145,7 @@ def test_pause_parks_queued_jobs_and_resume_runs_them(configured, sim_control, s
     assert queued(settings) == 0 and sim_calls(sim_control) == []
     assert batches.status(settings, result.batch_id).by_state == {"paused": 6}
 
-    assert batches.resume(settings, result.batch_id, settle=0.2) == 6
+    assert batches.resume(settings, result.batch_id) == 6
     wait_until(lambda: all_in(settings.database_url, result.batch_id, "completed"), 60,
                what="the resumed jobs to complete")
     assert len(sim_calls(sim_control)) == 6
@@ -235,7 +235,7 @@ def test_backfill_into_a_paused_batch_stores_rows_without_sending(configured, tm
     assert again.batch_id == first.batch_id
     assert (again.accepted, again.parked, again.known) == (2, 2, 2)
     assert all_in(url, first.batch_id, "paused") and due(url, first.batch_id) == 0
-    assert batches.resume(settings, first.batch_id, settle=0) == 4
+    assert batches.resume(settings, first.batch_id) == 4
     assert all_in(url, first.batch_id, "queued") and due(url, first.batch_id) == 4
 
 

@@ -13,10 +13,10 @@ from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY, sim_calls
 
 
 @pytest.fixture
-def staged_request(simulator, sim_control, tmp_path):
+def staged_request(simulator, sim_control, tmp_path, sqlite_url):
     settings = load_settings(faceid_secret_id=FAKE_SECRET_ID, faceid_secret_key=FAKE_SECRET_KEY,
                              cos_bucket=BUCKET, cos_domain=simulator.cos_domain,
-                             cos_scheme="http")
+                             cos_scheme="http", database_url=sqlite_url)
     stager = MediaStager(settings)
     photo, video = write_pair(tmp_path, 1)
     p, v = stager.stage("photo", str(photo)), stager.stage("video", str(video))

@@ -169,7 +169,7 @@ def test_a_paused_batch_is_not_fed_and_is_fed_again_on_resume(configured, tmp_pa
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.batch_id == other.batch_id).values(
             state="completed", due_at=None, enqueued_at=None))
-    assert batches.resume(settings, paused.batch_id, settle=0) == 30
+    assert batches.resume(settings, paused.batch_id) == 30
     time.sleep(1.1)  # the feeder reads the due batches again
     assert feeder.round()["fed_backfill"] == 30
     assert {of[i] for i in out_messages(client, "backfill")} == {paused.batch_id}

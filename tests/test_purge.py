@@ -108,3 +108,128 @@ def test_beat_runs_the_purge(configured, sim_control, start_worker, tmp_path):
     stager = MediaStager(settings)
     assert job.state == "completed" and job.passed is True
     assert not stager.exists(job.video_key) and not stager.exists(job.photo_key)
+
+
+def bucket_listing(settings) -> set[str]:
+    """Every object under COS_KEY_PREFIX, read from the store itself."""
+    client = MediaStager(settings).client
+    resp = client.list_objects(Bucket=settings.cos_bucket, Prefix=settings.cos_key_prefix,
+                               MaxKeys=1000)
+    return {o["Key"] for o in resp.get("Contents", [])}
+
+
+def test_no_object_outlives_the_purge_whatever_way_its_job_ended(
+        configured, sim_control, start_worker, tmp_path, app_env, database_url):
+    """Jobs that completed, failed after staging their photo, were refused by the worker's
+    preflight after staging both files, or failed on media that is not what it says; and an
+    upload that never became a job (a request that lost the race for its key): after the
+    purge, the bucket holds none of their objects."""
+    from test_untrusted import MediaServer
+
+    from faceid_batch.local.samples import mp4_bytes
+    from faceid_batch.models import MediaObject
+
+    # A prefix of its own: the simulator's bucket holds the other tests' objects too.
+    prefix = f"purge-{tmp_path.name[-12:]}/"
+    settings = configured.model_copy(update={"cos_key_prefix": prefix})
+    photos = [write_pair(tmp_path / "m", 700 + i)[0] for i in range(4)]
+    _, good_video = write_pair(tmp_path / "m", 710)
+    server = MediaServer("127.0.0.1", {
+        "/short.mp4": mp4_bytes(711, 200_000, duration_s=1.0),  # SilentTooShort
+        "/text.mp4": b"this is not a video at all" * 100})
+    start_worker(SOURCE_FETCH_SECONDS="2", STAGE_MAX_ATTEMPTS="2", COS_KEY_PREFIX=prefix)
+    ids = {
+        "completed": submit(settings, JobSpec("p-ok", str(photos[0]), str(good_video),
+                                              "SILENT"))[0],
+        "failed": submit(settings, JobSpec("p-404", str(photos[1]),
+                                           f"{server.url}/gone.mp4", "SILENT"))[0],
+        "refused": submit(settings, JobSpec("p-short", str(photos[2]),
+                                            f"{server.url}/short.mp4", "SILENT"))[0],
+        "invalid": submit(settings, JobSpec("p-text", str(photos[3]),
+                                            f"{server.url}/text.mp4", "SILENT"))[0],
+    }
+
+    def states() -> dict[str, str]:
+        with session_scope(settings.database_url) as s:
+            return {name: s.get(Job, job_id).state for name, job_id in ids.items()}
+
+    wait_until(lambda: states() == {"completed": "completed", "failed": "failed",
+                                    "refused": "refused", "invalid": "failed"}, 60,
+               what="the jobs to end")
+    # A producer API upload whose request stored no job: on the ledger, for no job.
+    loser_photo, _ = write_pair(tmp_path / "loser", 720)
+    MediaStager(settings).stage("photo", str(loser_photo), check_existing=False)
+    server.close()
+
+    listed = bucket_listing(settings)
+    with session_scope(settings.database_url) as s:
+        ledger = set(s.scalars(select(MediaObject.object_key)))
+    assert listed and listed <= ledger  # every object in the bucket is on the ledger
+    # Each way of ending left objects behind (the failed and refused jobs' photos at least).
+    assert len(listed) >= 1 + 2 + 2 + 1 + 1
+
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).values(finished_at=utcnow() - timedelta(days=40)))
+        s.execute(update(MediaObject).values(written_at=utcnow() - timedelta(hours=2)))
+    env = {**os.environ, **app_env, "DATABASE_URL": database_url, "COS_KEY_PREFIX": prefix}
+    proc = purge_cli(env, "30")
+    assert proc.returncode == 0, proc.stderr
+    assert "jobs=4" in proc.stdout and "orphans=1" in proc.stdout, proc.stdout
+    assert bucket_listing(settings) == set()
+    with session_scope(settings.database_url) as s:
+        assert all(j.media_purged_at is not None for j in s.scalars(select(Job)))
+        assert s.scalar(select(MediaObject.id).where(MediaObject.deleted_at.is_(None))) is None
+
+
+def erase_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "faceid_batch.cli", "purge", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_an_erasure_removes_one_jobs_face_data_and_is_audited(
+        configured, sim_control, start_worker, tmp_path, app_env, database_url):
+    from faceid_batch.models import AccessAudit
+
+    settings = configured
+    (p0, v0), (_, v1) = write_pair(tmp_path / "m", 730), write_pair(tmp_path / "m", 731)
+    start_worker()
+    gone = submit(settings, JobSpec("forget-me", str(p0), str(v0), "SILENT"))[0]
+    stays = submit(settings, JobSpec("keep-me", str(p0), str(v1), "SILENT"))[0]
+    wait_until(lambda: all(job.state == "completed" for job in (
+        _job(settings, gone), _job(settings, stays))), 60, what="both jobs")
+    before = _job(settings, gone)
+    stager = MediaStager(settings)
+    env = {**os.environ, **app_env, "DATABASE_URL": database_url}
+
+    proc = erase_cli(env, "--key", "forget-me")
+    assert proc.returncode == 0, proc.stderr
+    # Its own video is gone; the photo another job still uses is kept, and said so.
+    assert not stager.exists(before.video_key) and stager.exists(before.photo_key)
+    assert f"kept {before.photo_key}: job(s) {stays} use the same file" in proc.stdout
+    after = _job(settings, gone)
+    assert after.erased_at is not None and after.media_purged_at is not None
+    assert (after.photo_source, after.video_source) == ("(erased)", "(erased)")
+    assert (after.photo_md5, after.video_md5, after.photo_key, after.video_key) == (
+        None, None, None, None)
+    assert after.state == "completed" and after.passed is True  # the verdict stays
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(select(BestFrame.content).where(BestFrame.job_id == gone)) is None
+        assert s.scalar(select(Result.sim).where(Result.job_id == gone)) is None
+        assert s.scalar(select(Result.result).where(Result.job_id == gone)) == "Success"
+        audit = s.scalars(select(AccessAudit).where(AccessAudit.job_id == gone)).all()
+    assert [(a.what, a.surface) for a in audit] == [("erasure", "cli")]
+    assert audit[0].actor.startswith("cli:")
+    # The other job is untouched; erasing it too removes the shared photo.
+    assert _job(settings, stays).photo_md5 is not None
+    assert erase_cli(env, "--job", str(stays)).returncode == 0
+    assert not stager.exists(before.photo_key)
+    # Wrong uses are told apart.
+    unknown = erase_cli(env, "--key", "no-such-key")
+    assert unknown.returncode == 1 and "no job with key" in unknown.stderr
+    both = erase_cli(env, "--key", "x", "--older-than", "3")
+    assert both.returncode == 2 and "exactly one" in both.stderr
+
+
+def _job(settings, job_id: int) -> Job:
+    with session_scope(settings.database_url) as s:
+        return s.get(Job, job_id)

@@ -15,11 +15,11 @@ from helpers import BUCKET, FAKE_SECRET_ID, FAKE_SECRET_KEY
 
 
 @pytest.fixture
-def stager(simulator):
+def stager(simulator, sqlite_url):
     settings = load_settings(
         faceid_secret_id=FAKE_SECRET_ID, faceid_secret_key=FAKE_SECRET_KEY, cos_bucket=BUCKET,
         cos_domain=simulator.cos_domain, cos_scheme="http", presign_expiry_seconds=60,
-        cos_key_prefix="staging-test/",
+        cos_key_prefix="staging-test/", database_url=sqlite_url,
     )
     return MediaStager(settings)
 

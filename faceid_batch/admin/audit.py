@@ -23,7 +23,7 @@ from faceid_batch.models import AccessAudit
 from faceid_batch.times import as_aware
 
 SURFACES = ("web", "api", "cli")
-WHAT = ("best_frame", "id_photo")
+WHAT = ("best_frame", "id_photo", "erasure")  # a read of an image, or an erasure
 MAX_LIMIT = 100_000
 
 

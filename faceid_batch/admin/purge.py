@@ -1,30 +1,50 @@
-"""Biometric-data retention: delete the media and best frames of jobs past the period.
+"""Biometric-data retention and erasure: no face image outlives the purge.
 
-A job that ended (completed or failed) more than ``older_than_days`` ago loses its uploaded
-media objects and its stored best frame; its row, its verdict and its attempts stay, and
-``jobs.media_purged_at`` records when. Objects are content-addressed and shared: one is
-deleted only when no job that keeps its media (not purged and not past the period) uses it.
-Only objects under ``COS_KEY_PREFIX`` are ours to delete; a ``cos://`` source someone else
-put in the bucket is left alone.
+The retention purge (``purge_media``): a job that ended (completed, failed or refused) more
+than ``older_than_days`` ago loses every object the product wrote to COS for it, and its
+stored best frame; its row, its verdict and its attempts stay, and ``jobs.media_purged_at``
+records when. The objects are found on the ledger (``media_objects``, stage/ledger.py), not
+in the job's columns, so a job that failed after staging its photo, or a request that lost
+the race for its idempotency key, leaves nothing behind: objects written for no job are
+purged once ORPHAN_GRACE old.
+
+An erasure (``erase``, a right-to-be-forgotten request): one job's objects, best frame and
+biometric columns (sources, MD5s, object keys, Sim) go at once, whatever its age; its row,
+verdict and audit stay, and the erasure is itself an audit row.
+
+Objects are content-addressed and shared: one is deleted only when no job that keeps its
+media (and no recent upload still waiting for its job) uses it. Only objects under
+``COS_KEY_PREFIX`` are ours to delete; a ``cos://`` source someone else put in the bucket is
+left alone.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from faceid_batch.admin import audit
 from faceid_batch.db import session_scope
-from faceid_batch.models import BestFrame, Job, JobState
+from faceid_batch.models import BestFrame, Job, JobState, MediaObject, Result
 from faceid_batch.settings import Settings
+from faceid_batch.stage.ledger import ORPHAN_GRACE
 from faceid_batch.stage.storage import MediaStager
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
 CHUNK = 500
+ENDED = [s.value for s in JobState.final()]
+ERASED = "(erased)"
+
+
+class PurgeError(ValueError):
+    """The erasure cannot be done as asked; the message says why."""
 
 
 @dataclass
@@ -34,37 +54,95 @@ class PurgeReport:
     objects_kept_shared: int = 0
     objects_not_ours: int = 0
     frames_cleared: int = 0
+    orphans: int = 0
     errors: list[str] = field(default_factory=list)
+    # An erasure: the jobs that still use an object this one used (key -> job ids).
+    shared_with: dict[str, list[int]] = field(default_factory=dict)
 
     def describe(self) -> str:
         return (f"jobs={self.jobs} objects_deleted={self.objects_deleted} "
                 f"objects_kept_shared={self.objects_kept_shared} "
                 f"objects_not_ours={self.objects_not_ours} frames_cleared={self.frames_cleared}"
+                f" orphans={self.orphans}"
                 + (f" errors={len(self.errors)}" if self.errors else ""))
 
 
-def _due(cutoff: datetime):  # type: ignore[no-untyped-def]
-    """Jobs whose media the purge removes: ended before the cutoff, not yet purged."""
-    return (Job.state.in_([s.value for s in JobState.final()]) & (Job.finished_at < cutoff)
-            & Job.media_purged_at.is_(None))
+def _keeps(cutoff: datetime | None, but: Iterable[int] = ()) -> ColumnElement[bool]:
+    """Jobs that keep their media: not purged, not erased, and (with ``cutoff``) not ended
+    before it; never the jobs in ``but`` (the ones being purged)."""
+    cond = Job.media_purged_at.is_(None)
+    if cutoff is not None:
+        cond = cond & or_(Job.state.not_in(ENDED), Job.finished_at.is_(None),
+                          Job.finished_at >= cutoff)
+    but = list(but)
+    return cond & Job.id.not_in(but) if but else cond
 
 
-def _keys_still_used(session: Session, keys: set[str], cutoff: datetime) -> set[str]:
-    """Of ``keys``, those a job that keeps its media still refers to."""
+def _users(session: Session, settings: Settings, keys: set[str], keeps: ColumnElement[bool],
+           now: datetime) -> dict[str, set[int | None]]:
+    """Of ``keys``, those something still uses: a job that keeps its media (by the ledger,
+    by the keys it was called with, or as its own ``cos://`` source), or an upload that is
+    still waiting for its job. Maps each to those jobs (None: a waiting upload)."""
+    used: dict[str, set[int | None]] = {}
     if not keys:
-        return set()
-    ended = [s.value for s in JobState.final()]
-    keeps = Job.media_purged_at.is_(None) & or_(
-        Job.state.not_in(ended), Job.finished_at.is_(None), Job.finished_at >= cutoff)
-    used: set[str] = set()
-    for col in (Job.photo_key, Job.video_key):
-        used.update(session.scalars(select(col).where(keeps, col.in_(keys))).all())
+        return used
+    listed = list(keys)
+    for key, job_id in session.execute(
+            select(MediaObject.object_key, MediaObject.job_id).join(Job)
+            .where(MediaObject.object_key.in_(listed), MediaObject.deleted_at.is_(None), keeps)):
+        used.setdefault(key, set()).add(job_id)
+    for key in session.scalars(select(MediaObject.object_key).where(
+            MediaObject.object_key.in_(listed), MediaObject.job_id.is_(None),
+            MediaObject.deleted_at.is_(None), MediaObject.written_at >= now - ORPHAN_GRACE)):
+        used.setdefault(key, set()).add(None)
+    sources = {f"cos://{settings.cos_bucket}/{k}": k for k in listed}
+    for col in (Job.photo_key, Job.video_key, Job.photo_source, Job.video_source):
+        values = listed if col in (Job.photo_key, Job.video_key) else list(sources)
+        for job_id, value in session.execute(select(Job.id, col).where(keeps,
+                                                                       col.in_(values))):
+            used.setdefault(sources.get(value, value), set()).add(job_id)
     return used
 
 
-def purge_media(settings: Settings, older_than_days: float, stager=None,  # type: ignore[no-untyped-def]
+def _keys_of(session: Session, settings: Settings, ids: list[int]) -> set[str]:
+    """Every object key these jobs used: the ledger, the keys they were called with, their
+    best frames' objects, and their ``cos://`` sources in our bucket."""
+    keys = set(session.scalars(select(MediaObject.object_key).where(
+        MediaObject.job_id.in_(ids), MediaObject.deleted_at.is_(None))))
+    prefix = f"cos://{settings.cos_bucket}/"
+    for row in session.execute(select(Job.photo_key, Job.video_key, Job.photo_source,
+                                      Job.video_source).where(Job.id.in_(ids))):
+        keys.update(k for k in row[:2] if k)
+        keys.update(src[len(prefix):] for src in row[2:] if src and src.startswith(prefix))
+    keys.update(k for k in session.scalars(select(BestFrame.object_key).where(
+        BestFrame.job_id.in_(ids))) if k)
+    return keys
+
+
+def _delete(stager: Any, keys: Iterable[str], report: PurgeReport) -> bool:
+    """Delete ``keys`` from the bucket; False if any could not be (the caller keeps its
+    rows as they are, and the next run tries again)."""
+    ok = True
+    for key in sorted(keys):
+        try:
+            stager.delete(key)
+            report.objects_deleted += 1
+        except Exception as exc:  # noqa: BLE001 - the next run tries again
+            ok = False
+            report.errors.append(f"{key}: {type(exc).__name__}")
+            log.warning("purge: could not delete an object (%s); it is tried again on the "
+                        "next run", type(exc).__name__)
+    return ok
+
+
+def _ours(settings: Settings, keys: set[str]) -> set[str]:
+    return {k for k in keys if k.startswith(settings.cos_key_prefix)}
+
+
+def purge_media(settings: Settings, older_than_days: float, stager: Any = None,
                 now: datetime | None = None, dry_run: bool = False) -> PurgeReport:
-    """Purge the media of every job that ended more than ``older_than_days`` ago."""
+    """Purge the media of every job that ended more than ``older_than_days`` ago, and the
+    objects written for no job more than ORPHAN_GRACE ago."""
     if older_than_days <= 0:
         raise ValueError("older_than_days must be positive")
     if stager is None and not dry_run:
@@ -72,48 +150,117 @@ def purge_media(settings: Settings, older_than_days: float, stager=None,  # type
     now = now or utcnow()
     cutoff = now - timedelta(days=older_than_days)
     report = PurgeReport()
+    due = (Job.state.in_(ENDED) & (Job.finished_at < cutoff) & Job.media_purged_at.is_(None))
     after_id = 0
     while True:
         with session_scope(settings.database_url) as session:
-            rows = session.execute(
-                select(Job.id, Job.photo_key, Job.video_key, BestFrame.object_key)
-                .outerjoin(BestFrame, BestFrame.job_id == Job.id)
-                .where(_due(cutoff), Job.id > after_id).order_by(Job.id).limit(CHUNK)
-            ).all()
-            if not rows:
+            ids = list(session.scalars(select(Job.id).where(due, Job.id > after_id)
+                                       .order_by(Job.id).limit(CHUNK)))
+            if not ids:
                 break
-            after_id = rows[-1][0]
-            keys = {k for r in rows for k in r[1:] if k}
-            shared = _keys_still_used(session, keys, cutoff)
-        ours = {k for k in keys - shared if k.startswith(settings.cos_key_prefix)}
+            after_id = ids[-1]
+            keys = _keys_of(session, settings, ids)
+            shared = set(_users(session, settings, keys, _keeps(cutoff, ids), now))
+        ours = _ours(settings, keys - shared)
         report.objects_kept_shared += len(keys & shared)
         report.objects_not_ours += len(keys - shared - ours)
-        ids = [r[0] for r in rows]
         report.jobs += len(ids)
         if dry_run:
             report.objects_deleted += len(ours)
             continue
-        failed = False
-        for key in sorted(ours):
-            try:
-                stager.delete(key)
-                report.objects_deleted += 1
-            except Exception as exc:  # the next run tries again: these jobs stay unpurged
-                failed = True
-                report.errors.append(f"{key}: {type(exc).__name__}")
-                log.warning("purge: could not delete an object (%s); the jobs stay unpurged",
-                            type(exc).__name__)
-        if failed:
-            report.jobs -= len(ids)
+        if not _delete(stager, ours, report):
+            report.jobs -= len(ids)  # they stay unpurged: the next run tries again
             continue
         with session_scope(settings.database_url) as session:
-            report.frames_cleared += session.execute(
-                update(BestFrame).where(BestFrame.job_id.in_(ids),
-                                        or_(BestFrame.content.is_not(None),
-                                            BestFrame.object_key.is_not(None)))
-                .values(content=None, object_key=None)
-            ).rowcount or 0
+            report.frames_cleared += _clear_frames(session, ids)
+            session.execute(update(MediaObject).where(
+                MediaObject.job_id.in_(ids), MediaObject.deleted_at.is_(None))
+                .values(deleted_at=now))
             session.execute(update(Job).where(Job.id.in_(ids)).values(media_purged_at=now))
+    _purge_orphans(settings, stager, now, report, dry_run)
     log.info("purge of media older than %s days: %s", older_than_days, report.describe())
     return report
 
+
+def _purge_orphans(settings: Settings, stager: Any, now: datetime, report: PurgeReport,
+                   dry_run: bool) -> None:
+    """Objects written for no job (a request that failed, or lost the race for its key,
+    or whose job was deleted) once ORPHAN_GRACE old."""
+    old = and_(MediaObject.job_id.is_(None), MediaObject.deleted_at.is_(None),
+               MediaObject.written_at < now - ORPHAN_GRACE)
+    after_id = 0
+    while True:
+        with session_scope(settings.database_url) as session:
+            rows = session.execute(select(MediaObject.id, MediaObject.object_key)
+                                   .where(old, MediaObject.id > after_id)
+                                   .order_by(MediaObject.id).limit(CHUNK)).all()
+            if not rows:
+                return
+            after_id = rows[-1][0]
+            keys = {key for _, key in rows}
+            shared = set(_users(session, settings, keys, _keeps(None), now))
+        ours = _ours(settings, keys - shared)
+        report.orphans += len(rows)
+        report.objects_kept_shared += len(keys & shared)
+        if dry_run:
+            report.objects_deleted += len(ours)
+            continue
+        if _delete(stager, ours, report):
+            with session_scope(settings.database_url) as session:
+                session.execute(update(MediaObject).where(
+                    MediaObject.id.in_([row_id for row_id, _ in rows])).values(deleted_at=now))
+
+
+def _clear_frames(session: Session, ids: list[int]) -> int:
+    return session.execute(
+        update(BestFrame).where(BestFrame.job_id.in_(ids),
+                                or_(BestFrame.content.is_not(None),
+                                    BestFrame.object_key.is_not(None)))
+        .values(content=None, object_key=None)).rowcount or 0
+
+
+def find_job(settings: Settings, job_id: int | None = None, key: str | None = None) -> int:
+    """The id of the job an erasure names, by id or idempotency key."""
+    with session_scope(settings.database_url) as session:
+        where = Job.id == job_id if job_id is not None else Job.idempotency_key == key
+        found = session.execute(select(Job.id, Job.state).where(where)).first()
+    if found is None:
+        raise PurgeError(f"no job {job_id}" if job_id is not None else f"no job with key {key!r}")
+    if found.state not in ENDED:
+        raise PurgeError(f"job {found.id} is {found.state}: an erasure waits until it has "
+                         "ended (cancel its batch, or wait for its answer)")
+    return int(found.id)
+
+
+def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
+          now: datetime | None = None) -> PurgeReport:
+    """Erase one ended job's face data now: its objects (unless another job that keeps its
+    media uses the same object: ``shared_with`` names them), its best frame, and the
+    columns that identify the media; audited as ``actor``."""
+    stager = stager or MediaStager(settings)
+    now = now or utcnow()
+    report = PurgeReport(jobs=1)
+    with session_scope(settings.database_url) as session:
+        keys = _keys_of(session, settings, [job_id])
+        users = _users(session, settings, keys, _keeps(None, [job_id]), now)
+    ours = _ours(settings, keys - set(users))
+    report.objects_kept_shared = len(keys & set(users))
+    report.objects_not_ours = len(keys - set(users) - ours)
+    report.shared_with = {k: sorted(j for j in users[k] if j is not None) for k in users}
+    if not _delete(stager, ours, report):
+        raise PurgeError(f"job {job_id}: {len(report.errors)} object(s) could not be deleted "
+                         f"({', '.join(report.errors)}); nothing was cleared, try again")
+    with session_scope(settings.database_url) as session:
+        report.frames_cleared = _clear_frames(session, [job_id])
+        session.execute(update(MediaObject).where(
+            MediaObject.job_id == job_id, MediaObject.deleted_at.is_(None))
+            .values(deleted_at=now))
+        session.execute(update(Result).where(Result.job_id == job_id).values(sim=None))
+        session.execute(update(Job).where(Job.id == job_id).values(
+            photo_source=ERASED, video_source=ERASED, photo_md5=None, video_md5=None,
+            photo_key=None, video_key=None, erased_at=now,
+            media_purged_at=func.coalesce(Job.media_purged_at, now)))
+    audit.record(settings.database_url, actor=actor, surface="cli", what="erasure",
+                 job_id=job_id, detail=report.describe()[:2000])
+    log.info("erasure of job %s: %s", job_id, report.describe())
+    return report

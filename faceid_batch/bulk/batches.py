@@ -39,9 +39,6 @@ SYNCED = "_synced"
 CANCELLED_CODE = "Local.BatchCancelled"
 # Jobs not yet called: what cancel closes.
 WAITING = (JobState.QUEUED.value, JobState.RETRYING.value, JobState.PAUSED.value)
-# After resume clears the flag, a worker that read "paused" just before may still be
-# committing its park; a second pass after this long makes those due too.
-RESUME_SETTLE_SECONDS = 1.0
 
 
 class BatchError(ValueError):
@@ -62,8 +59,12 @@ def batch_gate(res: Resources, session: Session, job_id: int, batch_id: int) -> 
     if answers.is_parked(res.redis, job_id):
         return None
     if control == BatchState.PAUSED.value:
-        schedule.park(session, job_id)
-        return JobState.PAUSED.value
+        if schedule.park(session, job_id, batch_id):
+            return JobState.PAUSED.value
+        # The database says the batch is no longer paused (a resume committed): the job
+        # runs, and the stale copy in Redis is put right.
+        publish_state(res.redis, res.settings.database_url, batch_id)
+        return None
     schedule.cancel(session, job_id, CANCELLED_CODE, _cancelled_why(batch_id))
     return JobState.FAILED.value
 
@@ -92,12 +93,15 @@ def sync_control(client: redis.Redis, database_url: str) -> dict[int, str]:
     return states
 
 
-def publish_state(client: redis.Redis, database_url: str, batch_id: int, state: str) -> None:
-    """Make workers see ``state`` for the batch (after the database has it)."""
+def publish_state(client: redis.Redis, database_url: str, batch_id: int) -> None:
+    """Make workers see the batch's state as the database has it now (read afresh, so two
+    changes racing leave the later one in Redis, not whichever published last)."""
     if not client.hexists(CONTROL_KEY, SYNCED):
         sync_control(client, database_url)  # already reads the new state
         return
-    if state == BatchState.ACTIVE.value:
+    with session_scope(database_url) as session:
+        state = session.scalar(select(Batch.state).where(Batch.id == batch_id))
+    if state is None or state == BatchState.ACTIVE.value:
         client.hdel(CONTROL_KEY, str(batch_id))
     else:
         client.hset(CONTROL_KEY, str(batch_id), state)
@@ -121,16 +125,15 @@ def get_batch(settings: Settings, batch_id: int) -> Batch:
         return batch
 
 
-def _set_state(settings: Settings, batch_id: int, state: str) -> Batch:
-    with session_scope(settings.database_url) as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise BatchError(f"batch {batch_id}: no such batch")
-        if batch.state == BatchState.CANCELLED.value:
-            raise BatchError(f"batch {batch_id} is cancelled; a cancelled batch stays so")
-        batch.state = state
-        batch.updated_at = utcnow()
-    publish_state(_redis(settings), settings.database_url, batch_id, state)
+def _set_state(session: Session, batch_id: int, state: str) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise BatchError(f"batch {batch_id}: no such batch")
+    if batch.state == BatchState.CANCELLED.value:
+        raise BatchError(f"batch {batch_id} is cancelled; a cancelled batch stays so")
+    batch.state = state
+    batch.updated_at = utcnow()
+    session.flush()
     return batch
 
 
@@ -140,24 +143,24 @@ def pause(settings: Settings, batch_id: int) -> int:
     The feeder stops feeding it at its next round; a worker parks any job whose message
     was already out (``batch_gate``); jobs already running finish.
     """
-    _set_state(settings, batch_id, BatchState.PAUSED.value)
     with session_scope(settings.database_url) as session:
-        return schedule.park_batch(session, batch_id)
+        _set_state(session, batch_id, BatchState.PAUSED.value)
+        parked = schedule.park_batch(session, batch_id)
+    publish_state(_redis(settings), settings.database_url, batch_id)
+    return parked
 
 
-def resume(settings: Settings, batch_id: int, settle: float = RESUME_SETTLE_SECONDS) -> int:
-    """Resume a batch: every parked job of it is due again; return how many."""
-    _set_state(settings, batch_id, BatchState.ACTIVE.value)
-    due = _unpark(settings, batch_id)
-    if settle > 0:
-        time.sleep(settle)
-        due += _unpark(settings, batch_id)
+def resume(settings: Settings, batch_id: int) -> int:
+    """Resume a batch: every parked job of it is due again; return how many.
+
+    No park can come after it: a worker parks a job only while the database says the batch
+    is paused (schedule.park), so one that read "paused" late leaves the job to run.
+    """
+    with session_scope(settings.database_url) as session:
+        _set_state(session, batch_id, BatchState.ACTIVE.value)
+        due = schedule.unpark_batch(session, batch_id)
+    publish_state(_redis(settings), settings.database_url, batch_id)
     return due
-
-
-def _unpark(settings: Settings, batch_id: int) -> int:
-    with session_scope(settings.database_url) as session:
-        return schedule.unpark_batch(session, batch_id)
 
 
 def cancel(settings: Settings, batch_id: int) -> int:
@@ -165,9 +168,12 @@ def cancel(settings: Settings, batch_id: int) -> int:
 
     Jobs already calling FaceID finish and keep their answer (it is paid for).
     """
-    _set_state(settings, batch_id, BatchState.CANCELLED.value)
     with session_scope(settings.database_url) as session:
-        return schedule.cancel_batch(session, batch_id, CANCELLED_CODE, _cancelled_why(batch_id))
+        _set_state(session, batch_id, BatchState.CANCELLED.value)
+        closed = schedule.cancel_batch(session, batch_id, CANCELLED_CODE,
+                                       _cancelled_why(batch_id))
+    publish_state(_redis(settings), settings.database_url, batch_id)
+    return closed
 
 
 def retry_failed(settings: Settings, batch_id: int) -> int:

@@ -14,12 +14,14 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from faceid_batch import messages
 from faceid_batch.db import session_scope
+from faceid_batch.egress import EgressRefused, Policy
 from faceid_batch.models import DedupeHit, Job, JobState, Lane
 from faceid_batch.outcome.notify import CallbackURLError, check_callback_url
 from faceid_batch.scheduling import schedule
@@ -119,6 +121,7 @@ def check_lane(lane: str) -> str:
 def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
     """Every free check: key, lane, liveness rules, local media (format, size), and the
     preflight rules on local media (findings in ``preflight``; a refusal is not raised)."""
+    settings = settings or get_settings()
     check_key(spec.idempotency_key)
     check_lane(spec.lane)
     data = validate_liveness(spec.liveness_type, spec.validate_data)
@@ -130,7 +133,9 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
         if "?" in source and is_remote(source):
             # A query string may carry a signature; we never keep one.
             raise SubmitError(f"{kind}: URLs with a query string are not accepted", kind)
-        if not is_remote(source):
+        if source.startswith(("http://", "https://")):
+            check_source_url(settings, kind, source)
+        elif not is_remote(source):
             try:
                 md5s[kind] = inspect_local(kind, source).md5
             except MediaError as exc:
@@ -138,14 +143,35 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
         else:
             # Known only when the submitter read the content itself (the producer API).
             md5s[kind] = getattr(spec, f"{kind}_md5")
+    callback = check_callback(settings, spec.callback_url)
     local = {kind: None if is_remote(src) else src
              for kind, src in (("photo", spec.photo), ("video", spec.video))}
-    findings = preflight.check(settings or get_settings(), spec.liveness_type,
+    findings = preflight.check(settings, spec.liveness_type,
                                local["photo"], local["video"])
     stored = [*(spec.preflight or []), *(findings.stored() or [])] or None
-    return JobSpec(**{**spec.__dict__, "validate_data": data,
+    return JobSpec(**{**spec.__dict__, "validate_data": data, "callback_url": callback,
                       "photo_md5": md5s["photo"], "video_md5": md5s["video"],
                       "preflight": stored})
+
+
+def check_source_url(settings: Settings, kind: str, url: str) -> str:
+    """A media URL the egress policy does not refuse (its form, and its addresses when the
+    name resolves now: the worker checks again when it fetches)."""
+    try:
+        Policy(settings.egress_networks).check(url)
+    except EgressRefused as exc:
+        raise SubmitError(f"{kind} URL {display_url(url)}: refused by the egress policy: "
+                          f"{exc}", kind) from None
+    return url
+
+
+def display_url(url: str) -> str:
+    """A URL as an error shows it: without credentials or query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def sent_at_once(lane: str) -> bool:
@@ -216,7 +242,7 @@ def check_callback(settings: Settings, url: str | None) -> str | None:
     if url is None:
         return None
     try:
-        url = check_callback_url(url)
+        url = check_callback_url(url, Policy(settings.egress_networks))
     except CallbackURLError as exc:
         raise SubmitError(str(exc), "callback_url") from None
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():

@@ -54,6 +54,8 @@ def demo_env(redis_url: str, sim: Simulator) -> dict[str, str]:
         "COS_BUCKET": "faceid-demo-1250000000",
         "COS_DOMAIN": sim.cos_domain,
         "COS_SCHEME": "http",
+        # The simulator serves best frames on loopback: the egress policy lets it through.
+        "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
         "RETRY_BASE_DELAY": "1",
     }
 

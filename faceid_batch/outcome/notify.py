@@ -11,28 +11,33 @@ The request (``Content-Type: application/json``) carries:
   in WEBHOOK_SECRET (one, or two while rotating: the receiver accepts either), space-separated.
 
 The body keeps its fields (``event``, ``timestamp``, ``job_id``, ``key``, ``state`` ...).
-A non-2xx answer or a network error is retried with exponential backoff and full jitter,
-up to ``WEBHOOK_MAX_ATTEMPTS``; redirects are not followed (the signed outcome goes only to
-the URL given). Every attempt is a row in ``webhook_deliveries``.
+Each callback is a due row (scheduling/callbacks.py), queued in the transaction that ends
+its job; a non-2xx answer or a network error makes it due again after the next delay of
+WEBHOOK_RETRY_SCHEDULE (about 28 hours in all by default), so a receiver that is down for
+hours still gets it, and a worker killed mid-delivery strands nothing. The POST goes through
+the egress policy (egress.py): checked addresses only, redirects not followed (the signed
+outcome goes only to the URL given), the answer's body never read. Every attempt is a row
+in ``webhook_deliveries``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from faceid_batch.call.errors import backoff
-from faceid_batch.db import session_scope
-from faceid_batch.messages import send_webhook
-from faceid_batch.models import Job, Result, WebhookDelivery
+from faceid_batch.db import session_scope, write_scope
+from faceid_batch.egress import EgressError, EgressRefused, Policy
+from faceid_batch.models import Job, Result, WebhookDelivery, WebhookMessage
 from faceid_batch.outcome.webhooks import SIGNATURE_HEADER, headers_for
-from faceid_batch.settings import Settings
+from faceid_batch.scheduling import callbacks
+from faceid_batch.times import utcnow
 
 if TYPE_CHECKING:
     from faceid_batch.worker import Resources
@@ -46,8 +51,9 @@ class CallbackURLError(ValueError):
     """The callback URL cannot be used; the message says why."""
 
 
-def check_callback_url(url: str) -> str:
-    """Accept an absolute http(s) URL without credentials or query string (we keep it)."""
+def check_callback_url(url: str, policy: Policy | None = None) -> str:
+    """Accept an absolute http(s) URL without credentials or query string (we keep it)
+    that the egress policy does not refuse (``policy``: the default one)."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CallbackURLError(f"callback URL {url!r}: must be an absolute http(s) URL")
@@ -58,13 +64,17 @@ def check_callback_url(url: str) -> str:
             "callback URL: no credentials, query string or fragment; the receiver checks "
             f"the {SIGNATURE_HEADER} header instead"
         )
+    try:
+        (policy or Policy()).check(parts.geturl())
+    except EgressRefused as exc:
+        raise CallbackURLError(f"callback URL: refused by the egress policy: {exc}") from None
     return parts.geturl()
 
 
-def message_id(job: Job) -> str:
-    """The same id for every attempt at one outcome; a new one when the job ends again."""
-    finished = int(job.finished_at.timestamp() * 1000) if job.finished_at else 0
-    return f"msg_job{job.id}_{finished}"
+def message_id(job_id: int, message: int) -> str:
+    """The ``webhook-id``: the same for every attempt at one outcome, a new one when the job
+    ends again (a failed job retried)."""
+    return f"msg_job{job_id}_{message}"
 
 
 def callback_body(job: Job, result: Result | None) -> dict[str, Any]:
@@ -86,71 +96,28 @@ def callback_body(job: Job, result: Result | None) -> dict[str, Any]:
     }
 
 
-def job_finished(res: Resources, job_id: int,
-                 known: tuple[str | None, str] | None = None) -> bool:
-    """Queue the completion callback of a job that has just reached a final state.
-
-    ``known`` is the job's (callback_url, lane) when the caller has just read them.
-    Returns whether one was queued. Never raises: the job's answer is stored already and
-    must not be retried because a callback could not be queued (that is logged instead).
-    """
-    try:
-        if known is None:
-            with session_scope(res.settings.database_url) as session:
-                row = session.execute(
-                    select(Job.callback_url, Job.lane).where(Job.id == job_id)
-                ).first()
-            if row is None:
-                return False
-            known = (row.callback_url, row.lane)
-        callback_url, lane = known
-        if not callback_url:
-            return False
-        send_webhook(job_id, lane)
-        return True
-    except Exception:  # noqa: BLE001 - see the docstring
-        log.exception("job %s: completion callback could not be queued", job_id)
-        return False
-
-
-def max_countdown(settings: Settings) -> float:
-    """A delivery's retry is an ETA message held unacked by a worker; the Redis transport
-    redelivers it after the visibility timeout. Staying well under that timeout means a
-    waiting retry is never delivered twice."""
-    return min(settings.retry_max_delay, settings.broker_visibility_timeout / 3)
-
-
-class RetryIn(Exception):
-    """The delivery failed and is to be tried again in ``delay`` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__(f"retry in {delay:.1f}s")
-        self.delay = delay
-
-
-def deliver(res: Resources, job_id: int, retries: int) -> str:
-    """POST the job's outcome to its callback URL once (``retries`` earlier tries of this
-    outcome); return how it ended, or raise RetryIn with the backoff of the next try."""
+def deliver(res: Resources, message: int, token: str) -> str:
+    """POST one claimed callback once (``token``: its claim); write how it went and, if it
+    failed, when it is due again. Returns ``delivered``, ``retrying``, ``gave-up`` or
+    ``not-claimed`` (claimed again since: another message delivers it)."""
     s = res.settings
-    round_attempt = retries + 1  # attempts for this outcome so far
+    with write_scope(s.database_url) as session:
+        taken = callbacks.take(session, message, token, s.webhook_timeout)
+    if taken is None:
+        return "not-claimed"
+    job_id, attempt = taken["job_id"], taken["attempts"] + 1
     with session_scope(s.database_url) as session:
         job = session.get(Job, job_id)
-        if job is None or not job.callback_url:
-            return "no-callback"
         result = session.scalar(select(Result).where(Result.job_id == job_id))
-        url = job.callback_url
-        payload = callback_body(job, result)
-        msg_id = message_id(job)
-        attempt = 1 + (session.scalar(
-            select(func.count()).select_from(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id)
-        ) or 0)
+        url = job.callback_url if job is not None else None
+        payload = callback_body(job, result) if job is not None else None
 
-    status, error, latency_ms = None, None, 0
-    if s.webhook_secret is None or not s.webhook_secret.get_secret_value():
+    status, error, final, latency_ms = None, None, False, 0
+    if url is None or payload is None:
+        error, final = "the job has no callback URL any more", True
+    elif s.webhook_secret is None or not s.webhook_secret.get_secret_value():
         # Configuration, not a receiver failure: retrying cannot help until it is set.
-        error = "WEBHOOK_SECRET is not set: nothing is sent unsigned"
-        round_attempt = s.webhook_max_attempts
+        error, final = "WEBHOOK_SECRET is not set: nothing is sent unsigned", True
     else:
         timestamp = int(time.time())
         body = json.dumps({"event": EVENT, "timestamp": timestamp, **payload},
@@ -158,32 +125,49 @@ def deliver(res: Resources, job_id: int, retries: int) -> str:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "faceid-batch-webhook/2",
-            **headers_for(s.webhook_secret.get_secret_value(), msg_id, body, timestamp),
+            **headers_for(s.webhook_secret.get_secret_value(), message_id(job_id, message),
+                          body, timestamp),
         }
         started = time.monotonic()
         try:
-            resp = res.webhook_http.post(
-                url, data=body, headers=headers, allow_redirects=False,
-                timeout=(min(s.webhook_timeout, 5.0), s.webhook_timeout))
-            status = resp.status_code
-            resp.close()
+            status = res.egress.post(url, body, headers, timeout=s.webhook_timeout)
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
-        except requests.RequestException as exc:
-            error = type(exc).__name__
+        except EgressRefused as exc:
+            # The policy refuses the same URL every time.
+            error, final = f"refused by the egress policy: {exc}", True
+        except EgressError as exc:
+            error = exc.kind
         latency_ms = int((time.monotonic() - started) * 1000)
 
-    with session_scope(s.database_url) as session:
+    delays = s.webhook_delays
+    with write_scope(s.database_url) as session:
         session.add(WebhookDelivery(job_id=job_id, attempt=attempt, status_code=status,
-                                    error=error, latency_ms=latency_ms))
+                                    error=error, latency_ms=latency_ms, message_id=message))
+        if error is None:
+            callbacks.delivered(session, message, token)
+        elif final or attempt > len(delays):
+            callbacks.gave_up(session, message, token, error)
+        else:
+            delay = delays[attempt - 1] * random.uniform(0.8, 1.2)
+            callbacks.retry_at(session, message, token,
+                               utcnow() + timedelta(seconds=delay), error)
     if error is None:
         log.info("job %s: callback delivered (attempt %d, HTTP %s)", job_id, attempt, status)
         return "delivered"
-    if round_attempt >= s.webhook_max_attempts:
+    if final or attempt > len(delays):
         log.warning("job %s: callback not delivered after %d attempts: %s",
-                    job_id, round_attempt, error)
+                    job_id, attempt, error)
         return "gave-up"
-    delay = backoff(round_attempt, s.webhook_retry_base_delay, max_countdown(s))
-    log.info("job %s: callback attempt %d failed (%s); retrying in %.1fs",
+    log.info("job %s: callback attempt %d failed (%s); due again in %.0fs",
              job_id, attempt, error, delay)
-    raise RetryIn(delay)
+    return "retrying"
+
+
+def queue_again(res: Resources, job_id: int) -> None:
+    """A callback message of the earlier kind (one per job, retried by Celery countdowns)
+    becomes a due row, unless the job has one already."""
+    with write_scope(res.settings.database_url) as session:
+        if session.scalar(select(WebhookMessage.id)
+                          .where(WebhookMessage.job_id == job_id).limit(1)) is None:
+            callbacks.enqueue(session, job_id)

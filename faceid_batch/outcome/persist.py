@@ -7,12 +7,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from faceid_batch.call import billing
 from faceid_batch.call.faceid_client import Answer, BestFrameInfo
+from faceid_batch.egress import Egress, EgressError, EgressRefused
 from faceid_batch.models import Attempt, BestFrame, Job, Result
 from faceid_batch.ops.logs import redact
 from faceid_batch.scheduling import schedule
@@ -83,42 +83,67 @@ def result_columns(job_id: int, answer: Answer, threshold: float) -> dict[str, A
     }
 
 
-def write_answer(session: Session, job_id: int, attempts_before: int, answer: Answer,
-                 job_columns: dict[str, Any], threshold: float | None,
-                 bill: billing.BillingTable) -> None:
-    """One call's rows in one go, without loading the job: its attempt, its result when
-    ``threshold`` is given (once per job), and ``job_columns`` on the job with its new
-    attempt count.
+def write_answer(session: Session, job_id: int, lease_id: str, attempts_before: int,
+                 answer: Answer, job_columns: dict[str, Any], threshold: float | None,
+                 bill: billing.BillingTable) -> bool:
+    """One call's rows in one go, without loading the job: ``job_columns`` on the job with
+    its new attempt count, if ``lease_id`` still holds it; then its attempt, and its result
+    when ``threshold`` is given (once per job). False, with nothing written, if the lease no
+    longer holds the job (the caller records the call with ``record_lost_attempt``).
     """
     attempt = attempt_columns(job_id, attempts_before, answer, bill)
-    session.execute(_INSERT_ATTEMPT, attempt)
     columns = {**job_columns, "attempts": attempt["number"]}
+    result = None
     if threshold is not None and session.scalar(_RESULT_OF, {"of_job": job_id}) is None:
         result = result_columns(job_id, answer, threshold)
-        session.execute(_INSERT_RESULT, result)
         columns.update(schedule.completed_columns(answer.code, result["passed"]))
-    schedule.write(session, job_id, columns)
+    if not schedule.write(session, job_id, lease_id, columns):
+        return False
+    session.execute(_INSERT_ATTEMPT, attempt)
+    if result is not None:
+        session.execute(_INSERT_RESULT, result)
+    return True
+
+
+_ATTEMPT_OF = select(_ATTEMPTS.c.id).where(_ATTEMPTS.c.job_id == bindparam("of_job"),
+                                           _ATTEMPTS.c.request_id == bindparam("request_id"))
+
+
+def record_lost_attempt(session: Session, job_id: int, attempts_before: int, answer: Answer,
+                        bill: billing.BillingTable) -> None:
+    """The attempt row of a paid call whose worker no longer held its job: it was paid, so
+    it is recorded (and costed), but not counted against the job (``counted`` False). A
+    call already recorded (the same RequestId) is not recorded twice."""
+    if answer.request_id and session.scalar(
+            _ATTEMPT_OF, {"of_job": job_id, "request_id": answer.request_id}) is not None:
+        return
+    attempt = attempt_columns(job_id, attempts_before, answer, bill)
+    session.execute(_INSERT_ATTEMPT, {**attempt, "number": attempts_before, "counted": False})
 
 
 class BestFrameError(Exception):
     """The best frame could not be fetched or did not match its MD5."""
 
 
+BEST_FRAME_SECONDS = 30.0
+
+
 def fetch_best_frame(
-    http: requests.Session, info: BestFrameInfo, max_bytes: int
+    http: Egress, info: BestFrameInfo, max_bytes: int
 ) -> tuple[bytes, str]:
-    """Download the best frame (bounded), check its MD5; return (bytes, md5)."""
+    """Download the best frame through the egress policy (bounded in bytes and time),
+    check its MD5; return (bytes, md5)."""
     try:
-        with http.get(info.url, stream=True, timeout=(5, 30)) as resp:
-            if resp.status_code != 200:
-                raise BestFrameError(f"best frame download: HTTP {resp.status_code}")
-            data = bytearray()
-            for chunk in resp.iter_content(256 * 1024):
-                data.extend(chunk)
-                if len(data) > max_bytes:
-                    raise BestFrameError(f"best frame larger than {max_bytes} bytes")
-    except requests.RequestException as exc:
-        raise BestFrameError(f"best frame download: {type(exc).__name__}") from None
+        with http.get(info.url, max_bytes=max_bytes, timeout=BEST_FRAME_SECONDS) as resp:
+            if resp.status != 200:
+                raise BestFrameError(f"best frame download: HTTP {resp.status}")
+            data = resp.read()
+    except EgressRefused as exc:
+        raise BestFrameError(f"best frame URL refused by the egress policy: {exc}") from None
+    except EgressError as exc:
+        if exc.kind == "too-large":
+            raise BestFrameError(f"best frame larger than {max_bytes} bytes") from None
+        raise BestFrameError(f"best frame download: {exc.kind}") from None
     md5 = hashlib.md5(data).hexdigest()
     if info.md5 and md5.lower() != info.md5.lower():
         raise BestFrameError(f"best frame MD5 {md5} does not match the API's {info.md5}")

@@ -23,15 +23,15 @@ from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import write_scope
 from faceid_batch.models import Job, JobState
 from faceid_batch.ops import metrics
-from faceid_batch.outcome import notify
 from faceid_batch.outcome.persist import (
     BestFrameError,
     attempt_number,
     fetch_best_frame,
+    record_lost_attempt,
     store_best_frame,
     write_answer,
 )
-from faceid_batch.scheduling import answers, schedule
+from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.scheduling.schedule import failed_columns
 from faceid_batch.stage.storage import StagedMedia
 from faceid_batch.times import utcnow
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Built once: this runs once per call (see persist on the cost of rebuilding statements).
 _J = Job.__table__.c
-_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.callback_url, _J.lane, _J.lease_id).where(
+_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.lease_id).where(
     _J.id == bindparam("of_job"))
 
 
@@ -67,57 +67,69 @@ def record_answer(res: Resources, job_id: int, answer: Answer,
     # Statements, not loaded objects: this runs once per call (at 20/s per account), and
     # the ORM's unit of work cost as much CPU as the rest of the job's database work.
     columns: dict[str, Any] = {}
-    threshold = None
     # The best frame is read before the write, outside the database's write turn, and
     # stored in the answer's transaction: one write per answer, not two.
     frame = _best_frame(res, job_id, answer) if rule.verdict else None
     with write_scope(s.database_url) as session:
         row = session.execute(_JOB_TO_ANSWER, {"of_job": job_id}).one()
-        if row.state in JobState.final():
-            return str(row.state)
-        if staged is not None:
-            photo, video = staged
-            columns.update(photo_md5=photo.info.md5, photo_key=photo.key,
-                           video_md5=video.info.md5, video_key=video.key)
-        attempts = attempt_number(row.attempts, answer)
-        if rule.verdict:
-            threshold = s.pass_threshold
-            state = JobState.COMPLETED.value
-        elif rule.final:
-            # The same request would be refused again: final, not retried.
-            columns.update(failed_columns(answer.code, answer.message or answer.rule.why))
-            state = JobState.FAILED.value
-        elif rule.counts_attempt and attempts >= s.max_attempts:
-            columns.update(failed_columns(
-                answer.code,
-                f"gave up after {attempts} attempts: {answer.message or answer.rule.why}"))
-            state = JobState.FAILED.value
-        else:
-            if not rule.retry:
-                # The account cannot call (rule.trips_breaker): the job waits for the breaker.
-                delay = s.breaker_probe_after
-            elif rule.counts_attempt:
-                delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)
+        state = schedule.LOST
+        # Still ours: no other worker has claimed it since (see schedule._OURS).
+        if row.lease_id == res.lease.id and row.state not in JobState.final():
+            if staged is not None:
+                photo, video = staged
+                columns.update(photo_md5=photo.info.md5, photo_key=photo.key,
+                               video_md5=video.info.md5, video_key=video.key)
+            state = _next_state(res, answer, attempt_number(row.attempts, answer), columns)
+            threshold = s.pass_threshold if rule.verdict else None
+            if not write_answer(session, job_id, res.lease.id, row.attempts, answer, columns,
+                                threshold, res.billing):
+                state = schedule.LOST
             else:
-                delay = random.uniform(0.5, 2.0)  # someone else used the budget: not a failure
-            # An attempt that counts is a retry; a wait for the budget or the breaker is not.
-            state = (JobState.RETRYING.value if rule.counts_attempt
-                     else JobState.QUEUED.value)
-            if row.state == JobState.RUNNING.value and row.lease_id == res.lease.id:
-                # The retry is a due time in the row, not a message waiting in a worker.
-                columns.update(schedule.reschedule_columns(
-                    utcnow() + timedelta(seconds=delay), state))
-            else:
-                # Another worker took the job over (this one's lease was judged gone): the
-                # call is recorded, the job stays where its holder has it.
-                state = str(row.state)
-        write_answer(session, job_id, row.attempts, answer, columns, threshold, res.billing)
-        if state == JobState.COMPLETED.value and frame is not None:
-            store_best_frame(session, job_id, *frame)
+                if state == JobState.COMPLETED.value and frame is not None:
+                    store_best_frame(session, job_id, *frame)
+                if state in (JobState.COMPLETED.value, JobState.FAILED.value):
+                    callbacks.enqueue(session, job_id)
+        if state == schedule.LOST:
+            # Another worker claimed the job after this one's lease was judged gone, or it
+            # ended: the job is left to its holder, and the paid call is recorded all the
+            # same, outside the job's count of attempts.
+            record_lost_attempt(session, job_id, row.attempts, answer, res.billing)
+            log.warning("job %s: answer %s (RequestId %s) came after this worker lost the "
+                        "job; recorded as an attempt, the job left to its holder", job_id,
+                        answer.code, answer.request_id)
 
     if state in (JobState.COMPLETED.value, JobState.FAILED.value):
         metrics.JOBS_FINISHED.labels(state=state).inc()
-        notify.job_finished(res, job_id, (row.callback_url, row.lane))
+    return state
+
+
+def _next_state(res: Resources, answer: Answer, attempts: int,
+                columns: dict[str, Any]) -> str:
+    """The job's state after ``answer`` (its ``attempts``-th counted try), its columns
+    added to ``columns``."""
+    s = res.settings
+    rule = answer.rule
+    if rule.verdict:
+        return JobState.COMPLETED.value  # write_answer adds the result's columns
+    if rule.final:
+        # The same request would be refused again: final, not retried.
+        columns.update(failed_columns(answer.code, answer.message or answer.rule.why))
+        return JobState.FAILED.value
+    if rule.counts_attempt and attempts >= s.max_attempts:
+        columns.update(failed_columns(
+            answer.code, f"gave up after {attempts} attempts: {answer.message or rule.why}"))
+        return JobState.FAILED.value
+    if not rule.retry:
+        # The account cannot call (rule.trips_breaker): the job waits for the breaker.
+        delay = s.breaker_probe_after
+    elif rule.counts_attempt:
+        delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)
+    else:
+        delay = random.uniform(0.5, 2.0)  # someone else used the budget: not a failure
+    # An attempt that counts is a retry; a wait for the budget or the breaker is not. The
+    # retry is a due time in the row, not a message waiting in a worker.
+    state = JobState.RETRYING.value if rule.counts_attempt else JobState.QUEUED.value
+    columns.update(schedule.reschedule_columns(utcnow() + timedelta(seconds=delay), state))
     return state
 
 
@@ -127,7 +139,7 @@ def _best_frame(res: Resources, job_id: int, answer: Answer) -> tuple[bytes, str
         return None
     try:
         return fetch_best_frame(
-            res.stager.http, answer.best_frame, res.settings.bestframe_max_bytes
+            res.stager.egress, answer.best_frame, res.settings.bestframe_max_bytes
         )
     except BestFrameError as exc:
         # The verdict is stored all the same; a missing frame does not undo a paid answer.

@@ -21,6 +21,32 @@ SECRET_PREFIX = "whsec_"
 TOLERANCE_SECONDS = 5 * 60  # what verify() accepts, as the Standard Webhooks libraries do
 
 
+# The delays between a callback's attempts (Stripe retries for three days, Svix for about
+# one): close together first, so a receiver back within minutes gets it within minutes, then
+# spread over more than a day for one that is down for hours. 13 attempts over ~28 h.
+DEFAULT_SCHEDULE = "5s 30s 1m 2m 5m 15m 30m 1h 2h 4h 8h 12h"
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_schedule(value: str) -> tuple[float, ...]:
+    """WEBHOOK_RETRY_SCHEDULE: the delays after each failed attempt, such as ``5s 30s 1m 2h``
+    (s, m, h, d; a bare number is seconds), separated by spaces or commas. Attempts: one more
+    than the delays. ValueError says what is wrong."""
+    delays = []
+    for part in value.replace(",", " ").split():
+        number, unit = (part[:-1], part[-1]) if part[-1] in _UNITS else (part, "s")
+        try:
+            delay = float(number) * _UNITS[unit]
+        except ValueError:
+            raise ValueError(f"{part!r} is not a delay (such as 30s, 5m, 2h)") from None
+        if not 0 < delay <= 7 * 86400:
+            raise ValueError(f"{part!r}: a delay is above 0 and at most 7d")
+        delays.append(delay)
+    if len(delays) > 50:
+        raise ValueError("at most 50 delays")
+    return tuple(delays)
+
+
 class WebhookSecretError(ValueError):
     """WEBHOOK_SECRET is not one or two Standard Webhooks secrets; the message says why."""
 

@@ -16,7 +16,8 @@ lifetime. Each round (every FEED_INTERVAL_SECONDS) it:
   TAKEN_GRACE_SECONDS, without claiming the job): lost with a Redis that restarted or was
   flushed, with a worker killed between Redis handing it the message and recording it as
   taken, or held by a process that died before it could claim the job;
-- every SWEEP_INTERVAL_SECONDS, runs the backstop sweep (recovery.py).
+- every SWEEP_INTERVAL_SECONDS, runs the backstop sweep (recovery.py);
+- claims the completion callbacks that are due and sends them (callbacks.py).
 
 Redis so holds a few seconds of work whatever the backlog, and losing it loses nothing the
 database cannot send again.
@@ -36,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, select, text
 
 from faceid_batch.db import session_scope, write_scope
-from faceid_batch.messages import send_verify_many
+from faceid_batch.messages import send_verify_many, send_webhooks
 from faceid_batch.models import Batch, BatchState, Job, Lane
-from faceid_batch.scheduling import leases, recovery, schedule
+from faceid_batch.scheduling import callbacks, leases, recovery, schedule
 from faceid_batch.times import utcnow
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ LOST_GRACE = timedelta(seconds=5)
 TAKEN_GRACE_SECONDS = 30.0
 # The due batches of a lane, their states and weights are read again after this long.
 KEYS_REFRESH_SECONDS = 1.0
+# Completion callbacks claimed and sent per round (at most four rounds a second).
+CALLBACKS_PER_ROUND = 100
 ENABLED = True  # bench.baseline turns the feeder off for its own comparison run
 
 _J = Job.__table__.c
@@ -124,11 +127,14 @@ class Feeder:
     """One feeder candidate; ``round`` does one round if it holds the lock."""
 
     def __init__(self, res: Resources,
-                 send: Callable[[list[int], str], Any] = send_verify_many) -> None:
+                 send: Callable[[list[int], str], Any] = send_verify_many,
+                 send_callbacks: Callable[[list[tuple[int, str]], str], Any] = send_webhooks,
+                 ) -> None:
         self.res = res
         self.s = res.settings
         self.lock = leases.Lock(res.redis, FEEDER_KEY, self.s.worker_lease_seconds)
         self.send = send
+        self.send_callbacks = send_callbacks
         self.fair = {lane.value: FairShare() for lane in Lane}
         self._keys: dict[str, tuple[float, dict[Key, float]]] = {}
         self._next = {"leases": 0.0, "lost": 0.0, "sweep": time.monotonic()}
@@ -154,8 +160,22 @@ class Feeder:
         if now >= self._next["sweep"]:
             self._next["sweep"] = now + self.s.sweep_interval_seconds
             done.update({f"swept_{k}": v for k, v in recovery.sweep_stuck_jobs(self.res).items()})
+        done.update(self.feed_callbacks())
         done.update(self.feed())
         return done
+
+    def feed_callbacks(self) -> dict[str, int]:
+        """Claim the completion callbacks that are due and send one message each to its
+        job's lane (whatever the breaker says: a callback calls no one at Tencent)."""
+        with write_scope(self.s.database_url) as session:
+            claimed = callbacks.claim_due(session, CALLBACKS_PER_ROUND)
+        by_lane: dict[str, list[tuple[int, str]]] = {}
+        for message, lane, token in claimed:
+            by_lane.setdefault(lane, []).append((message, token))
+        for lane, items in by_lane.items():
+            # Not sent: the claims lapse and the rows are claimed again (CLAIM_SECONDS).
+            self.send_callbacks(items, lane)
+        return {"callbacks": len(claimed)} if claimed else {}
 
     def feed(self) -> dict[str, int]:
         """Top every lane up to its depth from the due rows; return messages sent by lane."""

@@ -25,16 +25,17 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from faceid_batch.models import Job, JobState
+from faceid_batch.models import Batch, BatchState, Job, JobState
 from faceid_batch.times import utcnow
 
 _JOBS = Job.__table__
 _J = _JOBS.c
+_B = Batch.__table__.c
 WAITING = JobState.waiting()
 RUNNING = JobState.RUNNING.value
 CHUNK = 1000
@@ -55,16 +56,19 @@ _RESCHEDULE = _JOBS.update().where(_HELD).values(
     state=bindparam("to_state"), due_at=bindparam("due"), enqueued_at=None,
     updated_at=bindparam("now"),
 )
-_Executor = Session | Connection
+Executor = Session | Connection
+# What a worker's run comes to when its lease no longer held the job at its write (another
+# worker took it over, or it ended): nothing of the run was written to the job.
+LOST = "lost"
 
 
-def claim(db: _Executor, job_id: int, lease_id: str, now: datetime | None = None) -> bool:
+def claim(db: Executor, job_id: int, lease_id: str, now: datetime | None = None) -> bool:
     """Take the job for ``lease_id``; False if it is not waiting or not due yet."""
     now = now or utcnow()
     return db.execute(_CLAIM, {"of_job": job_id, "lease": lease_id, "now": now}).rowcount > 0
 
 
-def reschedule(db: _Executor, job_id: int, lease_id: str, due: datetime,
+def reschedule(db: Executor, job_id: int, lease_id: str, due: datetime,
                state: str = JobState.QUEUED.value) -> bool:
     """The holder gives the job back, due at ``due`` (``state``: queued or retrying).
 
@@ -80,21 +84,40 @@ def reschedule_columns(due: datetime, state: str) -> dict[str, object]:
     return {"state": state, "due_at": due, "enqueued_at": None}
 
 
-def park(db: _Executor, job_id: int) -> bool:
-    """A waiting job of a paused batch: neither due nor out until the batch resumes."""
-    return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING)).values(
-        state=JobState.PAUSED.value, due_at=None, enqueued_at=None, updated_at=utcnow(),
-    )).rowcount > 0
+def _batch_paused(batch_id: int | Any) -> Any:
+    return exists().where(_B.id == batch_id, _B.state == BatchState.PAUSED.value)
 
 
-def park_batch(db: _Executor, batch_id: int) -> int:
-    """A paused batch's due jobs are parked (those out are parked by the worker they reach)."""
+def _hold_batch(db: Executor, batch_id: int) -> None:
+    """On PostgreSQL, share-lock the batch's row until this transaction ends, so a resume
+    (which updates it) cannot commit between our reading "paused" and our park; SQLite
+    runs each statement under its database lock already."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(select(_B.id).where(_B.id == batch_id).with_for_update(read=True))
+
+
+def park(db: Executor, job_id: int, batch_id: int) -> bool:
+    """A waiting job of a paused batch: neither due nor out until the batch resumes. Only
+    while the database says the batch is paused: a park that races a resume either
+    happens before it (and the resume makes the job due) or not at all."""
+    _hold_batch(db, batch_id)
+    return db.execute(_JOBS.update().where(
+        _J.id == job_id, _J.state.in_(WAITING), _batch_paused(batch_id),
+    ).values(state=JobState.PAUSED.value, due_at=None, enqueued_at=None,
+             updated_at=utcnow())).rowcount > 0
+
+
+def park_batch(db: Executor, batch_id: int) -> int:
+    """A paused batch's due jobs are parked (those out are parked by the worker they reach),
+    while the batch is paused (see park)."""
+    _hold_batch(db, batch_id)
     return db.execute(_JOBS.update().where(
         _J.batch_id == batch_id, _J.state.in_(WAITING), _J.due_at.is_not(None),
+        _batch_paused(batch_id),
     ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
 
 
-def unpark_batch(db: _Executor, batch_id: int) -> int:
+def unpark_batch(db: Executor, batch_id: int) -> int:
     """A resumed batch's parked jobs are due again, in the order they were created."""
     return db.execute(_JOBS.update().where(
         _J.batch_id == batch_id, _J.state == JobState.PAUSED.value,
@@ -102,7 +125,7 @@ def unpark_batch(db: _Executor, batch_id: int) -> int:
 
 
 # -- the feeder's side -------------------------------------------------------------------
-def mark_out(db: _Executor, ids: Sequence[int]) -> list[int]:
+def mark_out(db: Executor, ids: Sequence[int]) -> list[int]:
     """Mark due jobs as having a message out (before it is sent); return those marked."""
     now = utcnow()
     marked: list[int] = []
@@ -113,7 +136,7 @@ def mark_out(db: _Executor, ids: Sequence[int]) -> list[int]:
     return marked
 
 
-def due_again(db: _Executor, ids: Iterable[int]) -> int:
+def due_again(db: Executor, ids: Iterable[int]) -> int:
     """Jobs whose message is gone (never sent, or lost with Redis) are due again, in the
     order they were created: they were at the front of the queue when they went out."""
     count = 0
@@ -124,13 +147,13 @@ def due_again(db: _Executor, ids: Iterable[int]) -> int:
     return count
 
 
-def out_before(db: _Executor, before: datetime, limit: int = 100_000) -> list[int]:
+def out_before(db: Executor, before: datetime, limit: int = 100_000) -> list[int]:
     """Jobs whose message went out before ``before`` and that no worker has taken."""
     return list(db.scalars(select(_J.id).where(
         _J.enqueued_at < before, _J.state.in_(WAITING)).limit(limit)))
 
 
-def running_leases(db: _Executor) -> list[str]:
+def running_leases(db: Executor) -> list[str]:
     """The leases that hold running jobs."""
     return [lease for lease in db.scalars(
         select(_J.lease_id).where(_J.state == RUNNING, _J.lease_id.is_not(None)).distinct()
@@ -144,14 +167,14 @@ def _queued_again() -> dict[str, object]:
             "updated_at": utcnow()}
 
 
-def requeue_lease(db: _Executor, lease_id: str) -> list[int]:
+def requeue_lease(db: Executor, lease_id: str) -> list[int]:
     """Every running job of a lease that is gone is due again at once; return their ids."""
     return list(db.scalars(_JOBS.update().where(
         _J.state == RUNNING, _J.lease_id == lease_id,
     ).values(**_queued_again()).returning(_J.id)))
 
 
-def requeue_stuck(db: _Executor, before: datetime) -> list[int]:
+def requeue_stuck(db: Executor, before: datetime) -> list[int]:
     """Running jobs not updated since ``before`` (their task hung, or they were taken by a
     worker older than leases) are due again; return their ids."""
     return list(db.scalars(_JOBS.update().where(
@@ -159,7 +182,7 @@ def requeue_stuck(db: _Executor, before: datetime) -> list[int]:
     ).values(**_queued_again()).returning(_J.id)))
 
 
-def make_due(db: _Executor, ids: Iterable[int]) -> int:
+def make_due(db: Executor, ids: Iterable[int]) -> int:
     """Waiting or parked jobs that must run (a paid answer waits for them) are due now."""
     count = 0
     for part in _chunks(list(ids)):
@@ -192,7 +215,7 @@ def waiting_columns(*, out: bool, paused: bool = False,
 
 # The outcome columns of a job that runs again; a new row has them NULL already.
 OUTCOME_CLEARED: dict[str, Any] = {"result_code": None, "passed": None, "error_message": None,
-                                   "finished_at": None}
+                                   "finished_at": None, "stage_attempts": 0}
 
 
 def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str, Any]:
@@ -205,13 +228,17 @@ def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str,
 def completed_columns(code: str, passed: bool) -> dict[str, Any]:
     """A job whose answer (a verdict, or Success with its Sim) is stored."""
     return {"state": JobState.COMPLETED.value, "result_code": code, "passed": passed,
-            "error_message": None, "finished_at": utcnow()}
+            "error_message": None, "finished_at": utcnow(), "due_at": None,
+            "enqueued_at": None}
 
 
 def failed_columns(code: str, message: str) -> dict[str, Any]:
     """Final without a verdict: a bad request or media, attempts used up, a cancel."""
+    # Neither due nor out: a final job leaves the schedule (it may have been made due
+    # again while its answer was on the way; see _OURS).
     return {"state": JobState.FAILED.value, "result_code": code, "passed": None,
-            "error_message": message[:2000], "finished_at": utcnow()}
+            "error_message": message[:2000], "finished_at": utcnow(), "due_at": None,
+            "enqueued_at": None}
 
 
 def refused_columns(code: str, reason: str) -> dict[str, Any]:
@@ -229,29 +256,50 @@ def cancelled_columns(code: str, message: str) -> dict[str, Any]:
 
 
 # -- the statements that write them -----------------------------------------------------
-_WRITE = _JOBS.update().where(_J.id == bindparam("of_job"))
+# Every write by the worker holding a job names its lease (BullMQ's lock token): a worker
+# whose lease lapsed, and whose job another worker has claimed since, writes nothing, and
+# learns it. A job made due again when the lease was judged gone, and not claimed since,
+# still names that lease: its holder's answer is written, and it is not paid for again.
+_OURS = and_(_J.id == bindparam("of_job"), _J.lease_id == bindparam("lease"),
+             _J.state.in_((RUNNING, *WAITING, JobState.PAUSED.value)))
+_WRITE = _JOBS.update().where(_OURS)
 _REFUSED = JobState.REFUSED.value
 
 
-def write(db: _Executor, job_id: int, columns: dict[str, Any]) -> None:
-    """Write ``columns`` (built by the functions above) to one job: an answer's write, in
-    the transaction that read the job's state and holds its attempt."""
-    db.execute(_WRITE, {**columns, "of_job": job_id})
+def write(db: Executor, job_id: int, lease_id: str, columns: dict[str, Any]) -> bool:
+    """Write ``columns`` (built by the functions above) to a job ``lease_id`` holds: an
+    answer's write, in the transaction that holds its attempt. False if another worker has
+    claimed the job since, or it ended (nothing was written)."""
+    return db.execute(_WRITE, {**columns, "of_job": job_id, "lease": lease_id}).rowcount > 0
 
 
-def fail(db: _Executor, job_id: int, code: str, message: str) -> None:
-    """End a job this worker holds without a verdict (its media was refused)."""
-    write(db, job_id, {**failed_columns(code, message), "updated_at": utcnow()})
+def fail(db: Executor, job_id: int, lease_id: str, code: str, message: str) -> bool:
+    """End a job this worker holds without a verdict (its media was refused, or staging
+    failed too often); False if it no longer holds it."""
+    return write(db, job_id, lease_id, {**failed_columns(code, message), "updated_at": utcnow()})
 
 
-def refuse(db: _Executor, job_id: int, code: str, reason: str,
-           findings: list[dict[str, Any]]) -> None:
+def refuse(db: Executor, job_id: int, lease_id: str, code: str, reason: str,
+           findings: list[dict[str, Any]]) -> bool:
     """End a job without a call: preflight predicted the API's refusal ``code``."""
-    write(db, job_id, {**refused_columns(code, reason), "preflight": findings,
-                       "updated_at": utcnow()})
+    return write(db, job_id, lease_id, {**refused_columns(code, reason), "preflight": findings,
+                                        "updated_at": utcnow()})
 
 
-def recheck_refused(db: _Executor, job_id: int, columns: dict[str, Any]) -> bool:
+def staging_failed(db: Executor, job_id: int, lease_id: str, due: datetime) -> bool:
+    """The holder could not stage the job's media: one more staging attempt is counted and
+    the job is due again at ``due`` (retrying)."""
+    return db.execute(_STAGING_FAILED, {"of_job": job_id, "lease": lease_id, "due": due,
+                                        "now": utcnow()}).rowcount > 0
+
+
+_STAGING_FAILED = _JOBS.update().where(_OURS).values(
+    state=JobState.RETRYING.value, due_at=bindparam("due"), enqueued_at=None,
+    stage_attempts=_J.stage_attempts + 1, updated_at=bindparam("now"),
+)
+
+
+def recheck_refused(db: Executor, job_id: int, columns: dict[str, Any]) -> bool:
     """A refused job submitted again (a refusal cost nothing): rewrite it from the new
     submission; only a row still refused is, so two re-submissions racing send it once."""
     # The entity's update: ``columns`` name attributes (``meta``), as a new row's do.
@@ -259,19 +307,19 @@ def recheck_refused(db: _Executor, job_id: int, columns: dict[str, Any]) -> bool
                       .values(**columns, updated_at=utcnow())).rowcount > 0
 
 
-def cancel(db: _Executor, job_id: int, code: str, message: str) -> bool:
+def cancel(db: Executor, job_id: int, code: str, message: str) -> bool:
     """Close one waiting job of a cancelled batch; False if it was no longer waiting."""
     return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING))
                       .values(**cancelled_columns(code, message))).rowcount > 0
 
 
-def cancel_batch(db: _Executor, batch_id: int, code: str, message: str) -> int:
+def cancel_batch(db: Executor, batch_id: int, code: str, message: str) -> int:
     """Close every waiting job of a cancelled batch (jobs calling now keep their answer)."""
     return db.execute(_JOBS.update().where(_J.batch_id == batch_id, _J.state.in_(WAITING))
                       .values(**cancelled_columns(code, message))).rowcount
 
 
-def restart_failed(db: _Executor, batch_id: int, *, paused: bool, except_code: str) -> int:
+def restart_failed(db: Executor, batch_id: int, *, paused: bool, except_code: str) -> int:
     """Run a batch's failed jobs again from their first attempt, except those that failed
     with ``except_code`` (closed by a cancel); parked when the batch is paused."""
     now = utcnow()

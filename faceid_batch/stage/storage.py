@@ -5,6 +5,12 @@ the same bytes under the same key. A video is checked for (HEAD) before upload o
 caller knows it was staged before (a retry); small files are uploaded without a check.
 FaceID gets short-lived presigned GET URLs; those URLs are never stored or logged (they
 carry a signature).
+
+A producer's http(s) source is fetched through the egress policy (egress.py): checked
+addresses only, bounded in bytes and in time (SOURCE_FETCH_SECONDS), and at most a share
+of the process's threads fetching at once (SOURCE_FETCH_SHARE), so sources that hang
+cannot take the threads sign-ups need. A source that fails says why with a Local.* code
+(``SourceError``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,8 +31,10 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 from requests.adapters import HTTPAdapter
 
-from faceid_batch.call.httpenv import ResolvedEnvSession, environ_proxies, pinned_session
+from faceid_batch.call.httpenv import environ_proxies, pinned_session
+from faceid_batch.egress import Egress, EgressError, EgressRefused, Policy
 from faceid_batch.settings import Settings
+from faceid_batch.stage import ledger
 from faceid_batch.stage.media import (
     CHUNK,
     EXTENSIONS,
@@ -49,6 +58,25 @@ CHECK_EXISTING_FROM = 1024 * 1024
 logging.getLogger("qcloud_cos").setLevel(logging.ERROR)
 
 
+SOURCE_REFUSED = "Local.SourceRefused"
+SOURCE_UNAVAILABLE = "Local.SourceUnavailable"
+SOURCE_TIMEOUT = "Local.SourceTimeout"
+
+
+class SourceError(Exception):
+    """A producer's source could not be fetched; ``code`` names the cause. ``final``: the
+    same fetch would be refused again (the egress policy), so it is not retried."""
+
+    def __init__(self, code: str, message: str, final: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.final = final
+
+
+class SourcesBusy(Exception):
+    """Every fetch slot of this process is taken: the job waits in the schedule."""
+
+
 @dataclass(frozen=True)
 class StagedMedia:
     """One file in the bucket, ready to be presigned."""
@@ -56,6 +84,7 @@ class StagedMedia:
     key: str
     info: MediaInfo
     uploaded: bool  # False when the object was already there
+    ledger_id: int | None = None  # its use in media_objects (None: not an object of ours)
 
 
 def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
@@ -102,12 +131,14 @@ def parse_cos_uri(source: str) -> tuple[str, str]:
 class MediaStager:
     """Reads a job's sources, checks them, uploads them and presigns GET URLs."""
 
-    def __init__(self, settings: Settings, client: CosS3Client | None = None) -> None:
+    def __init__(self, settings: Settings, client: CosS3Client | None = None,
+                 egress: Egress | None = None, fetch_slots: int = 1_000_000) -> None:
         self.settings = settings
         self.bucket = settings.cos_bucket or ""
         self.client = client or make_cos_client(settings)
-        # Remote sources and best frames: many hosts, the environment read once per host.
-        self.http = ResolvedEnvSession()
+        # Producers' URLs (and best frames): through the egress policy only.
+        self.egress = egress or Egress(Policy(settings.egress_networks))
+        self._fetching = threading.BoundedSemaphore(fetch_slots)
 
     # -- reading sources -------------------------------------------------------
     @contextmanager
@@ -124,18 +155,30 @@ class MediaStager:
         return tempfile.mkstemp(prefix="faceid-media-")
 
     def _download_http(self, kind: str, url: str) -> Iterator[str]:
-        limit = max_raw_size(kind)
+        if not self._fetching.acquire(blocking=False):
+            raise SourcesBusy(kind)
+        label = f"{kind} {display_source(url)}"
         fd, path = self._tmpfile()
         try:
-            with os.fdopen(fd, "wb") as out, self.http.get(url, stream=True, timeout=(5, 60)) as r:
-                if r.status_code != 200:
-                    raise MediaError(f"{kind} {display_source(url)}: HTTP {r.status_code}")
-                written = 0
-                for chunk in r.iter_content(CHUNK):
-                    written += len(chunk)
-                    if written > limit:
-                        raise MediaError(f"{kind} {display_source(url)}: larger than the API limit")
-                    out.write(chunk)
+            try:
+                with os.fdopen(fd, "wb") as out, self.egress.get(
+                        url, max_bytes=max_raw_size(kind),
+                        timeout=self.settings.source_fetch_seconds) as r:
+                    if r.status != 200:
+                        raise SourceError(SOURCE_UNAVAILABLE, f"{label}: HTTP {r.status}")
+                    for chunk in r.iter_bytes(CHUNK):
+                        out.write(chunk)
+            except EgressRefused as exc:
+                # What the policy refused, never what is there.
+                raise SourceError(SOURCE_REFUSED, f"{label}: refused by the egress policy: "
+                                  f"{exc}", final=True) from None
+            except EgressError as exc:
+                if exc.kind == "too-large":
+                    raise MediaError(f"{label}: larger than the API limit") from None
+                code = SOURCE_TIMEOUT if exc.kind == "timeout" else SOURCE_UNAVAILABLE
+                raise SourceError(code, f"{label}: {exc}") from None
+            finally:
+                self._fetching.release()
             yield path
         finally:
             os.unlink(path)
@@ -172,8 +215,9 @@ class MediaStager:
 
     def stage(self, kind: str, source: str, known_md5: str | None = None,
               inspect: Callable[[str], None] | None = None,
-              check_existing: bool = True) -> StagedMedia:
-        """Check and upload one file; raise MediaError.
+              check_existing: bool = True, job_id: int | None = None) -> StagedMedia:
+        """Check and upload one file for ``job_id`` (None: a job not stored yet); raise
+        MediaError. Every object written or reused is on the ledger first (ledger.py).
 
         ``known_md5`` is the MD5 computed when the job was submitted: with it a file already
         in the bucket is not read again, and an upload is checked against it on the way.
@@ -200,15 +244,17 @@ class MediaStager:
             else:
                 info = peek_local(kind, path, known_md5, label=label)
             key = self.content_key(info.md5, info.fmt)
+            # On the ledger before it is in the bucket: the purge can always find it.
+            used = ledger.record(self.settings.database_url, self.bucket, key, job_id)
             if check_existing and (info.size or 0) >= CHECK_EXISTING_FROM and self.exists(key):
-                return StagedMedia(key, info, uploaded=False)
+                return StagedMedia(key, info, uploaded=False, ledger_id=used)
             sent_md5 = self._upload(path, key, hash_locally=known_md5 is None)
             if sent_md5 != info.md5:
                 # The file changed after it was checked: the object is not what its key says.
                 self.delete(key)
                 raise MediaError(f"{kind} {label}: file changed after it was submitted "
                                  f"(MD5 {sent_md5}, expected {info.md5})")
-            return StagedMedia(key, info, uploaded=True)
+            return StagedMedia(key, info, uploaded=True, ledger_id=used)
 
     def submitted(self, kind: str, source: str, md5: str) -> StagedMedia | None:
         """The object the producer API put in the bucket for a job, or None if ``source`` is

@@ -9,16 +9,19 @@ the lane's jobs not yet answered / the rate), which counts what came another way
 a manifest, retries); between two readings of the database, the atomic line counts what
 the API admitted.
 
-A submission that would be answered too late gets ``429`` and a ``Retry-After`` that is a
-place in line: its slot is taken at the end of the line now, and a client back at that
-time with the same idempotency key is admitted at once (its slot was kept for it). Refused
-clients so come back spread one spacing apart, each when its answer fits in the wait again,
-instead of all at once.
+Only what is admitted moves the line, and only while it may still become a job: a request
+that is refused (429) leaves the line where it was, and one that was admitted but then
+fails (a body that is not what it says, a preflight refusal, a store that is away) gives
+its place back (``release``). A producer sending garbage so costs the others nothing.
+
+A refused submission gets ``429`` and a ``Retry-After``: when the line will have room again,
+plus up to a second of jitter, so refused clients do not all come back at once.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import redis
@@ -29,40 +32,39 @@ from faceid_batch.models import Job, JobState, Lane
 from faceid_batch.settings import Settings
 
 LINE_KEY = "faceid:admission:{lane}:line"
-PLACE_KEY = "faceid:admission:{lane}:place:{key}"
-EARLY = 0.5  # a client back this much before its place is let in (clocks and rounding)
 # What an admitted job takes besides the line before its call starts: its message, the
 # claim, staging, the slot's own lateness (bench.api's burst: up to 0.3 s past the line).
 PIPELINE = 0.5
 COUNT_CACHE_SECONDS = 0.25
+SPREAD = 1.0  # seconds of jitter on a Retry-After
 
-# KEYS = the lane's line (when its backlog will have been answered), this key's place
-# ARGV = now, backlog in the database, spacing (1 / rate), max wait, early, ttl
-# Returns {1} admitted, or {0, seconds to wait}.
+# KEYS = the lane's line (when its backlog will have been answered)
+# ARGV = now, backlog in the database, spacing (1 / rate), max wait, ttl
+# Returns {1} admitted (the line moved one spacing), or {0, seconds until there is room}.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local spacing = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[6])
-local place = redis.call('GET', KEYS[2])
-if place then
-  place = tonumber(place)
-  if now >= place - tonumber(ARGV[5]) then
-    redis.call('DEL', KEYS[2])
-    return {1}  -- its slot in the line was taken when it was refused
-  end
-  return {0, tostring(place - now)}
-end
 local line = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = now + tonumber(ARGV[2]) * spacing
 if line < floor then line = floor end
 line = line + spacing
-redis.call('SET', KEYS[1], tostring(line), 'EX', ttl + math.ceil(line - now))
-if line - now <= max_wait then return {1} end
--- Its slot is the new end of the line; it may come when that is within the wait.
-place = line - max_wait
-redis.call('SET', KEYS[2], tostring(place), 'EX', ttl + math.ceil(place - now))
-return {0, tostring(place - now)}
+if line - now > max_wait then
+  return {0, tostring(line - max_wait - now)}
+end
+redis.call('SET', KEYS[1], tostring(line), 'EX', tonumber(ARGV[5]) + math.ceil(line - now))
+return {1}
+"""
+# KEYS = the lane's line; ARGV = now, spacing. An admitted request that stored nothing.
+_RELEASE = """
+local line = tonumber(redis.call('GET', KEYS[1]) or '0')
+local back = line - tonumber(ARGV[2])
+if back <= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tostring(back), 'KEEPTTL')
+end
+return 1
 """
 
 
@@ -72,7 +74,8 @@ class Admission:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.redis = client
-        self._script = client.register_script(_ADMIT)
+        self._admit = client.register_script(_ADMIT)
+        self._release = client.register_script(_RELEASE)
         self._counts: dict[str, tuple[float, int]] = {}
 
     def max_wait(self, lane: str) -> float:
@@ -92,23 +95,32 @@ class Admission:
         self._counts[lane] = (time.monotonic() + COUNT_CACHE_SECONDS, count)
         return count
 
-    def check(self, lane: str, key: str) -> float | None:
-        """None if the submission is admitted, else the seconds to wait (Retry-After)."""
+    def check(self, lane: str) -> float | None:
+        """None if a new submission is admitted (it holds a place in the line until it is
+        stored or ``release``d), else the seconds to wait (Retry-After)."""
         rate = self.settings.faceid_rate_limit
         threshold = rate * self.max_wait(lane)
         # Counted up to ten waits' worth: beyond that the line says more than the count.
         backlog = self.backlog(lane, int(threshold * 10) + 1)
         try:
-            reply = self._script(
-                keys=[LINE_KEY.format(lane=lane), PLACE_KEY.format(lane=lane, key=key)],
+            reply = self._admit(
+                keys=[LINE_KEY.format(lane=lane)],
                 args=[repr(time.time()), backlog, repr(1.0 / rate),
-                      max(0.0, self.max_wait(lane) - PIPELINE), EARLY, 60])
+                      max(0.0, self.max_wait(lane) - PIPELINE), 60])
         except redis.RedisError:
-            # Without Redis no place can be kept: admit on the backlog alone.
+            # Without Redis the line cannot be kept: admit on the backlog alone.
             return None if backlog < threshold else max(1.0, (backlog + 1 - threshold) / rate)
         if int(reply[0]) == 1:
             return None
-        return float(reply[1])
+        return float(reply[1]) + random.uniform(0, SPREAD)
+
+    def release(self, lane: str) -> None:
+        """Give back the place of an admitted submission that stored no job."""
+        try:
+            self._release(keys=[LINE_KEY.format(lane=lane)],
+                          args=[repr(time.time()), repr(1.0 / self.settings.faceid_rate_limit)])
+        except redis.RedisError:
+            pass  # no line is kept without Redis
 
 
 def retry_after(seconds: float) -> str:

@@ -22,6 +22,8 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from faceid_batch.intake.submit import (
     check_callback,
     check_key,
     check_lane,
+    check_source_url,
     submit,
     validate_liveness,
 )
@@ -53,7 +56,7 @@ from faceid_batch.producer.admission import Admission, retry_after
 from faceid_batch.producer.problems import KINDS, MEDIA_TYPE, SCHEMA, Problem
 from faceid_batch.producer.uploads import FIELD_LIMIT, Form, read_form
 from faceid_batch.settings import Settings
-from faceid_batch.stage import preflight
+from faceid_batch.stage import ledger, preflight
 from faceid_batch.stage.media import MediaError
 from faceid_batch.stage.storage import MediaStager
 
@@ -68,7 +71,41 @@ NO_STORE = {"Cache-Control": "no-store"}
 def prefer_wait(header: str | None) -> int | None:
     """N of ``Prefer: wait=N`` (RFC 7240), capped at MAX_WAIT; None if not asked."""
     match = _PREFER_WAIT.search(header or "")
-    return min(int(match.group(1)), MAX_WAIT) if match else None
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    # Any number of digits is a number: more than a few is simply more than MAX_WAIT.
+    return MAX_WAIT if len(digits) > 4 else min(int(digits), MAX_WAIT)
+
+
+@dataclass
+class Places:
+    """The admission places a request holds (admission.py): given back when the request
+    ends without storing a job, kept once it stored one."""
+
+    lanes: list[str] = field(default_factory=list)
+    stored: bool = False
+
+
+async def within(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """The request body's chunks, as long as the whole body arrives within ``seconds``
+    (API_BODY_TIMEOUT_SECONDS): a client that stalls does not hold its connection, its
+    place and its temporary file for ever."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    source = chunks.__aiter__()
+    while True:
+        left = deadline - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(source.__anext__(), timeout=left)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Problem("request-timeout", f"the body did not arrive within {seconds:g} s "
+                          "(API_BODY_TIMEOUT_SECONDS); nothing was stored") from None
+        yield chunk
 
 
 class Producer:
@@ -81,6 +118,7 @@ class Producer:
         self.tokens = tokens.Authenticator(settings.database_url, token or None)
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.admission = Admission(settings, self.redis)
+        self.uploads = 0  # multipart uploads in progress (API_MAX_UPLOADS)
         self._stager: MediaStager | None = None
 
     @property
@@ -114,8 +152,11 @@ class Producer:
                           "another token's verification", "key")
         return found
 
-    def admit(self, lane: str, key: str) -> None:
-        wait = self.admission.check(lane, key)
+    def admit(self, lane: str, places: Places) -> None:
+        """Take a place in ``lane``'s line for this request, or refuse it (429)."""
+        if lane in places.lanes:
+            return
+        wait = self.admission.check(lane)
         if wait is not None:
             raise Problem(
                 "too-many-requests",
@@ -123,6 +164,13 @@ class Producer:
                 f"{self.admission.max_wait(lane):g} s; come back in {retry_after(wait)} s "
                 "with the same idempotency key", extra={"retry_after": int(retry_after(wait))},
                 headers={"Retry-After": retry_after(wait)})
+        places.lanes.append(lane)
+
+    def give_back(self, places: Places) -> None:
+        if not places.stored:
+            for lane in places.lanes:
+                self.admission.release(lane)
+        places.lanes.clear()
 
 
 def visible(job: Any, who: tokens.Principal) -> bool:
@@ -197,6 +245,14 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         body["status"] = exc.status_code
         return JSONResponse(body, status_code=exc.status_code, media_type=MEDIA_TYPE)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Whatever went wrong, the client gets a problem detail, never a plain-text 500;
+        # the exception is logged by the server (with its traceback).
+        return Problem("internal-error", "the request could not be completed; nothing was "
+                       "stored, retry with the same idempotency key"
+                       ).response(request.url.path)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
@@ -218,32 +274,46 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
     @app.post("/v1/verifications", openapi_extra=CREATE_OPENAPI, tags=["verifications"],
               summary="Create a verification", response_model=None)
     async def create(request: Request) -> Response:
-        who = p.who(request)
+        who = await run_in_threadpool(p.who, request)
         wait = prefer_wait(request.headers.get("prefer"))
         header_key = request.headers.get("idempotency-key") or None
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            with tempfile.TemporaryDirectory(prefix="faceid-upload-") as workdir:
-                return await _create_multipart(request, who, wait, header_key, Path(workdir))
-        if ctype.split(";")[0].strip() == "application/json":
-            return await _create_json(request, who, wait, header_key)
-        raise Problem("unsupported-media-type", f"Content-Type {ctype or '(none)'!r}: send "
-                      "multipart/form-data (files photo, video) or application/json "
-                      "(photo_url, video_url)")
+        places = Places()
+        try:
+            if ctype.startswith("multipart/form-data"):
+                if p.uploads >= settings.api_max_uploads:
+                    raise Problem("unavailable", f"{p.uploads} uploads are in progress, the "
+                                  "most this server takes at once (API_MAX_UPLOADS); retry "
+                                  "in a moment with the same idempotency key",
+                                  headers={"Retry-After": "1"})
+                p.uploads += 1
+                try:
+                    with tempfile.TemporaryDirectory(prefix="faceid-upload-") as workdir:
+                        return await _create_multipart(request, who, wait, header_key,
+                                                       Path(workdir), places)
+                finally:
+                    p.uploads -= 1
+            if ctype.split(";")[0].strip() == "application/json":
+                return await _create_json(request, who, wait, header_key, places)
+            raise Problem("unsupported-media-type", f"Content-Type {ctype or '(none)'!r}: "
+                          "send multipart/form-data (files photo, video) or "
+                          "application/json (photo_url, video_url)")
+        finally:
+            # An admitted request that stored no job gives its place in line back.
+            if places.lanes and not places.stored:
+                await run_in_threadpool(p.give_back, places)
 
     async def _create_multipart(request: Request, who: tokens.Principal, wait: int | None,
-                                header_key: str | None, workdir: Path) -> Response:
+                                header_key: str | None, workdir: Path,
+                                places: Places) -> Response:
         # The admission check runs when the first file starts: a refused submission is
         # answered before its media are read. Fields sent after the files are checked after.
-        admitted: dict[str, bool] = {}
-
         def before_files(fields: dict[str, str]) -> None:
             key = header_key or fields.get("key")
             lane = fields.get("lane") or Lane.ONBOARDING.value
             if key and lane in (Lane.ONBOARDING.value, Lane.BACKFILL.value) \
                     and p.known(key, who) is None:
-                p.admit(lane, key)
-                admitted[lane] = True
+                p.admit(lane, places)
 
         try:
             length = int(request.headers["content-length"]) \
@@ -251,15 +321,16 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         except ValueError:
             raise Problem("malformed-request", "Content-Length is not a number") from None
         try:
-            form = await read_form(request.stream(), request.headers["content-type"], length,
-                                   workdir, before_files)
+            form = await read_form(within(request.stream(), settings.api_body_timeout_seconds),
+                                   request.headers["content-type"], length, workdir,
+                                   before_files)
         except ClientDisconnect:
             log.info("a client went away mid-upload: nothing was stored")
             return Response(status_code=400)
-        return await _submit_upload(form, who, wait, header_key, admitted)
+        return await _submit_upload(form, who, wait, header_key, places)
 
     async def _submit_upload(form: Form, who: tokens.Principal, wait: int | None,
-                             header_key: str | None, admitted: dict[str, bool]) -> Response:
+                             header_key: str | None, places: Places) -> Response:
         f = _fields_of(form.fields, header_key)
         photo, video = form.files["photo"], form.files["video"]
         sources = {kind: p.content_source(up.md5, up.fmt)
@@ -267,8 +338,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         mine, repeat = await _known(f, sources["photo"], sources["video"], who, wait)
         if repeat is not None:
             return repeat
-        if not admitted.get(f["lane"]):
-            p.admit(f["lane"], f["key"])
+        await run_in_threadpool(p.admit, f["lane"], places)
         findings = await run_in_threadpool(
             preflight.check, settings, f["liveness_type"], str(photo.path), str(video.path),
             {"photo": photo.filename, "video": video.filename})
@@ -278,31 +348,37 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
             field = "photo" if refusal["detail"].startswith("photo") else "video"
             raise Problem("preflight-refused", preflight.describe(refusal), field,
                           extra={"code": refusal["code"], "rule": refusal["rule"]})
+        written: list[int] = []
         try:
             for up in (photo, video):
                 staged = await run_in_threadpool(p.stager.stage, up.kind, str(up.path), up.md5,
                                                  None, False)
-                assert f"cos://{settings.cos_bucket}/{staged.key}" == sources[up.kind]
+                if staged.ledger_id is not None:
+                    written.append(staged.ledger_id)
+                if f"cos://{settings.cos_bucket}/{staged.key}" != sources[up.kind]:
+                    raise RuntimeError(f"{up.kind} staged under {staged.key}, not its "
+                                       "content address")
         except MediaError as exc:
             raise Problem("invalid-field", str(exc), None) from None
         except (CosClientError, CosServiceError, OSError) as exc:
             raise Problem("unavailable", f"the media store: {type(exc).__name__}") from None
         spec = _spec(f, sources["photo"], sources["video"], who, photo_md5=photo.md5,
                      video_md5=video.md5, preflight=findings.stored())
-        return await _store(spec, who, mine, wait)
+        return await _store(spec, who, mine, wait, places, written)
 
     async def _create_json(request: Request, who: tokens.Principal, wait: int | None,
-                           header_key: str | None) -> Response:
+                           header_key: str | None, places: Places) -> Response:
         raw = bytearray()
-        async for chunk in request.stream():
+        async for chunk in within(request.stream(), settings.api_body_timeout_seconds):
             raw += chunk
             if len(raw) > JSON_LIMIT:
                 raise Problem("payload-too-large", f"a JSON body is at most {JSON_LIMIT:,} "
                               "bytes (send files as multipart/form-data)")
         try:
             values = json.loads(raw)
-        except ValueError:
-            raise Problem("malformed-request", "the body is not JSON") from None
+        except (ValueError, RecursionError):
+            raise Problem("malformed-request", "the body is not JSON (or nests too deep)"
+                          ) from None
         if not isinstance(values, dict):
             raise Problem("malformed-request", "the body must be a JSON object")
         unknown = set(values) - {"photo_url", "video_url", "liveness_type", "validate_data",
@@ -325,19 +401,26 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                 raise Problem("invalid-field", f"{kind}_url: the bucket must be COS_BUCKET "
                               f"({settings.cos_bucket}): FaceID downloads only from the "
                               "bucket in its region", f"{kind}_url")
+            if url.startswith("https://"):
+                try:
+                    await run_in_threadpool(check_source_url, settings, kind, url)
+                except SubmitError as exc:
+                    raise Problem("invalid-field", str(exc), f"{kind}_url") from None
             urls[kind] = url
         mine, repeat = await _known(f, urls["photo"], urls["video"], who, wait)
         if repeat is not None:
             return repeat
-        p.admit(f["lane"], f["key"])
-        return await _store(_spec(f, urls["photo"], urls["video"], who), who, mine, wait)
+        await run_in_threadpool(p.admit, f["lane"], places)
+        return await _store(_spec(f, urls["photo"], urls["video"], who), who, mine, wait,
+                            places)
 
     async def _known(f: dict[str, Any], photo: str, video: str, who: tokens.Principal,
                      wait: int | None) -> tuple[tuple[Any, ...], Response | None]:
         """The submission's fingerprint, and the answer if its key is known already. The
         callback URL is checked (and normalised, as it is stored) first."""
         try:
-            f["callback_url"] = check_callback(settings, f["callback_url"])
+            f["callback_url"] = await run_in_threadpool(check_callback, settings,
+                                                        f["callback_url"])
         except SubmitError as exc:
             raise Problem.invalid(exc) from None
         mine = resource.fingerprint(photo, video, f["liveness_type"], f["validate_data"],
@@ -365,13 +448,19 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         return await _answer(job.id, who, wait, created=False)
 
     async def _store(spec: JobSpec, who: tokens.Principal, mine: tuple[Any, ...],
-                     wait: int | None) -> Response:
+                     wait: int | None, places: Places, written: list[int] | None = None
+                     ) -> Response:
         try:
             job_id, created = await run_in_threadpool(submit, settings, spec, "http")
+            if created and written:
+                # The uploads' ledger rows name their job; a request that stored none
+                # leaves them to the purge (ledger.ORPHAN_GRACE).
+                await run_in_threadpool(ledger.link, settings.database_url, written, job_id)
         except SubmitError as exc:
             raise Problem.invalid(exc) from None
         except DBAPIError as exc:
             raise Problem("unavailable", f"the database: {type(exc.orig).__name__}") from None
+        places.stored = created
         if not created:
             # Another request with this key won the insert a moment ago.
             repeat = await _repeat(spec.idempotency_key, who, mine, wait)
@@ -392,7 +481,8 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
     def _show(job_id: int) -> dict[str, Any]:
         with session_scope(settings.database_url) as session:
             found = resource.load(session, job_id=job_id)
-            assert found is not None
+            if found is None:
+                raise Problem("not-found", f"no verification {job_id}")
             return resource.show(*found)
 
     async def _wait_for(job_id: int, seconds: int) -> dict[str, Any]:

@@ -39,12 +39,19 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "preflight-refused": (422, "Refused before any call",
                           "Reading the media predicts that FaceID would refuse it and charge "
                           "for the call (``code``); nothing was stored or charged."),
+    "request-timeout": (408, "Request timeout",
+                        "The body did not arrive in time (API_BODY_TIMEOUT_SECONDS); nothing "
+                        "was stored. Retry with the same key."),
     "too-many-requests": (429, "Too many requests",
                           "The lane's backlog is longer than the budget can answer in time; "
                           "come back after Retry-After seconds (with the same key)."),
+    "internal-error": (500, "Internal error",
+                       "Something failed on our side; nothing was stored. Retry with the "
+                       "same key."),
     "unavailable": (503, "Service unavailable",
-                    "The database, Redis or the media store could not be reached; nothing "
-                    "was stored. Retry with the same key."),
+                    "The database, Redis or the media store could not be reached, or the "
+                    "server is taking as many uploads as it can; nothing was stored. Retry "
+                    "with the same key."),
 }
 
 

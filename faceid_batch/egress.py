@@ -295,10 +295,14 @@ class _Pinned(http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = self._raw()
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """End the exchange: the deadline no longer applies, the connection is closed.
+        (Not in close(): http.client closes the connection itself when the server says it
+        will close after this response, and the body is still to be read under the
+        deadline then.)"""
         if self.watched is not None:
             _reaper.forget(self.watched)
-        super().close()
+        self.close()
 
 
 class _PinnedTLS(_Pinned):
@@ -430,7 +434,7 @@ class Egress:
                 yield Response(url, raw.status, raw.headers, max_bytes, deadline, raw)
                 return
             finally:
-                conn.close()
+                conn.release()
         raise EgressRefused(f"more than {self.policy.max_redirects} redirects")
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *,
@@ -447,7 +451,7 @@ class Egress:
                  "Content-Length": str(len(body))}))
             return raw.status
         finally:
-            conn.close()
+            conn.release()
 
 
 def _request(conn: _Pinned, method: str, path: str, body: bytes | None,

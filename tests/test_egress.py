@@ -65,6 +65,14 @@ class Server:
                     self.send_header("Content-Length", "1000")
                     self.end_headers()
                     self._trickle()
+                elif path == "/trickle-close":
+                    # HTTP/1.0 style: the server closes after this response, so http.client
+                    # closes the connection as soon as the headers are read.
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    self._trickle()
                 elif path == "/trickle-headers":
                     self.wfile.write(b"HTTP/1.1 200 OK\r\n")
                     self._trickle(header=True)
@@ -233,7 +241,7 @@ def test_the_body_is_capped(server, path):
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("path", ["/trickle", "/trickle-headers"])
+@pytest.mark.parametrize("path", ["/trickle", "/trickle-close", "/trickle-headers"])
 def test_a_trickling_peer_is_cut_at_the_deadline(server, path):
     # Each byte comes well within any socket timeout; only the deadline ends it.
     started = time.monotonic()

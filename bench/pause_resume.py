@@ -50,6 +50,7 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
            "COS_SCHEME": "http", "METRICS_PORT": "0",
            "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
     settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
+    os.environ.update(env)  # submit sends messages from this process, to this Redis
     lines = ["key,photo,video,liveness_type"]
     md5s = []
     for i in range(args.jobs):

@@ -1,10 +1,10 @@
 """Completion callbacks through a receiver outage and a killed worker, at the default settings.
 
 Sign-ups with a ``callback_url`` are answered by two workers while the receiver answers 503
-for --down seconds; one worker is SIGKILLed in the middle of the outage (with callbacks
-claimed or about to be). Prints the retry schedule, when each callback was delivered after
-the receiver was back, how many attempts it took, and whether any was lost or delivered
-twice. WEBHOOK_RETRY_SCHEDULE is the default (5s 30s 1m 2m 5m ...), WEBHOOK_TIMEOUT 10.
+for --down seconds (after a second's wait each); one worker is SIGKILLed during the outage
+while callbacks are claimed (in flight). Prints the retry schedule, when each callback was
+delivered after the receiver was back, how many attempts it took, and whether any was lost
+or delivered twice. WEBHOOK_RETRY_SCHEDULE is the default (5s 30s 1m 2m 5m ...), WEBHOOK_TIMEOUT 10.
 
     .venv/bin/python -m bench.webhooks
     .venv/bin/python -m bench.webhooks --jobs 200 --down 120
@@ -47,6 +47,9 @@ class Receiver:
                     outer.taken.setdefault(msg, time.time())
                     self.send_response(200)
                 else:
+                    # A struggling receiver: slow to refuse, so deliveries are in flight
+                    # (claimed) when the worker is killed.
+                    time.sleep(1.0)
                     outer.refused += 1
                     self.send_response(503)
                 self.send_header("Content-Length", "0")
@@ -84,6 +87,7 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
            "COS_SCHEME": "http", "METRICS_PORT": "0", "WEBHOOK_SECRET": SECRET,
            "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
     settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
+    os.environ.update(env)  # submit sends messages from this process, to this Redis
     receiver = Receiver()
     workers = [Worker(env=env, logfile=base / f"w{i}.log", concurrency=args.concurrency,
                       name=f"h{i}").start() for i in range(2)]
@@ -93,10 +97,14 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             photo, video = write_pair(base / "media", i)
             submit(settings, JobSpec(f"hook-{i}", str(photo), str(video), "SILENT",
                                      callback_url=receiver.url))
-        time.sleep(max(0.0, down_at + args.down / 2 - time.time()))
-        with session_scope(db_url) as s:
-            claimed = s.scalar(select(func.count()).select_from(WebhookMessage).where(
-                WebhookMessage.claim.is_not(None)))
+        time.sleep(max(0.0, down_at + args.down / 3 - time.time()))
+        claimed = 0
+        while not claimed and time.time() < down_at + args.down * 0.8:
+            # Killed while it holds deliveries, if they can be caught in flight.
+            with session_scope(db_url) as s:
+                claimed = s.scalar(select(func.count()).select_from(WebhookMessage).where(
+                    WebhookMessage.claim.is_not(None)))
+            time.sleep(0.05)
         workers[0].kill()
         killed_at = time.time()
         time.sleep(max(0.0, down_at + args.down - time.time()))

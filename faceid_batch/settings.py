@@ -7,6 +7,8 @@ error that names the variable; nothing is called or charged before that check.
 
 from __future__ import annotations
 
+import logging
+import os
 from decimal import Decimal
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -299,8 +301,18 @@ def _describe(err: ValidationError) -> str:
     return "invalid setting: " + "; ".join(lines)
 
 
+# Settings that no longer exist, and what took their place: a value left in the
+# environment is ignored, and said so.
+RETIRED = {"WEBHOOK_MAX_ATTEMPTS": "WEBHOOK_RETRY_SCHEDULE",
+           "WEBHOOK_RETRY_BASE_DELAY": "WEBHOOK_RETRY_SCHEDULE"}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; raise SettingsError with the variable's name."""
+    for name, instead in RETIRED.items():
+        if name in os.environ:
+            logging.getLogger(__name__).warning("%s is no longer read (see %s); it is "
+                                                "ignored", name, instead)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:

@@ -213,7 +213,7 @@ def test_an_erasure_removes_one_jobs_face_data_and_is_audited(
         None, None, None, None)
     assert after.state == "completed" and after.passed is True  # the verdict stays
     with session_scope(settings.database_url) as s:
-        assert s.scalar(select(BestFrame.content).where(BestFrame.job_id == gone)) is None
+        assert s.scalar(select(BestFrame.id).where(BestFrame.job_id == gone)) is None
         assert s.scalar(select(Result.sim).where(Result.job_id == gone)) is None
         assert s.scalar(select(Result.result).where(Result.job_id == gone)) == "Success"
         audit = s.scalars(select(AccessAudit).where(AccessAudit.job_id == gone)).all()

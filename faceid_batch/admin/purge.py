@@ -8,9 +8,9 @@ in the job's columns, so a job that failed after staging its photo, or a request
 the race for its idempotency key, leaves nothing behind: objects written for no job are
 purged once ORPHAN_GRACE old.
 
-An erasure (``erase``, a right-to-be-forgotten request): one job's objects, best frame and
-biometric columns (sources, MD5s, object keys, Sim) go at once, whatever its age; its row,
-verdict and audit stay, and the erasure is itself an audit row.
+An erasure (``erase``, a right-to-be-forgotten request): one job's objects, best frame (its
+row, MD5 and size too) and biometric columns (sources, MD5s, object keys, Sim) go at once,
+whatever its age; its row, verdict and audit stay, and the erasure is itself an audit row.
 
 Objects are content-addressed and shared: one is deleted only when no job that keeps its
 media (and no recent upload still waiting for its job) uses it. Only objects under
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from faceid_batch.admin import audit
@@ -167,6 +167,8 @@ def purge_media(settings: Settings, older_than_days: float, stager: Any = None,
         report.jobs += len(ids)
         if dry_run:
             report.objects_deleted += len(ours)
+            with session_scope(settings.database_url) as session:
+                report.frames_cleared += _frames_held(session, ids)
             continue
         if not _delete(stager, ours, report):
             report.jobs -= len(ids)  # they stay unpurged: the next run tries again
@@ -211,12 +213,18 @@ def _purge_orphans(settings: Settings, stager: Any, now: datetime, report: Purge
                     MediaObject.id.in_([row_id for row_id, _ in rows])).values(deleted_at=now))
 
 
+_HELD = or_(BestFrame.content.is_not(None), BestFrame.object_key.is_not(None))
+
+
+def _frames_held(session: Session, ids: list[int]) -> int:
+    """How many of these jobs still hold a best frame (what a purge would clear)."""
+    return session.scalar(select(func.count()).select_from(BestFrame).where(
+        BestFrame.job_id.in_(ids), _HELD)) or 0
+
+
 def _clear_frames(session: Session, ids: list[int]) -> int:
-    return session.execute(
-        update(BestFrame).where(BestFrame.job_id.in_(ids),
-                                or_(BestFrame.content.is_not(None),
-                                    BestFrame.object_key.is_not(None)))
-        .values(content=None, object_key=None)).rowcount or 0
+    return session.execute(update(BestFrame).where(BestFrame.job_id.in_(ids), _HELD)
+                           .values(content=None, object_key=None)).rowcount or 0
 
 
 def find_job(settings: Settings, job_id: int | None = None, key: str | None = None) -> int:
@@ -251,7 +259,9 @@ def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
         raise PurgeError(f"job {job_id}: {len(report.errors)} object(s) could not be deleted "
                          f"({', '.join(report.errors)}); nothing was cleared, try again")
     with session_scope(settings.database_url) as session:
-        report.frames_cleared = _clear_frames(session, [job_id])
+        # The whole frame row goes: even its MD5 and size are of a face image.
+        report.frames_cleared = session.execute(
+            delete(BestFrame).where(BestFrame.job_id == job_id)).rowcount or 0
         session.execute(update(MediaObject).where(
             MediaObject.job_id == job_id, MediaObject.deleted_at.is_(None))
             .values(deleted_at=now))

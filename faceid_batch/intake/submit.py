@@ -135,6 +135,9 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
             raise SubmitError(f"{kind}: URLs with a query string are not accepted", kind)
         if source.startswith(("http://", "https://")):
             check_source_url(settings, kind, source)
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) and not is_remote(source):
+            raise SubmitError(f"{kind}: {source.split('://', 1)[0]}:// is not a source: give a "
+                              "path, an http(s) URL or cos://bucket/key", kind)
         elif not is_remote(source):
             try:
                 md5s[kind] = inspect_local(kind, source).md5
@@ -169,6 +172,8 @@ def display_url(url: str) -> str:
     """A URL as an error shows it: without credentials or query string."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}"

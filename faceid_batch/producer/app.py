@@ -282,7 +282,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
         try:
             if ctype.startswith("multipart/form-data"):
                 if p.uploads >= settings.api_max_uploads:
-                    raise Problem("unavailable", f"{p.uploads} uploads are in progress, the "
+                    raise Problem("unavailable", f"uploads in progress: {p.uploads}, the "
                                   "most this server takes at once (API_MAX_UPLOADS); retry "
                                   "in a moment with the same idempotency key",
                                   headers={"Retry-After": "1"})
@@ -619,7 +619,7 @@ CREATE_OPENAPI: dict[str, Any] = {
         "202": {"description": "Accepted: see Location for its status.",
                 "headers": {"Location": {"schema": {"type": "string"}}},
                 "content": {"application/json": {"schema": _ref("Verification")}}},
-        **_problems(400, 401, 403, 409, 413, 415, 422, 429, 503),
+        **_problems(400, 401, 403, 408, 409, 413, 415, 422, 429, 500, 503),
     },
 }
 READ_OPENAPI: dict[str, Any] = {"responses": {

@@ -34,11 +34,10 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -46,6 +45,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_REDIRECTS = 3
 CONNECT_TIMEOUT = 5.0
+MAX_ADDRESSES = 3  # of a name's addresses, those tried in turn
 CHUNK = 256 * 1024
 USER_AGENT = "faceid-batch/1"
 # What a submit-time check waits for a name to resolve; a slower name is checked by the
@@ -175,20 +175,29 @@ def _is_literal(host: str) -> bool:
         return False
 
 
-_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-dns")
-
-
 def _lookup(host: str, port: int, timeout: float) -> tuple[IPAddress, ...]:
-    """The addresses ``host`` resolves to (numeric forms such as 2130706433 too)."""
-    future = _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-    try:
-        infos = future.result(timeout=max(0.01, timeout))
-    except FutureTimeout:
-        raise EgressError("timeout", f"host {host}: name lookup took too long") from None
-    except (OSError, UnicodeError):
-        raise EgressError("dns", f"host {host}: name not resolved") from None
+    """The addresses ``host`` resolves to (numeric forms such as 2130706433 too). A name is
+    looked up on a thread of its own, waited for at most ``timeout``: a resolver that hangs
+    on a producer's name holds that thread, never a shared pool other lookups need."""
+    if _is_literal(host):
+        return (ipaddress.ip_address(host),)
+    answer: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=resolve, name="egress-dns", daemon=True)
+    thread.start()
+    thread.join(max(0.01, timeout))
+    if not answer:
+        raise EgressError("timeout", f"host {host}: name lookup took too long")
+    if isinstance(answer[0], BaseException):
+        raise EgressError("dns", f"host {host}: name not resolved")
     seen: dict[IPAddress, None] = {}
-    for _family, _type, _proto, _canon, sockaddr in infos:
+    for _family, _type, _proto, _canon, sockaddr in answer[0]:
         seen.setdefault(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), None)
     if not seen:
         raise EgressError("dns", f"host {host}: name not resolved")
@@ -255,9 +264,14 @@ _reaper = _Reaper()
 
 
 # -- connections to a checked address ---------------------------------------------------
-def _open_socket(target: Target, timeout: float) -> socket.socket:
+def _open_socket(target: Target, deadline: float) -> socket.socket:
+    """A connection to one of the target's checked addresses, tried in turn (at most
+    MAX_ADDRESSES), each with what is left of CONNECT_TIMEOUT and the deadline."""
     last: OSError | None = None
-    for ip in target.addresses:
+    for ip in target.addresses[:MAX_ADDRESSES]:
+        timeout = min(CONNECT_TIMEOUT, deadline - time.monotonic())
+        if timeout <= 0:
+            raise EgressError("timeout", f"host {target.host}: could not connect in time")
         # The checked address itself, never through another lookup (create_connection
         # would resolve again).
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
@@ -284,10 +298,7 @@ class _Pinned(http.client.HTTPConnection):
         self.watched: list[socket.socket | None] | None = None
 
     def _raw(self) -> socket.socket:
-        timeout = min(self.timeout or CONNECT_TIMEOUT, self.deadline - time.monotonic())
-        if timeout <= 0:
-            raise EgressError("timeout", f"host {self.target.host}: deadline passed")
-        sock = _open_socket(self.target, min(timeout, CONNECT_TIMEOUT))
+        sock = _open_socket(self.target, self.deadline)
         sock.settimeout(self.timeout)
         self.watched = _reaper.watch(sock, self.deadline)
         return sock

@@ -60,6 +60,7 @@ DATABASE_AWAY_DELAY = 2.0
 SOURCES_BUSY_DELAY = 1.0
 MEDIA_INVALID = "Local.MediaInvalid"
 STORE_UNAVAILABLE = "Local.StoreUnavailable"
+STAGING_ERROR = "Local.StagingError"
 LOST = schedule.LOST
 
 
@@ -248,6 +249,14 @@ def _stage_media(res: Resources, job_id: int,
     except (CosClientError, CosServiceError, requests.RequestException, OSError) as exc:
         return _staging_failed(res, job_id, job.stage_attempts, STORE_UNAVAILABLE,
                                f"the media store: {type(exc).__name__}")
+    except (redis.RedisError, DBAPIError):
+        raise  # our own parts away: run_job gives the job back, not a try
+    except Exception as exc:  # noqa: BLE001 - see below
+        # Anything else a producer's media can make staging raise (a file crafted against
+        # a reader) is a try like the others: the job ends within the bound, not never.
+        log.exception("job %s: staging raised", job_id)
+        return _staging_failed(res, job_id, job.stage_attempts, STAGING_ERROR,
+                               f"staging failed ({type(exc).__name__})")
     if findings and (refused := _store_preflight(res, job_id, findings)) is not None:
         return refused
     if video is None:  # pragma: no cover - a refusal above returned already

@@ -622,7 +622,7 @@ def test_sweep_writes_parked_answers_and_requeues_hung_jobs(configured, sim_cont
     answers.park(client, ended, paid("ended-request-id", 60.0))
 
     counts = sweep_stuck_jobs(Resources(settings))
-    assert counts == {"parked": 2, "stuck": 1}, counts
+    assert counts == {"parked": 2, "stuck": 1, "stuck_ended": 0}, counts
     assert answers.taken(client) == {}
     assert sorted(answers.parked_jobs(client)) == sorted([parked, taken])
     alive.stop()

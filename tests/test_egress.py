@@ -311,3 +311,60 @@ def test_post_returns_the_status_and_never_reads_the_body(server):
     with pytest.raises(EgressRefused, match="loopback"):
         Egress(Policy()).post(server.url + "/hook", b"{}", {}, timeout=5)
     assert server.hits == ["/hook", "/big"]
+
+
+def test_a_name_with_many_silent_addresses_still_ends_at_the_deadline(monkeypatch):
+    # Eight addresses whose listeners never accept (their backlog is full, so SYNs are
+    # dropped): trying each with a full connect timeout would take 40 s.
+    listeners, fillers = [], []
+    port = 0
+    for i in range(1, 9):
+        sock = socket.socket()
+        sock.bind((f"127.0.0.{i}", port))
+        port = sock.getsockname()[1]
+        sock.listen(0)
+        listeners.append(sock)
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((f"127.0.0.{i}", port))
+            fillers.append(filler)
+    time.sleep(0.2)
+    monkeypatch.setattr(egress.socket, "getaddrinfo", lambda host, p, *a: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"127.0.0.{i}", p)) for i in range(1, 9)])
+    policy = Policy((ipaddress.ip_network("127.0.0.0/8"),))
+    for call in (lambda: fetch(policy, f"http://many.test:{port}/", timeout=3),
+                 lambda: Egress(policy).post(f"http://many.test:{port}/", b"{}", {},
+                                             timeout=3)):
+        started = time.monotonic()
+        with pytest.raises(EgressError) as info:
+            call()
+        assert info.value.kind in ("timeout", "connect")
+        assert time.monotonic() - started < 4, time.monotonic() - started
+    for s in listeners + fillers:
+        s.close()
+
+
+def test_a_hung_lookup_holds_no_one_elses(monkeypatch):
+    # Names that never resolve tie up only their own lookups: an address given as a literal
+    # needs none, and another name is looked up at once.
+    real = socket.getaddrinfo
+
+    def slow(host, port, *args):
+        if host.endswith(".slow.test"):
+            time.sleep(5)
+        return real("127.0.0.1", port, *args)
+
+    monkeypatch.setattr(egress.socket, "getaddrinfo", slow)
+    threads = [threading.Thread(target=lambda n=n: pytest.raises(
+        EgressError, fetch, LOOPBACK_ONLY, f"http://h{n}.slow.test/", timeout=1))
+        for n in range(8)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    with pytest.raises(EgressError):
+        fetch(LOOPBACK_ONLY, "http://127.0.0.1:9/", timeout=2)  # refused at once: no lookup
+    assert egress._lookup("fine.test", 80, 1.0) == (ipaddress.ip_address("127.0.0.1"),)
+    assert time.monotonic() - started < 1.0
+    for t in threads:
+        t.join()

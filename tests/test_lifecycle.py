@@ -7,12 +7,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from test_batches import jobs_of, write_manifest
 
 from faceid_batch.admin import cost
@@ -25,6 +26,7 @@ from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job, WebhookDelivery, WebhookMessage
 from faceid_batch.outcome import record
 from faceid_batch.scheduling import schedule
+from faceid_batch.times import utcnow
 from faceid_batch.worker import Resources
 from helpers import sim_calls, wait_until
 
@@ -228,3 +230,24 @@ def test_old_callback_messages_become_due_rows(configured, tmp_path):
     notify.queue_again(res, job_id)  # a second copy of the old message adds nothing
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(func.count()).select_from(WebhookMessage)) == 1
+
+
+def test_a_job_that_hangs_every_worker_ends(configured, tmp_path):
+    """The stuck-job sweep counts each hang as a try at staging: a job that hangs every
+    worker it meets ends failed once its tries are used up, with its callback queued."""
+    settings = configured.model_copy(update={"webhook_secret": SecretStr(SECRET)})
+    url = settings.database_url
+    photo, video = write_pair(tmp_path / "m", 41)
+    job_id = submit(settings, JobSpec("hangs-always", str(photo), str(video), "SILENT",
+                                      callback_url="http://127.0.0.1:9/hook"))[0]
+    long_ago = utcnow() - timedelta(hours=1)
+    for n in range(1, settings.stage_max_attempts + 1):
+        assert claim(url, job_id, f"lease-{n}")
+        with session_scope(url) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(updated_at=long_ago))
+            again, ended = schedule.requeue_stuck(s, utcnow() - timedelta(minutes=15),
+                                                  settings.stage_max_attempts)
+        last = n == settings.stage_max_attempts
+        assert (again, ended) == (([], [job_id]) if last else ([job_id], []))
+    job, _ = rows(url, job_id)
+    assert (job.state, job.result_code, job.due_at) == ("failed", schedule.STUCK_CODE, None)

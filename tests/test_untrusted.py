@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -227,3 +228,24 @@ def test_sources_that_hang_leave_threads_for_sign_ups(configured, sim_control, s
     assert outcome.state == "completed" and took < 8, took
     assert media_server.most_open == 1  # never more than its share fetching
     assert all(j.state != "failed" for j in job_rows(settings.database_url, hung).values())
+
+
+CRAFTED = Path(__file__).resolve().parent / "data" / "codec-without-context.mp4"
+
+
+def test_a_video_crafted_against_the_reader_is_read_as_unreadable():
+    from faceid_batch.stage import preflight
+
+    facts = preflight.read_video(CRAFTED)  # PyAV gives its stream no codec context
+    assert facts.error is not None
+
+
+def test_a_job_whose_video_is_crafted_against_the_reader_ends(
+        configured, sim_control, start_worker, media_server):
+    settings = configured
+    media_server.files["/crafted.mp4"] = CRAFTED.read_bytes()
+    start_worker(**FAST)
+    job_id = submit(settings, JobSpec("crafted", f"{media_server.url}/photo.jpg",
+                                      f"{media_server.url}/crafted.mp4", "SILENT"))[0]
+    wait_until(lambda: job_rows(settings.database_url, [job_id])[job_id].finished_at,
+               45, what="the job to end")

@@ -9,7 +9,8 @@ died or whose message Redis lost. The sweep, run by the feeder every SWEEP_INTER
   made due, and its next run writes the answer without a call; the answer of a job that
   ended meanwhile is dropped;
 - ``running`` not updated for STUCK_AFTER_SECONDS: its task hung in a worker that is still
-  alive (its lease is renewed), or it was taken by a worker older than leases.
+  alive (its lease is renewed), or it was taken by a worker older than leases. Each hang is
+  a try at staging: a job that hangs every worker it meets ends after STAGE_MAX_ATTEMPTS.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from faceid_batch.db import session_scope
 from faceid_batch.models import Attempt, Job, JobState
-from faceid_batch.scheduling import answers, schedule
+from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.scheduling.leases import LEASE_PREFIX
 from faceid_batch.times import utcnow
 
@@ -37,7 +38,7 @@ VERIFY_TASK = "faceid_batch.verify"
 def sweep_stuck_jobs(res) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Make due the jobs only the sweep can see; return counts by reason."""
     s = res.settings
-    counts = {"parked": 0, "stuck": 0}
+    counts = {"parked": 0, "stuck": 0, "stuck_ended": 0}
     with session_scope(s.database_url) as session:
         _settle_taken_answers(res, session)
         parked = answers.parked_jobs(res.redis)
@@ -51,9 +52,13 @@ def sweep_stuck_jobs(res) -> dict[str, int]:  # type: ignore[no-untyped-def]
                         answers.settle(res.redis, job_id)
             counts["parked"] = schedule.make_due(
                 session, [j for j in parked if states.get(j) not in (None, *JobState.final())])
-        stuck = schedule.requeue_stuck(
-            session, utcnow() - timedelta(seconds=s.stuck_after_seconds))
+        stuck, ended = schedule.requeue_stuck(
+            session, utcnow() - timedelta(seconds=s.stuck_after_seconds),
+            s.stage_max_attempts)
+        for job_id in ended:
+            callbacks.enqueue(session, job_id)
         counts["stuck"] = len(stuck)
+        counts["stuck_ended"] = len(ended)
     if any(counts.values()):
         log.warning("recovery sweep made jobs due: %s", counts)
     return counts

@@ -174,12 +174,22 @@ def requeue_lease(db: Executor, lease_id: str) -> list[int]:
     ).values(**_queued_again()).returning(_J.id)))
 
 
-def requeue_stuck(db: Executor, before: datetime) -> list[int]:
+STUCK_CODE = "Local.StuckInWorker"
+
+
+def requeue_stuck(db: Executor, before: datetime, max_tries: int) -> tuple[list[int], list[int]]:
     """Running jobs not updated since ``before`` (their task hung, or they were taken by a
-    worker older than leases) are due again; return their ids."""
-    return list(db.scalars(_JOBS.update().where(
-        _J.state == RUNNING, _J.updated_at < before,
-    ).values(**_queued_again()).returning(_J.id)))
+    worker older than leases) are due again, each such hang counted as a try at staging;
+    a job whose tries reach ``max_tries`` ends failed instead, so a job that hangs every
+    worker it meets still ends. Return (ids due again, ids ended)."""
+    hung = and_(_J.state == RUNNING, _J.updated_at < before)
+    tried = _J.stage_attempts + 1
+    ended = list(db.scalars(_JOBS.update().where(hung, tried >= max_tries).values(
+        **failed_columns(STUCK_CODE, "the job hung in a worker every time it ran"),
+        stage_attempts=tried, updated_at=utcnow()).returning(_J.id)))
+    again = list(db.scalars(_JOBS.update().where(hung).values(
+        **_queued_again(), stage_attempts=tried).returning(_J.id)))
+    return again, ended
 
 
 def make_due(db: Executor, ids: Iterable[int]) -> int:

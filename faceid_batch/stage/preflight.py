@@ -114,7 +114,9 @@ def read_video(path: str | os.PathLike[str]) -> VideoFacts:
                 width=first.codec_context.width or None if first else None,
                 height=first.codec_context.height or None if first else None,
             )
-    except (av.FFmpegError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any file a producer sends is read here
+        # A container crafted to break the reader (a stream PyAV gives no codec context,
+        # say) is a video we cannot read, never an error of the worker.
         return VideoFacts(error=f"{type(exc).__name__}: {exc}"[:200])
 
 
@@ -124,7 +126,7 @@ def read_photo_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
     try:
         width, height = imagesize.get(str(path))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - as read_video: a hostile header is an unreadable one
         return None
     return (width, height) if width > 0 and height > 0 else None
 

@@ -7,7 +7,7 @@ style), or redirect to a closed port, and a sign-up
 rate against the budget, when each poison job ended and with what code, the FaceID calls
 made for them (there must be none), and the sign-ups' answer time over their own call.
 
-Nothing is shortened: SOURCE_FETCH_SECONDS 20, STAGE_MAX_ATTEMPTS 3, SOURCE_FETCH_SHARE
+Nothing is shortened: SOURCE_FETCH_SECONDS 20, STAGE_MAX_ATTEMPTS 3, EGRESS_SHARE
 0.25, RETRY_BASE_DELAY 2, `faceid-batch worker`'s 32 threads. The bound a poison job ends
 within: STAGE_MAX_ATTEMPTS fetches of SOURCE_FETCH_SECONDS, the backoff between them (full
 jitter, at most 2 + 4 s), and each try's turn in a backfill lane kept full (its 40

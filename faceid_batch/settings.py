@@ -63,9 +63,10 @@ class Settings(BaseSettings):
     egress_allow_networks: str = ""
     # One fetch of a producer's media URL (all its redirects) ends within this many seconds.
     source_fetch_seconds: float = Field(20.0, gt=0, le=600)
-    # At most this share of a worker process's threads fetch producers' URLs at once; a job
-    # that finds them all busy waits in the schedule instead of holding a thread.
-    source_fetch_share: float = Field(0.25, gt=0, le=1)
+    # At most this share of a worker process's threads wait on producers' servers at once
+    # (fetching their media URLs, POSTing their callbacks); a job or a callback that finds
+    # them all busy waits in the schedule instead of holding a thread.
+    egress_share: float = Field(0.25, gt=0, le=1)
     # Tries at staging a job's media (fetching its sources, writing them to COS) before
     # the job ends failed with the Local.* code of the last failure.
     stage_max_attempts: int = Field(3, ge=1, le=50)

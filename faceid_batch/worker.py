@@ -155,8 +155,7 @@ class Resources:
         s = self.settings
         s.require_api()
         # A share of this process's task threads may fetch producers' URLs at once.
-        slots = max(1, int(pool_threads() * s.source_fetch_share))
-        return MediaStager(s, egress=self.egress, fetch_slots=slots)
+        return MediaStager(s, egress=self.egress, slots=self.egress_slots)
 
     @cached_property
     def breaker(self) -> AccountBreaker:
@@ -172,6 +171,13 @@ class Resources:
     def billing(self) -> BillingTable:
         """Which answers Tencent bills: the defaults with BILLING_OVERRIDES in front."""
         return billing.table(self.settings.billing_overrides)
+
+    @cached_property
+    def egress_slots(self) -> threading.BoundedSemaphore:
+        """The threads of this process that may wait on producers' servers at once
+        (EGRESS_SHARE of the pool): fetches of media URLs and callbacks take turns."""
+        return threading.BoundedSemaphore(
+            max(1, int(pool_threads() * self.settings.egress_share)))
 
     @cached_property
     def egress(self) -> Egress:

@@ -523,6 +523,22 @@ def test_odd_bodies_and_headers_get_problem_details(api, token, configured):
     huge_wait = api.post(token, json_body=body, headers={"Prefer": "wait=" + "9" * 5000})
     assert huge_wait.status_code in (200, 202), huge_wait.text
     assert huge_wait.headers["Preference-Applied"] == "wait=30"
+    for values, field in (({**body, "key": "edge-2", "metadata": {"x": float("inf")}},
+                           "metadata"),
+                          ({**body, "key": 5}, "key"),
+                          ({**body, "key": "edge-3",
+                            "photo_url": f"cos://{BUCKET}/{PREFIX}0123abcd.jpg"}, "photo_url"),
+                          ({**body, "key": "edge-4", "photo_url": f"cos://{BUCKET}/a/../b.jpg"},
+                           "photo_url")):
+        raw = json.dumps(values).encode()  # Infinity, as a JSON library may write it
+        resp = api.post(token, data=raw, headers={"Content-Type": "application/json"})
+        is_problem(resp, 422 if field != "metadata" else 400,
+                   "invalid-field" if field != "metadata" else "malformed-request",
+                   field if field != "metadata" else None)
+    is_problem(api.get("/v1/verifications/" + "9" * 24, token), 404, "not-found")
+    is_problem(requests.delete(f"{api.url}/v1/verifications/1", timeout=10,
+                               headers={"Authorization": f"Bearer {token}"}),
+               405, "method-not-allowed")
     length = api.post(token, data=b"{}", headers={"Content-Type": "multipart/form-data; "
                                                   "boundary=x", "Content-Length": "9" * 5000})
     assert length.status_code in (400, 413) and length.headers["content-type"].startswith(

@@ -212,6 +212,7 @@ def test_an_erasure_removes_one_jobs_face_data_and_is_audited(
     assert (after.photo_md5, after.video_md5, after.photo_key, after.video_key) == (
         None, None, None, None)
     assert after.state == "completed" and after.passed is True  # the verdict stays
+    assert after.preflight is None and after.error_message is None
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(BestFrame.id).where(BestFrame.job_id == gone)) is None
         assert s.scalar(select(Result.sim).where(Result.job_id == gone)) is None
@@ -233,3 +234,37 @@ def test_an_erasure_removes_one_jobs_face_data_and_is_audited(
 def _job(settings, job_id: int) -> Job:
     with session_scope(settings.database_url) as s:
         return s.get(Job, job_id)
+
+
+def test_a_job_run_again_after_its_purge_is_purged_again(configured, sim_control, tmp_path):
+    """A refused key submitted again, or a failed job retried, after its purge: its new
+    objects are on the ledger, and the next purge takes them."""
+    from faceid_batch.models import MediaObject
+    from faceid_batch.scheduling import schedule
+
+    settings = configured.model_copy(update={"cos_key_prefix": f"again-{tmp_path.name[-8:]}/"})
+    photo, video = write_pair(tmp_path / "m", 740)
+    job_id = submit(settings, JobSpec("again", str(photo), str(video), "SILENT"))[0]
+    stager = MediaStager(settings)
+    first = stager.stage("photo", str(photo), check_existing=False, job_id=job_id)
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            state="failed", finished_at=utcnow() - timedelta(days=40), due_at=None,
+            enqueued_at=None))
+    from faceid_batch.admin.purge import purge_media
+
+    assert purge_media(settings, 30).jobs == 1 and not stager.exists(first.key)
+    # Run again: the restart clears the purge mark; its new object goes on the ledger.
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            **schedule.restarted_columns(paused=False)))
+        assert s.get(Job, job_id).media_purged_at is None
+    _, video2 = write_pair(tmp_path / "m2", 741)
+    second = stager.stage("video", str(video2), check_existing=False, job_id=job_id)
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            state="failed", finished_at=utcnow() - timedelta(days=40), due_at=None))
+    report = purge_media(settings, 30)
+    assert report.jobs == 1 and not stager.exists(second.key), report.describe()
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(select(MediaObject.id).where(MediaObject.deleted_at.is_(None))) is None

@@ -249,3 +249,64 @@ def test_a_job_whose_video_is_crafted_against_the_reader_ends(
                                       f"{media_server.url}/crafted.mp4", "SILENT"))[0]
     wait_until(lambda: job_rows(settings.database_url, [job_id])[job_id].finished_at,
                45, what="the job to end")
+
+
+class SlowReceiver:
+    """A callback receiver that takes ``delay`` seconds to answer; counts open requests."""
+
+    def __init__(self, delay: float) -> None:
+        self.open = self.most_open = self.seen = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                with outer.lock:
+                    outer.open += 1
+                    outer.seen += 1
+                    outer.most_open = max(outer.most_open, outer.open)
+                try:
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    time.sleep(delay)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass
+                finally:
+                    with outer.lock:
+                        outer.open -= 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_slow_receivers_leave_threads_for_sign_ups(configured, sim_control, start_worker,
+                                                   tmp_path, monkeypatch):
+    """Four threads, callbacks to a receiver that takes 5 s each: one thread waits on it at
+    a time, and a sign-up is answered in seconds."""
+    from pydantic import SecretStr
+
+    secret = "whsec_dGVzdC1GQUtFLXdlYmhvb2stc2VjcmV0LW5vdC1yZWFs"
+    monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    settings = configured.model_copy(update={"webhook_secret": SecretStr(secret)})
+    receiver = SlowReceiver(5.0)
+    start_worker(concurrency=4, WEBHOOK_SECRET=secret)
+    for i in range(6):
+        p, v = write_pair(tmp_path / "m", 40 + i)
+        submit(settings, JobSpec(f"slow-cb-{i}", str(p), str(v), "SILENT",
+                                 callback_url=receiver.url))
+    wait_until(lambda: receiver.seen >= 1, 30, what="a callback to reach the receiver")
+    p, v = write_pair(tmp_path / "m", 60)
+    started = time.monotonic()
+    signup = submit(settings, JobSpec("signup-cb", str(p), str(v), "SILENT"))[0]
+    outcome = api.wait(signup, timeout=20, settings=settings)
+    took = time.monotonic() - started
+    assert outcome.state == "completed" and took < 8, took
+    assert receiver.most_open == 1
+    receiver.httpd.shutdown()

@@ -229,6 +229,8 @@ def test_a_webhook_secret_not_in_the_standard_form_is_refused_at_start(value, ex
     ("/relative", "absolute http(s) URL"),
     ("https://user:pw@example.com/x", "no credentials"),
     ("https://example.com/x?token=abc", "query string"),
+    ("https://example.com/a b", "no spaces"),
+    ("https://example.com/a\r\nX-Injected: 1", "no spaces"),
 ])
 def test_callback_urls_that_would_keep_a_secret_or_go_nowhere_are_refused(
         configured, tmp_path, url, expected):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from faceid_batch.admin import audit
@@ -150,7 +150,10 @@ def purge_media(settings: Settings, older_than_days: float, stager: Any = None,
     now = now or utcnow()
     cutoff = now - timedelta(days=older_than_days)
     report = PurgeReport()
-    due = (Job.state.in_(ENDED) & (Job.finished_at < cutoff) & Job.media_purged_at.is_(None))
+    # Not purged yet, or purged and then run again with new objects on the ledger.
+    due = (Job.state.in_(ENDED) & (Job.finished_at < cutoff) & or_(
+        Job.media_purged_at.is_(None),
+        Job.id.in_(select(MediaObject.job_id).where(MediaObject.deleted_at.is_(None)))))
     after_id = 0
     while True:
         with session_scope(settings.database_url) as session:
@@ -266,8 +269,11 @@ def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
             MediaObject.job_id == job_id, MediaObject.deleted_at.is_(None))
             .values(deleted_at=now))
         session.execute(update(Result).where(Result.job_id == job_id).values(sim=None))
+        # The error and the preflight findings name the sources too.
         session.execute(update(Job).where(Job.id == job_id).values(
             photo_source=ERASED, video_source=ERASED, photo_md5=None, video_md5=None,
+            error_message=case((Job.error_message.is_(None), None), else_=ERASED),
+            preflight=None,
             photo_key=None, video_key=None, erased_at=now,
             media_purged_at=func.coalesce(Job.media_purged_at, now)))
     audit.record(settings.database_url, actor=actor, surface="cli", what="erasure",

@@ -54,6 +54,9 @@ class CallbackURLError(ValueError):
 def check_callback_url(url: str, policy: Policy | None = None) -> str:
     """Accept an absolute http(s) URL without credentials or query string (we keep it)
     that the egress policy does not refuse (``policy``: the default one)."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url.strip()):
+        # http.client could never send it: it would fail every retry for a day.
+        raise CallbackURLError("callback URL: no spaces or control characters")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CallbackURLError(f"callback URL {url!r}: must be an absolute http(s) URL")
@@ -100,6 +103,21 @@ def deliver(res: Resources, message: int, token: str) -> str:
     """POST one claimed callback once (``token``: its claim); write how it went and, if it
     failed, when it is due again. Returns ``delivered``, ``retrying``, ``gave-up`` or
     ``not-claimed`` (claimed again since: another message delivers it)."""
+    s = res.settings
+    if not res.egress_slots.acquire(blocking=False):
+        # Every thread this process lets wait on producers' servers is busy (receivers
+        # that answer slowly): the callback waits in the schedule, not on a thread.
+        with write_scope(s.database_url) as session:
+            callbacks.later(session, message, token,
+                            utcnow() + timedelta(seconds=random.uniform(1.0, 2.0)))
+        return "busy"
+    try:
+        return _deliver(res, message, token)
+    finally:
+        res.egress_slots.release()
+
+
+def _deliver(res: Resources, message: int, token: str) -> str:
     s = res.settings
     with write_scope(s.database_url) as session:
         taken = callbacks.take(session, message, token, s.webhook_timeout)

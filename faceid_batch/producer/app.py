@@ -173,6 +173,32 @@ class Producer:
         places.lanes.clear()
 
 
+def strict_json(text: str | bytes | bytearray) -> Any:
+    """JSON as the RFC has it: NaN and Infinity (which Python would take, and could not
+    write back as JSON) are refused."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def check_cos_source(settings: Settings, kind: str, url: str, who: tokens.Principal) -> None:
+    """A ``cos://`` source a producer may name: in COS_BUCKET, a plain key, and (for a
+    submit token) not one of the objects this product wrote, whose faces belong to other
+    verifications."""
+    field = f"{kind}_url"
+    prefix = f"cos://{settings.cos_bucket}/"
+    if not url.startswith(prefix):
+        raise Problem("invalid-field", f"{field}: the bucket must be COS_BUCKET "
+                      f"({settings.cos_bucket}): FaceID downloads only from the bucket in its "
+                      "region", field)
+    key = url[len(prefix):]
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+        raise Problem("invalid-field", f"{field}: not a plain object key", field)
+    if not who.is_admin and settings.cos_key_prefix and key.startswith(settings.cos_key_prefix):
+        raise Problem("invalid-field", f"{field}: objects under {settings.cos_key_prefix} are "
+                      "this service's own; upload the file instead", field)
+
+
 def visible(job: Any, who: tokens.Principal) -> bool:
     return who.is_admin or (job.submitted_by is not None and job.submitted_by == who.token_id)
 
@@ -180,6 +206,8 @@ def visible(job: Any, who: tokens.Principal) -> bool:
 def _fields_of(values: dict[str, Any], header_key: str | None) -> dict[str, Any]:
     """The submission's fields checked: liveness rules, key, lane, callback, metadata."""
     key = values.get("key") or None
+    if key is not None and not isinstance(key, str):
+        raise Problem("invalid-field", "key: must be a string", "key")
     if header_key and key and header_key != key:
         raise Problem("invalid-field", "the Idempotency-Key header and the key field differ",
                       "key")
@@ -207,8 +235,8 @@ def _fields_of(values: dict[str, Any], header_key: str | None) -> dict[str, Any]
     metadata = values.get("metadata")
     if isinstance(metadata, str):
         try:
-            metadata = json.loads(metadata) if metadata.strip() else None
-        except ValueError:
+            metadata = strict_json(metadata) if metadata.strip() else None
+        except (ValueError, RecursionError):
             raise Problem("invalid-field", "metadata: not JSON", "metadata") from None
     if metadata is not None and not isinstance(metadata, dict):
         raise Problem("invalid-field", "metadata: must be a JSON object", "metadata")
@@ -239,7 +267,8 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = {401: "unauthorized", 403: "forbidden", 404: "not-found",
-                415: "unsupported-media-type"}.get(exc.status_code, "malformed-request")
+                405: "method-not-allowed", 415: "unsupported-media-type",
+                }.get(exc.status_code, "malformed-request")
         problem = Problem(kind, str(exc.detail))
         body = problem.body(request.url.path)
         body["status"] = exc.status_code
@@ -375,7 +404,7 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                 raise Problem("payload-too-large", f"a JSON body is at most {JSON_LIMIT:,} "
                               "bytes (send files as multipart/form-data)")
         try:
-            values = json.loads(raw)
+            values = strict_json(raw)
         except (ValueError, RecursionError):
             raise Problem("malformed-request", "the body is not JSON (or nests too deep)"
                           ) from None
@@ -397,10 +426,8 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
                 # A query string may carry a signature; we never keep one.
                 raise Problem("invalid-field", f"{kind}_url: URLs with a query string are "
                               "not accepted", f"{kind}_url")
-            if url.startswith("cos://") and not url.startswith(f"cos://{settings.cos_bucket}/"):
-                raise Problem("invalid-field", f"{kind}_url: the bucket must be COS_BUCKET "
-                              f"({settings.cos_bucket}): FaceID downloads only from the "
-                              "bucket in its region", f"{kind}_url")
+            if url.startswith("cos://"):
+                check_cos_source(settings, kind, url, who)
             if url.startswith("https://"):
                 try:
                     await run_in_threadpool(check_source_url, settings, kind, url)
@@ -501,6 +528,8 @@ def create_app(settings: Settings, with_admin: bool = False) -> FastAPI:
              summary="A verification's status and outcome", openapi_extra=READ_OPENAPI)
     def read(job_id: int, request: Request) -> Response:
         who = p.who(request)
+        if not 0 < job_id < 2**63:  # no such id can exist, and the database would overflow
+            raise Problem("not-found", f"no verification {job_id} for this token")
         with session_scope(settings.database_url) as session:
             found = resource.load(session, job_id=job_id)
             if found is None or not visible(found[0], who):

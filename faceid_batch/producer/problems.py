@@ -25,6 +25,8 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "forbidden": (403, "Forbidden", "The token's scope does not allow this."),
     "not-found": (404, "Not found",
                   "No such verification, or not one this token created."),
+    "method-not-allowed": (405, "Method not allowed",
+                           "This route does not take this method (see the OpenAPI document)."),
     "idempotency-key-reused": (409, "Idempotency key reused",
                                "A verification with this key exists with different content; "
                                "a retry must send the same request."),

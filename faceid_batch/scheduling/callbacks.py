@@ -88,6 +88,13 @@ def _finish(db: Executor, message_id: int, token: str, **values: Any) -> bool:
         {"of_message": message_id, "token": token}).rowcount > 0
 
 
+def later(db: Executor, message_id: int, token: str, due: datetime) -> bool:
+    """Not sent now (its worker had no thread to spare): due at ``due``, not an attempt."""
+    return db.execute(_M.update().where(_CLAIMED).values(
+        claim=None, claimed_until=None, due_at=due),
+        {"of_message": message_id, "token": token}).rowcount > 0
+
+
 def delivered(db: Executor, message_id: int, token: str) -> bool:
     """The receiver took it."""
     return _finish(db, message_id, token, state=DELIVERED, due_at=None, ended_at=utcnow(),

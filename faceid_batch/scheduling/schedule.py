@@ -224,8 +224,11 @@ def waiting_columns(*, out: bool, paused: bool = False,
 
 
 # The outcome columns of a job that runs again; a new row has them NULL already.
+# A job that runs again has media again: its purge and erasure marks go, so the purge takes
+# its new objects when it ends.
 OUTCOME_CLEARED: dict[str, Any] = {"result_code": None, "passed": None, "error_message": None,
-                                   "finished_at": None, "stage_attempts": 0}
+                                   "finished_at": None, "stage_attempts": 0,
+                                   "media_purged_at": None, "erased_at": None}
 
 
 def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ carry a signature).
 
 A producer's http(s) source is fetched through the egress policy (egress.py): checked
 addresses only, bounded in bytes and in time (SOURCE_FETCH_SECONDS), and at most a share
-of the process's threads fetching at once (SOURCE_FETCH_SHARE), so sources that hang
+of the process's threads waiting on producers' servers at once (EGRESS_SHARE), so sources
+that hang
 cannot take the threads sign-ups need. A source that fails says why with a Local.* code
 (``SourceError``).
 """
@@ -132,13 +133,15 @@ class MediaStager:
     """Reads a job's sources, checks them, uploads them and presigns GET URLs."""
 
     def __init__(self, settings: Settings, client: CosS3Client | None = None,
-                 egress: Egress | None = None, fetch_slots: int = 1_000_000) -> None:
+                 egress: Egress | None = None,
+                 slots: threading.BoundedSemaphore | None = None) -> None:
         self.settings = settings
         self.bucket = settings.cos_bucket or ""
         self.client = client or make_cos_client(settings)
         # Producers' URLs (and best frames): through the egress policy only.
         self.egress = egress or Egress(Policy(settings.egress_networks))
-        self._fetching = threading.BoundedSemaphore(fetch_slots)
+        # Shared with the callbacks' deliveries (Resources.egress_slots); none: no bound.
+        self._fetching = slots or threading.BoundedSemaphore(1_000_000)
 
     # -- reading sources -------------------------------------------------------
     @contextmanager

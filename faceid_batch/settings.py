@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # A submission's whole body arrives within this many seconds, or it is answered 408.
     api_body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     # Multipart uploads one API process reads at once; more are answered 503 (Retry-After).
-    api_max_uploads: int = Field(32, ge=1, le=10_000)
+    api_max_uploads: int = Field(64, ge=1, le=10_000)
 
     # Completion callbacks (notify.py): one or two whsec_ secrets shared with the receiver.
     webhook_secret: SecretStr | None = None

@@ -675,3 +675,19 @@ def test_node_fetch_submits_and_reads_the_outcome(api, token, configured, sim_co
 def test_settings_name_the_admission_waits():
     s = load_settings()
     assert (s.onboarding_max_wait_seconds, s.backfill_max_wait_seconds) == (10, 3600)
+
+
+def test_an_upload_that_stalls_is_cut_after_ten_seconds_at_the_defaults(api, token):
+    host, port = api.url.removeprefix("http://").split(":")
+    head = (f"POST /v1/verifications HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 100000\r\n\r\n").encode()
+    stalled = socket.create_connection((host, int(port)))
+    stalled.sendall(head + b"--b\r\nContent-Disposition: form-data; name=\"liveness_type\"")
+    started = time.monotonic()
+    stalled.settimeout(30)
+    answer = stalled.recv(65536).decode("latin-1")
+    waited = time.monotonic() - started
+    stalled.close()
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert 9 < waited < 13, waited  # the whole-body timeout (60 s) never came into it

@@ -66,6 +66,7 @@ MAX_WAIT = 30  # seconds a client may ask to wait for the outcome (Prefer: wait=
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.I)
 JSON_LIMIT = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
+BODY_IDLE_SECONDS = 10.0  # the longest wait between two chunks of a body
 
 
 def prefer_wait(header: str | None) -> int | None:
@@ -87,10 +88,12 @@ class Places:
     stored: bool = False
 
 
-async def within(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+async def within(chunks: AsyncIterator[bytes], seconds: float,
+                 idle: float = BODY_IDLE_SECONDS) -> AsyncIterator[bytes]:
     """The request body's chunks, as long as the whole body arrives within ``seconds``
-    (API_BODY_TIMEOUT_SECONDS): a client that stalls does not hold its connection, its
-    place and its temporary file for ever."""
+    (API_BODY_TIMEOUT_SECONDS) and no wait between two chunks is longer than ``idle``: a
+    client that stalls does not hold its connection, its upload slot and its temporary
+    file for long."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     source = chunks.__aiter__()
@@ -99,12 +102,13 @@ async def within(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[
         try:
             if left <= 0:
                 raise TimeoutError
-            chunk = await asyncio.wait_for(source.__anext__(), timeout=left)
+            chunk = await asyncio.wait_for(source.__anext__(), timeout=min(left, idle))
         except StopAsyncIteration:
             return
         except TimeoutError:
             raise Problem("request-timeout", f"the body did not arrive within {seconds:g} s "
-                          "(API_BODY_TIMEOUT_SECONDS); nothing was stored") from None
+                          f"(API_BODY_TIMEOUT_SECONDS), or stalled for {idle:g} s; nothing "
+                          "was stored") from None
         yield chunk
 
 

@@ -13,44 +13,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import requests
-
-from bench.common import ROOT, SECRET_ID, SECRET_KEY, print_scenarios
+from bench.common import LocalStack, run_once
 
 
 def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
-    from faceid_batch import migrate
     from faceid_batch.bulk import batches
     from faceid_batch.bulk.backfill import run_backfill
     from faceid_batch.db import session_scope
     from faceid_batch.local.samples import write_pair
-    from faceid_batch.local.services import RedisServer, Simulator, Worker
     from faceid_batch.models import Job
-    from faceid_batch.settings import load_settings
 
-    server = RedisServer(base / "redis").start()
-    sim = Simulator(base / "sim", SECRET_ID, SECRET_KEY, extra_args=[
-        "--latency-median", "1.5", "--latency-p99", "5", "--rate-limit", "20",
-        "--seed", "9"]).start()
-    db_url = args.database_url or f"sqlite:///{base}/bench.db"
-    migrate.upgrade(db_url)
-    env = {"DATABASE_URL": db_url, "REDIS_URL": server.url, "FACEID_SECRET_ID": SECRET_ID,
-           "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
-           "COS_BUCKET": "bench-1250000000", "COS_DOMAIN": sim.cos_domain,
-           "COS_SCHEME": "http", "METRICS_PORT": "0",
-           "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
-    settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
-    os.environ.update(env)  # submit sends messages from this process, to this Redis
+    stack = LocalStack(base, seed=9, database_url=args.database_url)
+    settings, db_url = stack.settings(), stack.db_url
     lines = ["key,photo,video,liveness_type"]
     md5s = []
     for i in range(args.jobs):
@@ -60,12 +41,11 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     manifest = base / "m.csv"
     manifest.write_text("\n".join(lines) + "\n")
     batch = run_backfill(settings, manifest).batch_id
-    workers = [Worker(env=env, logfile=base / f"w{i}.log", concurrency=args.concurrency,
-                      name=f"r{i}").start() for i in range(2)]
+    stack.start_workers(2, args.concurrency, "r")
     rng = random.Random(11)
     started = time.monotonic()
     try:
-        while not requests.get(f"{sim.control_url}/calls", timeout=30).json():
+        while not stack.calls():
             time.sleep(0.2)
         for _ in range(args.cycles):
             batches.pause(settings, batch)
@@ -81,15 +61,12 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             if not left:
                 break
             time.sleep(0.5)
-        calls = requests.get(f"{sim.control_url}/calls", timeout=30).json()
+        calls = stack.calls()
         with session_scope(db_url) as s:
             states = dict(s.execute(select(Job.state, func.count())
                                     .where(Job.batch_id == batch).group_by(Job.state)).all())
     finally:
-        for w in workers:
-            w.stop()
-        sim.stop()
-        server.stop()
+        stack.stop()
     charged = Counter(c["video_md5"] for c in calls if c["charged"])
     return {
         "scenario": f"{args.jobs} backfill jobs, {args.cycles} pause/resume cycles "
@@ -111,15 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="faceid-bench-pause-"))
-    os.environ.setdefault("METRICS_PORT", "0")
-    try:
-        results = [run(args, base)]
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"\ndefault settings, 2 workers x threads {args.concurrency}")
-    print_scenarios(results, 40)
-    return 0
+    return run_once("faceid-bench-pause-", args, run,
+                    f"default settings, 2 workers x threads {args.concurrency}", 40)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import requests
-
-from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct, print_scenarios, ts
+from bench.common import LocalStack, pct, run_once, ts
 
 BOUND_SECONDS = 90.0
 
@@ -86,29 +81,13 @@ def closed_port() -> int:
 def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from faceid_batch import migrate
     from faceid_batch.db import session_scope
     from faceid_batch.intake.submit import JobSpec, insert_job, submit, validate_spec
     from faceid_batch.local.samples import write_pair
-    from faceid_batch.local.services import RedisServer, Simulator, Worker
     from faceid_batch.models import Attempt, Job
-    from faceid_batch.settings import load_settings
 
-    server = RedisServer(base / "redis").start()
-    sim = Simulator(base / "sim", SECRET_ID, SECRET_KEY, extra_args=[
-        "--latency-median", "1.5", "--latency-p99", "5", "--rate-limit", "20",
-        "--seed", "3"]).start()
-    db_url = args.database_url or f"sqlite:///{base}/bench.db"
-    migrate.upgrade(db_url)
-    env = {"DATABASE_URL": db_url, "REDIS_URL": server.url, "FACEID_SECRET_ID": SECRET_ID,
-           "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
-           "COS_BUCKET": "bench-1250000000", "COS_DOMAIN": sim.cos_domain,
-           "COS_SCHEME": "http", "METRICS_PORT": "0",
-           # The simulator's best frames and the poison server are on loopback.
-           "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
-    settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
-    # This process sends the sign-ups' messages itself (submit), to this Redis.
-    os.environ.update(env)
+    stack = LocalStack(base, seed=3, database_url=args.database_url)
+    settings, db_url = stack.settings(), stack.db_url
     poison = Poison()
     backfill: dict[str, int] = {}
     for i in range(args.jobs):
@@ -122,8 +101,7 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
                + [("trickle", f"{poison.url}/trickle")] * args.trickle
                + [("redirect", f"{poison.url}/to/http://127.0.0.1:{closed_port()}/v.mp4")]
                * args.redirect)
-    workers = [Worker(env=env, logfile=base / f"w{i}.log", concurrency=args.concurrency,
-                      name=f"p{i}").start() for i in range(2)]
+    stack.start_workers(2, args.concurrency, "p")
     signups: list[int] = []
     signup_md5s: set[str] = set()
     started = time.time()
@@ -151,17 +129,14 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
                 n += 1
                 next_signup += 2.0
             time.sleep(0.2)
-        calls = requests.get(f"{sim.control_url}/calls", timeout=30).json()
+        calls = stack.calls()
         with session_scope(db_url) as s:
             rows = {j.id: j for j in s.scalars(select(Job).where(
                 Job.id.in_(all_ids + signups)))}
             latency = {a.job_id: a.latency_ms / 1000 for a in s.scalars(
                 select(Attempt).where(Attempt.job_id.in_(signups)))}
     finally:
-        for w in workers:
-            w.stop()
-        sim.stop()
-        server.stop()
+        stack.stop()
         poison.httpd.shutdown()
 
     bf_starts = sorted(c["t_start"] for c in calls if c["video_md5"] in backfill)
@@ -214,16 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="faceid-bench-poison-"))
-    os.environ.setdefault("METRICS_PORT", "0")
-    try:
-        results = [run(args, base)]
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"\ndefault settings, 2 workers x threads {args.concurrency}, simulated latency "
-          "median 1.5 s / p99 5 s")
-    print_scenarios(results, 56)
-    return 0
+    return run_once("faceid-bench-poison-", args, run,
+                    f"default settings, 2 workers x threads {args.concurrency}, simulated "
+                    "latency median 1.5 s / p99 5 s", 56)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,13 @@ or delivered twice. WEBHOOK_RETRY_SCHEDULE is the default (5s 30s 1m 2m 5m ...),
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench.common import ROOT, SECRET_ID, SECRET_KEY, pct, print_scenarios
+from bench.common import LocalStack, pct, run_once
 
 SECRET = "whsec_YmVuY2gtRkFLRS13ZWJob29rLXNlY3JldC1ub3QtcmVhbA=="
 
@@ -67,30 +64,16 @@ class Receiver:
 def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
     from sqlalchemy import func, select
 
-    from faceid_batch import migrate
     from faceid_batch.db import session_scope
     from faceid_batch.intake.submit import JobSpec, submit
     from faceid_batch.local.samples import write_pair
-    from faceid_batch.local.services import RedisServer, Simulator, Worker
     from faceid_batch.models import WebhookDelivery, WebhookMessage
-    from faceid_batch.settings import load_settings
 
-    server = RedisServer(base / "redis", appendonly=True).start()
-    sim = Simulator(base / "sim", SECRET_ID, SECRET_KEY, extra_args=[
-        "--latency-median", "1.5", "--latency-p99", "5", "--rate-limit", "20",
-        "--seed", "5"]).start()
-    db_url = args.database_url or f"sqlite:///{base}/bench.db"
-    migrate.upgrade(db_url)
-    env = {"DATABASE_URL": db_url, "REDIS_URL": server.url, "FACEID_SECRET_ID": SECRET_ID,
-           "FACEID_SECRET_KEY": SECRET_KEY, "FACEID_ENDPOINT": sim.api_url,
-           "COS_BUCKET": "bench-1250000000", "COS_DOMAIN": sim.cos_domain,
-           "COS_SCHEME": "http", "METRICS_PORT": "0", "WEBHOOK_SECRET": SECRET,
-           "EGRESS_ALLOW_NETWORKS": "127.0.0.1/32", "PYTHONPATH": str(ROOT)}
-    settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "PYTHONPATH"})
-    os.environ.update(env)  # submit sends messages from this process, to this Redis
+    stack = LocalStack(base, seed=5, appendonly=True, database_url=args.database_url,
+                       WEBHOOK_SECRET=SECRET)
+    settings, db_url = stack.settings(), stack.db_url
     receiver = Receiver()
-    workers = [Worker(env=env, logfile=base / f"w{i}.log", concurrency=args.concurrency,
-                      name=f"h{i}").start() for i in range(2)]
+    workers = stack.start_workers(2, args.concurrency, "h")
     try:
         down_at = time.time()
         for i in range(args.jobs):
@@ -119,9 +102,7 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             states = dict(s.execute(select(WebhookMessage.state, func.count())
                                     .group_by(WebhookMessage.state)).all())
     finally:
-        workers[1].stop()
-        sim.stop()
-        server.stop()
+        stack.stop()
         receiver.httpd.shutdown()
 
     after = [t - back_at for t in receiver.taken.values()]
@@ -152,15 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="faceid-bench-webhooks-"))
-    os.environ.setdefault("METRICS_PORT", "0")
-    try:
-        results = [run(args, base)]
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"\ndefault settings, 2 workers x threads {args.concurrency}")
-    print_scenarios(results, 56)
-    return 0
+    return run_once("faceid-bench-webhooks-", args, run,
+                    f"default settings, 2 workers x threads {args.concurrency}", 56)
 
 
 if __name__ == "__main__":

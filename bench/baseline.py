@@ -9,12 +9,16 @@ limiter that lets every call start at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from celery.signals import worker_init, worker_process_init
 
-from faceid_batch.call.ratelimit import Slot
+from faceid_batch.call.ratelimit import Send, Sent
 from faceid_batch.tasks import verify
 from faceid_batch.worker import resources
+
+T = TypeVar("T")
 
 # Celery builds its per-node token buckets from the tasks' rate_limit when the consumer
 # starts, which is after this module is imported (-I).
@@ -23,19 +27,16 @@ verify.rate_limit = "20/s"
 
 class NoLimiter:
     """Every call may start at once: only Celery's rate_limit holds calls back. It answers
-    what the pipeline asks of a limiter (pipeline.run_job)."""
+    what the pipeline asks of a limiter (GlobalRateLimiter.call)."""
 
-    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
-        return Slot(time.monotonic(), 0, "")
-
-    def sleep_until(self, deadline: float) -> None:
-        time.sleep(max(0.0, deadline - time.monotonic()))
-
-    def started_at(self, slot: Slot, when: float) -> float:
-        return 0.0
-
-    def release(self, slot: Slot) -> None:
-        pass
+    def call(self, lane: str, send: Send[T], ready: Callable[[], bool] | None = None,
+             on_too_late: Callable[[], None] | None = None) -> Sent[T] | None:
+        if ready is not None and not ready():
+            return None
+        now = time.monotonic()
+        started: list[float] = []
+        result = send(now, now + 3600.0, started.append)
+        return Sent(result, 0.0, 0.0 if started else None)
 
 
 @worker_init.connect

@@ -15,26 +15,28 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import Any
 
 import redis
 import requests
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
+from requests import PreparedRequest
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from faceid_batch.bulk.batches import batch_gate
 from faceid_batch.call.errors import backoff
-from faceid_batch.call.faceid_client import CompareRequest, SendTooLate
-from faceid_batch.call.ratelimit import STALE_AFTER
+from faceid_batch.call.faceid_client import Answer, CompareRequest
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.intake.submit import is_remote
 from faceid_batch.models import Job, JobState
 from faceid_batch.ops import logs, metrics
 from faceid_batch.outcome import record
+from faceid_batch.resources import Resources
 from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.stage import preflight
 from faceid_batch.stage.media import MediaError
@@ -46,12 +48,8 @@ from faceid_batch.stage.storage import (
 )
 from faceid_batch.times import utcnow
 
-if TYPE_CHECKING:
-    from faceid_batch.worker import Resources
-
 log = logging.getLogger(__name__)
 
-PREPARE_AHEAD = 0.05  # seconds before the reserved start to check the breaker and sign
 # Redis was unreachable before the call: the job is due again after this long (plus jitter).
 REDIS_AWAY_DELAY = 2.0
 # The database was unreachable: the heartbeat gives the job back once it is there again.
@@ -61,8 +59,37 @@ SOURCES_BUSY_DELAY = 1.0
 MEDIA_INVALID = "Local.MediaInvalid"
 STORE_UNAVAILABLE = "Local.StoreUnavailable"
 STAGING_ERROR = "Local.StagingError"
-LOST = schedule.LOST
 
+
+class Ran(StrEnum):
+    """What one run of a job came to (the ``verify`` task's result)."""
+
+    COMPLETED = JobState.COMPLETED.value  # answered: a verdict is stored
+    FAILED = JobState.FAILED.value  # ended without a verdict (or its batch was cancelled)
+    REFUSED = JobState.REFUSED.value  # preflight predicted a refusal: no call
+    RETRYING = JobState.RETRYING.value  # a counted try failed: due again after its backoff
+    QUEUED = JobState.QUEUED.value  # given back, not a try (budget, breaker, busy, Redis)
+    PAUSED = JobState.PAUSED.value  # its batch is paused: parked
+    LOST = schedule.LOST  # another worker holds it now: nothing of this run was written
+    NOT_CLAIMED = "not-claimed"  # held elsewhere, parked or not due: the message is dropped
+    ALREADY_FINAL = "already-final"  # a message for an ended job: never paid twice
+    MISSING = "missing"  # no such job
+    DATABASE_AWAY = "database-unavailable"  # given back once the database is there again
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a run needs of the job it claimed."""
+
+    lane: str
+    photo_source: str
+    video_source: str
+    photo_md5: str | None
+    video_md5: str | None
+    liveness_type: str
+    validate_data: str | None
+    video_key: str | None
+    stage_attempts: int
 
 
 # A job's statements, built once (see persist: rebuilding them per job cost more CPU than
@@ -74,18 +101,16 @@ _JOB_TO_RUN = select(
 ).where(_J.id == bindparam("of_job"))
 
 
-def run_job(res: Resources, job_id: int) -> str:
-    """Claim the job for this process's lease and run it; return what it became (or why
-    the message was dropped). Never leaves a claimed job without a way back: a failure of
-    Redis or the database before the call gives it back to the schedule."""
-    lease = res.lease
+def run_job(res: Resources, job_id: int) -> Ran:
+    """Claim the job for this process's lease and run it; return what it came to. Never
+    leaves a claimed job without a way back: a failure of Redis or the database before the
+    call gives it back to the schedule."""
     try:
-        job = _claim(res, job_id, lease.id)
+        job = _claim(res, job_id)
     except DBAPIError as exc:
         # The claim may or may not have been written: a give-back only moves it if it was.
-        _database_away(res, job_id, exc)
-        return "database-unavailable"
-    if isinstance(job, str):
+        return _database_away(res, job_id, exc)
+    if isinstance(job, Ran):
         return job
     try:
         return _run_claimed(res, job_id, job)
@@ -96,119 +121,116 @@ def run_job(res: Resources, job_id: int) -> str:
         try:
             return _give_back(res, job_id, REDIS_AWAY_DELAY + random.uniform(0, 2))
         except DBAPIError as db_exc:
-            _database_away(res, job_id, db_exc)
-            return "database-unavailable"
+            return _database_away(res, job_id, db_exc)
     except DBAPIError as exc:
         # Any paid answer is already parked in Redis (answers.park) and is written first on
         # the next run, without a new call.
-        _database_away(res, job_id, exc)
-        return "database-unavailable"
+        return _database_away(res, job_id, exc)
 
 
-def _database_away(res: Resources, job_id: int, exc: DBAPIError) -> None:
+def _database_away(res: Resources, job_id: int, exc: DBAPIError) -> Ran:
     log.warning("job %s: database error (%s: %s); it goes back to the schedule when the "
                 "database is back", job_id, type(exc.orig).__name__,
                 str(exc.orig).splitlines()[0][:200] if str(exc.orig) else "")
     res.lease.release_later(job_id, DATABASE_AWAY_DELAY)
+    return Ran.DATABASE_AWAY
 
 
-def _claim(res: Resources, job_id: int, lease_id: str) -> Any:
-    """The job's row once claimed for ``lease_id``, or why it is not run (a string)."""
+def _claim(res: Resources, job_id: int) -> ClaimedJob | Ran:
+    """The job, once claimed for this process's lease, or why it is not run."""
     with write_scope(res.settings.database_url) as session:
-        job = session.execute(_JOB_TO_RUN, {"of_job": job_id}).first()
-        if job is None:
+        row = session.execute(_JOB_TO_RUN, {"of_job": job_id}).first()
+        if row is None:
             log.error("job %s: no such job row; dropping the message", job_id)
-            return "missing"
-        if job.state in JobState.final():
+            return Ran.MISSING
+        if row.state in JobState.final():
             # Already answered: a redelivery must never pay for a second call.
-            return str(job.state)
+            return Ran.ALREADY_FINAL
         # A paused or cancelled batch: park or close the job without a call.
-        if job.batch_id is not None and (
-                gated := batch_gate(res, session, job_id, job.batch_id)) is not None:
-            return gated
-        if not schedule.claim(session, job_id, lease_id):
+        if row.batch_id is not None and (
+                gated := batch_gate(res, session, job_id, row.batch_id)) is not None:
+            return Ran(gated)
+        if not schedule.claim(session, job_id, res.lease.id):
             # Held by another worker, parked, or a retry whose time has not come: its row
             # says when it runs, and the feeder sends it then.
-            return "not-claimed"
-    return job
+            return Ran.NOT_CLAIMED
+    return ClaimedJob(**{k: v for k, v in row._mapping.items()
+                         if k not in ("state", "batch_id")})
 
 
-def _give_back(res: Resources, job_id: int, delay: float,
-               state: str = JobState.QUEUED.value) -> str:
+def _give_back(res: Resources, job_id: int, delay: float, state: Ran = Ran.QUEUED) -> Ran:
     """Put a job this worker holds back in the schedule, due after ``delay``; not an attempt."""
     with write_scope(res.settings.database_url) as session:
         held = schedule.reschedule(session, job_id, res.lease.id,
-                                   utcnow() + timedelta(seconds=delay), state)
-    return state if held else LOST
+                                   utcnow() + timedelta(seconds=delay), state.value)
+    return state if held else Ran.LOST
 
 
-def _run_claimed(res: Resources, job_id: int, job: Any) -> str:
+def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
+    """The run's steps: a parked answer, else the breaker, staging, the call, its record."""
     parked = answers.take(res.redis, job_id, res.lease.id)
     if parked is not None:
         logs.bind(request_id=parked.request_id)
         # A paid answer that could not be written earlier: store it, never call again.
-        return record.record_paid(res, job_id, parked)
+        return Ran(record.record_paid(res, job_id, parked))
     # This check only saves staging a job the breaker would stop: a closed state read in
-    # the last second will do. The one before the call (below) reads it afresh.
+    # the last second will do. The one before the call reads it afresh.
     may_call, wait = res.breaker.before_call(max_age=1.0)
     if not may_call:
         return _give_back(res, job_id, wait + random.uniform(0, 2))
     staged = _stage_media(res, job_id, job)
-    if isinstance(staged, str):
+    if isinstance(staged, Ran):
         return staged
-    photo, video = staged
-    lane, liveness, validate = job.lane, job.liveness_type, job.validate_data
+    answer = _call(res, job_id, job, *staged)
+    if isinstance(answer, Ran):
+        return answer
+    return Ran(record.record_paid(res, job_id, answer, staged))
 
-    slot = res.limiter.reserve_slot(lane)
-    metrics.RATE_LIMIT_WAIT.observe(max(0.0, slot.deadline - time.monotonic()))
-    # Everything but the send happens before the reserved start, so the call leaves on time
-    # (late starts bunch up at the API and can exceed its limit in a sliding second).
-    res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
-    # The breaker may have opened while this job waited for its slot.
-    may_call, wait = res.breaker.before_call()
-    if not may_call:
-        res.limiter.release(slot)
-        return _give_back(res, job_id, wait + random.uniform(0, 2))
-    prepared = res.faceid.prepare(CompareRequest(
-        image_url=res.stager.presign(photo.key),
-        image_md5=photo.info.md5,
-        video_url=res.stager.presign(video.key),
-        video_md5=video.info.md5,
-        liveness_type=liveness,
-        validate_data=validate,
-    ))
-    late: list[float] = []
-    while True:
-        try:
-            # The client sleeps until the slot at the first write, the request built and a
-            # connection in hand (see faceid_client), so it leaves as close to it as it can.
-            answer = res.faceid.send(
-                prepared, send_at=slot.deadline, send_by=slot.deadline + STALE_AFTER,
-                on_sent=lambda when, s=slot: late.append(res.limiter.started_at(s, when)))
-            break
-        except SendTooLate:
-            # The thread got to the write too long after its slot: the call is not made on
-            # it (see faceid_client); the slot goes back and the call waits for a new one.
-            res.limiter.release(slot)
-            metrics.RATE_LIMIT_TOO_LATE.inc()
-            log.info("job %s: not sent on its rate-limit slot (its thread got there too "
-                     "late); reserving a new slot", job_id)
-            slot = res.limiter.reserve_slot(lane)
-            # As for the first slot: not holding a pooled connection longer than this.
-            res.limiter.sleep_until(slot.deadline - PREPARE_AHEAD)
-    if not late:
-        res.limiter.release(slot)  # nothing was sent (no connection): the slot is unused
-    late_ms = (late[0] if late else 0.0) * 1000
+
+def _call(res: Resources, job_id: int, job: ClaimedJob, photo: StagedMedia,
+          video: StagedMedia) -> Answer | Ran:
+    """One FaceID call on a rate-limit slot (GlobalRateLimiter.call), or the job given back
+    if the breaker opened while it waited for its slot."""
+    prepared: list[PreparedRequest] = []
+    breaker_wait = [0.0]
+
+    def ready() -> bool:
+        # The breaker may have opened while this job waited for its slot; if not, the
+        # request is signed now, so the send costs almost nothing.
+        may_call, breaker_wait[0] = res.breaker.before_call()
+        if may_call:
+            prepared.append(res.faceid.prepare(CompareRequest(
+                image_url=res.stager.presign(photo.key), image_md5=photo.info.md5,
+                video_url=res.stager.presign(video.key), video_md5=video.info.md5,
+                liveness_type=job.liveness_type, validate_data=job.validate_data)))
+        return may_call
+
+    def too_late() -> None:
+        metrics.RATE_LIMIT_TOO_LATE.inc()
+        log.info("job %s: not sent on its rate-limit slot (its thread got there too late); "
+                 "reserving a new slot", job_id)
+
+    def send(send_at: float, send_by: float, on_sent: Callable[[float], None]) -> Answer:
+        # The client sleeps until the slot at the first write, the request built and a
+        # connection in hand (see faceid_client), so it leaves as close to it as it can.
+        return res.faceid.send(prepared[0], on_sent=on_sent, send_by=send_by,
+                               send_at=send_at)
+
+    sent = res.limiter.call(job.lane, send, ready=ready, on_too_late=too_late)
+    if sent is None:
+        return _give_back(res, job_id, breaker_wait[0] + random.uniform(0, 2))
+    answer, late = sent.result, sent.late or 0.0
+    metrics.RATE_LIMIT_WAIT.observe(sent.waited)
     logs.bind(request_id=answer.request_id)
-    metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late_ms / 1000)
+    metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late)
     log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
-             answer.code, answer.request_id, answer.latency_ms, late_ms)
+             answer.code, answer.request_id, answer.latency_ms, late * 1000)
     res.breaker.record(answer.code if answer.rule.trips_breaker else None)
-    return record.record_paid(res, job_id, answer, (photo, video))
+    return answer
 
 
 def _stage_media(res: Resources, job_id: int,
-                 job: Any) -> tuple[StagedMedia, StagedMedia] | str:
+                 job: ClaimedJob) -> tuple[StagedMedia, StagedMedia] | Ran:
     """Stage the job's two media, preflighting what was fetched; the pair, or what the job
     became (refused, failed, or given back to the schedule)."""
     s = res.settings
@@ -265,7 +287,7 @@ def _stage_media(res: Resources, job_id: int,
 
 
 def _staging_failed(res: Resources, job_id: int, tries_before: int, code: str,
-                    why: str) -> str:
+                    why: str) -> Ran:
     """One more failed try at staging: due again after its backoff, or, once
     STAGE_MAX_ATTEMPTS tries have failed, the end of the job with ``code``."""
     s = res.settings
@@ -279,22 +301,22 @@ def _staging_failed(res: Resources, job_id: int, tries_before: int, code: str,
     with write_scope(s.database_url) as session:
         held = schedule.staging_failed(session, job_id, res.lease.id,
                                        utcnow() + timedelta(seconds=delay))
-    return JobState.RETRYING.value if held else LOST
+    return Ran.RETRYING if held else Ran.LOST
 
 
-def _end_failed(res: Resources, job_id: int, code: str, why: str) -> str:
+def _end_failed(res: Resources, job_id: int, code: str, why: str) -> Ran:
     """End a job this worker holds, before any call, with ``code``."""
     with write_scope(res.settings.database_url) as session:
         if not schedule.fail(session, job_id, res.lease.id, code, why):
-            return LOST
+            return Ran.LOST
         callbacks.enqueue(session, job_id)
     log.info("job %s: ended before any call: %s: %s", job_id, code, why)
     metrics.JOBS_FINISHED.labels(state=JobState.FAILED.value).inc()
-    return JobState.FAILED.value
+    return Ran.FAILED
 
 
 def _store_preflight(res: Resources, job_id: int,
-                     findings: list[dict[str, Any]]) -> str | None:
+                     findings: list[dict[str, Any]]) -> Ran | None:
     """Keep the worker's preflight findings on the job; refuse it if one says so."""
     refusal = preflight.Findings(findings).refusal
     with session_scope(res.settings.database_url) as session:
@@ -304,14 +326,14 @@ def _store_preflight(res: Resources, job_id: int,
         if refusal is None:
             if stored != before and not schedule.write(session, job_id, res.lease.id,
                                                        {"preflight": stored}):
-                return LOST
+                return Ran.LOST
             return None
         if not schedule.refuse(session, job_id, res.lease.id, refusal["code"],
                                preflight.describe(refusal), stored):
-            return LOST
+            return Ran.LOST
         callbacks.enqueue(session, job_id)
     log.info("job %s: refused by preflight before any call: %s", job_id,
              preflight.describe(refusal))
-    return JobState.REFUSED.value
+    return Ran.REFUSED
 
 

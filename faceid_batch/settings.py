@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         # Checked by the parser of the module that owns the setting. Imported here: settings
         # is the bottom layer, and its owner imports nothing that reads settings (see the
         # import-linter contracts in pyproject.toml), so this makes no cycle.
-        from faceid_batch.stage.preflight import parse_rules
+        from faceid_batch.stage.preflight_rules import parse_rules
 
         parse_rules(value)
         return value

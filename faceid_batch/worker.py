@@ -1,4 +1,4 @@
-"""The Celery application and the per-process resources its tasks use.
+"""The Celery application, its signals, and the one Resources of each worker process.
 
 Start a worker with ``faceid-batch worker`` (or ``celery -A faceid_batch.worker worker``).
 """
@@ -9,10 +9,7 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
-from functools import cached_property
 
-import redis
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -27,17 +24,12 @@ from celery.signals import (
 )
 
 from faceid_batch import db, messages
-from faceid_batch.call import billing
-from faceid_batch.call.billing import BillingTable
-from faceid_batch.call.breaker import AccountBreaker
-from faceid_batch.call.faceid_client import FaceIDClient
-from faceid_batch.call.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
-from faceid_batch.egress import Egress, Policy
 from faceid_batch.ops import logs, metrics
+from faceid_batch.resources import Resources, set_pool_threads
 from faceid_batch.scheduling import feeder
-from faceid_batch.scheduling.leases import WorkerLease
-from faceid_batch.settings import Settings, get_settings
-from faceid_batch.stage.storage import MediaStager
+from faceid_batch.settings import get_settings
+
+__all__ = ["Resources", "app", "celery_app", "drop_resources", "resources"]
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +47,10 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
     logs.configure(logger, s.log_format, secrets)
 
 
-_pool_threads = 1
-
-
-def pool_threads() -> int:
-    """How many tasks this process runs at once (the threads pool's size; 1 elsewhere)."""
-    return _pool_threads
-
-
 @worker_init.connect
 def _note_pool_size(sender: object = None, **_: object) -> None:
-    global _pool_threads
-    if getattr(sender, "pool_cls", None) is not None and "thread" in str(
-            getattr(sender, "pool_cls", "")).lower():
-        _pool_threads = int(getattr(sender, "concurrency", 1) or 1)
+    if "thread" in str(getattr(sender, "pool_cls", "")).lower():
+        set_pool_threads(int(getattr(sender, "concurrency", 1) or 1))
 
 
 @worker_init.connect
@@ -123,80 +105,6 @@ def _drop_lease(**_: object) -> None:
     feeder.stop()
     if _current is not None:
         _current.stop()
-
-
-@dataclass
-class Resources:
-    """Clients built once per worker process and shared by its task threads."""
-
-    settings: Settings
-
-    @cached_property
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
-
-    @cached_property
-    def faceid(self) -> FaceIDClient:
-        s = self.settings
-        s.require_api()
-        assert s.faceid_secret_id and s.faceid_secret_key
-        return FaceIDClient(
-            endpoint=s.faceid_endpoint,
-            region=s.faceid_region,
-            secret_id=s.faceid_secret_id.get_secret_value(),
-            secret_key=s.faceid_secret_key.get_secret_value(),
-            token=s.faceid_token.get_secret_value() if s.faceid_token else None,
-            connect_timeout=s.faceid_connect_timeout,
-            read_timeout=s.faceid_read_timeout,
-        )
-
-    @cached_property
-    def stager(self) -> MediaStager:
-        s = self.settings
-        s.require_api()
-        # A share of this process's task threads may fetch producers' URLs at once.
-        return MediaStager(s, egress=self.egress, slots=self.egress_slots)
-
-    @cached_property
-    def breaker(self) -> AccountBreaker:
-        return AccountBreaker(self.redis, probe_after=self.settings.breaker_probe_after)
-
-    @cached_property
-    def lease(self) -> WorkerLease:
-        """This process's worker lease (its heartbeat starts with it)."""
-        s = self.settings
-        return WorkerLease(self.redis, s.database_url, s.worker_lease_seconds).start()
-
-    @cached_property
-    def billing(self) -> BillingTable:
-        """Which answers Tencent bills: the defaults with BILLING_OVERRIDES in front."""
-        return billing.table(self.settings.billing_overrides)
-
-    @cached_property
-    def egress_slots(self) -> threading.BoundedSemaphore:
-        """The threads of this process that may wait on producers' servers at once
-        (EGRESS_SHARE of the pool): fetches of media URLs and callbacks take turns."""
-        return threading.BoundedSemaphore(
-            max(1, int(pool_threads() * self.settings.egress_share)))
-
-    @cached_property
-    def egress(self) -> Egress:
-        """Every fetch and POST made on a producer's behalf: media URLs, best frames,
-        completion callbacks (egress.py)."""
-        return Egress(Policy(self.settings.egress_networks))
-
-    def stop(self) -> None:
-        """Stop this process's lease, if one was started (its heartbeat, its release)."""
-        if "lease" in self.__dict__:  # cached_property: built only once something asked
-            self.lease.stop()
-
-    @cached_property
-    def limiter(self) -> GlobalRateLimiter:
-        s = self.settings
-        return GlobalRateLimiter(
-            self.redis, s.faceid_rate_limit, window=1.0 + s.rate_limit_margin_ms / 1000,
-            onboarding_horizon=ONBOARDING_HORIZON,
-        )
 
 
 _current: Resources | None = None

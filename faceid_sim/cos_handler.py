@@ -8,11 +8,12 @@ import json
 import time
 import uuid
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from faceid_sim.cos_objects import ObjectMeta, StoreError
 from faceid_sim.cos_sign import CosAuthError, CosRequest, verify_cos_request
+from faceid_sim.cos_store import CosStore
 from faceid_sim.cos_xml import (
     error_xml,
     list_bucket_xml,
@@ -22,10 +23,7 @@ from faceid_sim.cos_xml import (
     parse_delete,
     xml_body,
 )
-from faceid_sim.httpbase import SimHandler
-
-if TYPE_CHECKING:
-    from faceid_sim.cos_store import CosStore
+from faceid_sim.httpbase import SimHandler, SimHTTPServer
 
 CHUNK = 256 * 1024
 MAX_XML_BODY = 4 * 1024 * 1024
@@ -54,7 +52,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 class CosHandler(SimHandler):
-    """Request handler; ``store`` is bound by CosStore.make_server."""
+    """Request handler; ``store`` is bound by ``make_server``."""
 
     store: CosStore
     server_version = "tencent-cos"
@@ -363,3 +361,9 @@ class CosHandler(SimHandler):
             q.get("encoding-type") == "url",
         )
         self._reply(200, body)
+
+
+def make_server(store: CosStore, host: str, port: int) -> SimHTTPServer:
+    """A server bound to (host, port) serving ``store``."""
+    handler = type("BoundCosHandler", (CosHandler,), {"store": store})
+    return SimHTTPServer((host, port), handler)

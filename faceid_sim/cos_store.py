@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from faceid_sim.cos_handler import CosHandler
 from faceid_sim.cos_objects import ObjectStore
-from faceid_sim.httpbase import SimHTTPServer
 
 
 @dataclass
@@ -122,8 +120,3 @@ class CosStore:
             self._by_op.clear()
             self._auth_failures = self._bytes_in = self._bytes_out = 0
             self.config = CosStoreConfig()
-
-    def make_server(self, host: str, port: int) -> SimHTTPServer:
-        """A server bound to (host, port) serving this store."""
-        handler = type("BoundCosHandler", (CosHandler,), {"store": self})
-        return SimHTTPServer((host, port), handler)

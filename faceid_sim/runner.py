@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from faceid_sim.control import Simulator
+from faceid_sim.cos_handler import make_server
 from faceid_sim.cos_store import CosStore
 from faceid_sim.faceid_api import make_api_server
 from faceid_sim.httpbase import SimHTTPServer, serve_in_thread, stop_server
@@ -117,7 +118,7 @@ def start(
     cos = CosStore(root / "cos", secrets, token_ok=token_ok, bucket=bucket, region=region)
     api_server = make_api_server(sim, host, api_port)
     try:
-        cos_server = cos.make_server(host, cos_port)
+        cos_server = make_server(cos, host, cos_port)
     except OSError:
         api_server.server_close()
         raise

@@ -80,7 +80,7 @@ def test_on_sent_reports_when_the_first_bytes_left(simulator, sim_control, stage
 def test_a_request_past_its_send_by_time_is_not_sent(simulator, sim_control, staged_request):
     import time
 
-    from faceid_batch.call.faceid_client import SendTooLate
+    from faceid_batch.call.ratelimit import SendTooLate
 
     c = client(simulator)
     sent: list[float] = []

@@ -8,11 +8,30 @@ import time
 import pytest
 import redis
 
-from faceid_batch.call.ratelimit import LATE_BOUND, GlobalRateLimiter, max_starts_in_window
+from faceid_batch.call.ratelimit import (
+    LATE_BOUND,
+    GlobalRateLimiter,
+    SendTooLate,
+    max_starts_in_window,
+)
 
 LIMIT = 10
 WINDOW = 1.0
 MARGIN = 0.02
+
+
+def send_on_time(send_at: float, send_by: float, on_sent) -> float:  # type: ignore[no-untyped-def]
+    """A send as the FaceID client makes it (GlobalRateLimiter.call's Send): its first byte
+    leaves at ``send_at``, not before, or not at all past ``send_by``; returns the wall
+    time it left."""
+    delay = send_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    now = time.monotonic()
+    if now > send_by:
+        raise SendTooLate(f"{(now - send_by) * 1000:.0f} ms past send_by")
+    on_sent(now)
+    return time.time()
 
 
 def _hammer(url: str, key: str, lane: str, seconds: float, use_limiter: bool, out) -> None:
@@ -22,10 +41,12 @@ def _hammer(url: str, key: str, lane: str, seconds: float, use_limiter: bool, ou
     deadline = time.time() + seconds
     while time.time() < deadline:
         if use_limiter:
-            limiter.acquire(lane)
+            sent = limiter.call(lane, send_on_time)
+            assert sent is not None
+            starts.append(sent.result)
         else:
             time.sleep(0.01)  # the same loop with the limiter removed
-        starts.append(time.time())
+            starts.append(time.time())
     out.put(starts)
 
 
@@ -82,7 +103,7 @@ def test_starts_never_bunch_and_the_window_sets_the_pace(redis_server):
     for _ in range(LIMIT * 2 + 1):
         slot = limiter.reserve_slot("onboarding")
         limiter.started_at(slot, slot.deadline)  # each call starts on time
-        limiter.wait_for_writes()
+        limiter.flush()
         slots.append(slot.slot_us / 1e6)
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     # No burst: each start at least min_gap after the one before it...
@@ -109,7 +130,7 @@ def test_a_late_start_is_absorbed_not_carried_into_every_later_slot(redis_server
         slot = chosen.reserve_slot("onboarding")
         # ...then every call on time, but one that leaves 200 ms after its slot.
         chosen.started_at(slot, slot.deadline + (0.2 if i == LIMIT else 0.0))
-        chosen.wait_for_writes()
+        chosen.flush()
         slots.append(slot.slot_us / 1e6)
     assert max_starts_in_window(slots, WINDOW) <= LIMIT
     assert slots[2 * LIMIT] >= slots[LIMIT] + 0.2 + WINDOW  # the late one's place, moved
@@ -127,12 +148,12 @@ def test_waiting_does_not_spin_redis(redis_server):
     before = script_calls()
     started = time.monotonic()
     for _ in range(15):
-        limiter.acquire("onboarding")
+        limiter.call("onboarding", send_on_time)
     elapsed = time.monotonic() - started
     # 15 tokens at 5 per 0.5 s take about a second of waiting...
     assert elapsed >= 0.9
     # ...done with one script call per token and one to report its start, not a poll loop.
-    limiter.wait_for_writes()
+    limiter.flush()
     assert script_calls() - before <= 2 * 15 + 1
 
 
@@ -143,7 +164,7 @@ def test_a_late_start_pushes_the_next_window(redis_server):
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-late")
     first = limiter.reserve_slot("onboarding")
     assert limiter.started_at(first, first.deadline + 0.3) == pytest.approx(0.3)
-    limiter.wait_for_writes()  # the write-back has landed
+    limiter.flush()  # the write-back has landed
     written = r.zscore("rl-late", first.member)
     # On the Redis clock, never earlier than the real start, within one round trip of it.
     assert first.slot_us + 300_000 <= written <= first.slot_us + 300_000 + first.rtt * 1e6 + 2
@@ -156,7 +177,7 @@ def test_an_on_time_start_is_reported_at_its_slot(redis_server):
     limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-ontime")
     slot = limiter.reserve_slot("onboarding")
     limiter.started_at(slot, slot.deadline)
-    limiter.wait_for_writes()
+    limiter.flush()
     assert slot.slot_us <= r.zscore("rl-ontime", slot.member) <= slot.slot_us + slot.rtt * 1e6 + 2
     assert r.sismember("rl-ontime:started", slot.member)
 
@@ -172,7 +193,7 @@ def test_an_unreported_slot_counts_as_starting_as_late_as_it_may(redis_server):
     assert second.slot_us >= first.slot_us + (LATE_BOUND + 1.0) * 1e6
     limiter.release(limiter_slot(second))
     limiter.started_at(first, first.deadline + 0.1)
-    limiter.wait_for_writes()
+    limiter.flush()
     third = limiter.reserve("onboarding")
     assert first.slot_us + 1.1e6 <= third.slot_us < first.slot_us + 1.15e6
 
@@ -214,11 +235,24 @@ def test_a_stale_slot_is_given_back_and_reserved_again(redis_server):
 
     limiter = GlobalRateLimiter(r, 5, window=1.0, key="rl-stale", sleep=oversleep)
     limiter.reserve_slot("onboarding")
-    first = limiter.reserve_slot("onboarding")  # 0.2 s ahead: its caller sleeps, stalls
-    slot = limiter.wait(first, "onboarding")
-    assert slot.member != first.member
-    assert r.zscore("rl-stale", first.member) is None  # given back
-    assert time.monotonic() - slot.deadline < 0.25
+    too_late: list[bool] = []
+    # Its slot is 0.1 s ahead: its caller sleeps, stalls, and gets to the write too late.
+    sent = limiter.call("onboarding", send_on_time, on_too_late=lambda: too_late.append(True))
+    assert sent is not None and sent.resent == 1 and too_late == [True]
+    assert sent.late is not None and sent.late < 0.25  # sent on its second slot, on time
+    limiter.flush()
+    assert r.zcard("rl-stale") == 2  # the first slot was given back
+
+
+def test_a_call_called_off_before_its_slot_gives_the_slot_back(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, 1, window=1.0, key="rl-off")
+    sent: list[float] = []
+    assert limiter.call("onboarding", lambda *a: sent.append(1.0), ready=lambda: False) is None
+    assert sent == [] and r.zcard("rl-off") == 0
+    # ...and a send that left nothing (no connection) gives it back too.
+    nothing = limiter.call("onboarding", lambda at, by, on_sent: "no connection")
+    assert nothing is not None and nothing.late is None and r.zcard("rl-off") == 0
 
 
 def test_an_unreported_slot_outlives_its_window_until_its_caller_cannot_send(redis_server):
@@ -269,8 +303,9 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
 
     def caller() -> None:
         for _ in range(3):
-            limiter.acquire("backfill")
-            starts.append(time.time())
+            sent = limiter.call("backfill", send_on_time)
+            assert sent is not None
+            starts.append(sent.result)
 
     threads = [threading.Thread(target=caller) for _ in range(16)]
     for t in threads:
@@ -301,8 +336,7 @@ def test_a_deep_onboarding_queue_keeps_the_full_rate_within_its_horizon(redis_se
 
         def caller() -> None:
             while time.monotonic() < started + 7.0:
-                slot = limiter.wait(limiter.reserve_slot("onboarding"), "onboarding")
-                limiter.started_at(slot, time.monotonic())
+                limiter.call("onboarding", send_on_time)
                 starts.append(time.monotonic() - started)
                 time.sleep(1.0)
 

@@ -90,7 +90,7 @@ def test_redis_away_before_the_call_gives_the_job_back_to_the_schedule(configure
         raise redis.ConnectionError("Error 111 connecting to redis")
 
     monkeypatch.setattr(answers, "take", away)
-    assert pipeline.run_job(res, job_id) == "queued"
+    assert pipeline.run_job(res, job_id) == pipeline.Ran.QUEUED
     job = row(settings.database_url, job_id)
     assert job.state == "queued" and job.attempts == 0
     assert job.due_at is not None and job.due_at.replace(tzinfo=None) > \
@@ -107,7 +107,7 @@ def test_database_away_gives_the_job_back_once_it_returns(configured, monkeypatc
 
     # The first step after the claim meets the database error.
     monkeypatch.setattr(answers, "take", away)
-    assert pipeline.run_job(res, job_id) == "database-unavailable"
+    assert pipeline.run_job(res, job_id) == pipeline.Ran.DATABASE_AWAY
     assert row(settings.database_url, job_id).state == "running"
     assert res.lease.pending() == [job_id]
     # The heartbeat gives it back when the database takes writes again.
@@ -122,7 +122,7 @@ def test_a_message_for_a_job_another_worker_holds_is_dropped(configured):
     job_id = new_job(settings, "h-1")
     with session_scope(settings.database_url) as s:
         assert schedule.claim(s, job_id, "another-workers-lease")
-    assert pipeline.run_job(res, job_id) == "not-claimed"
+    assert pipeline.run_job(res, job_id) == pipeline.Ran.NOT_CLAIMED
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(Job.lease_id).where(Job.id == job_id)) == \
             "another-workers-lease"

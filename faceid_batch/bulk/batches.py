@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import redis
 from sqlalchemy import func, select
@@ -27,12 +26,10 @@ from sqlalchemy.orm import Session
 
 from faceid_batch.db import session_scope
 from faceid_batch.models import Batch, BatchState, Job, JobState
+from faceid_batch.resources import Resources
 from faceid_batch.scheduling import answers, schedule
 from faceid_batch.settings import Settings
 from faceid_batch.times import as_aware, utcnow
-
-if TYPE_CHECKING:
-    from faceid_batch.worker import Resources
 
 CONTROL_KEY = "faceid:batches:control"
 SYNCED = "_synced"

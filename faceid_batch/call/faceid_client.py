@@ -24,6 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from faceid_batch.call.errors import Rule, classify
 from faceid_batch.call.httpenv import pinned_session
+from faceid_batch.call.ratelimit import SendTooLate
 from faceid_batch.call.signing import sign
 
 ACTION = "VideoLivenessCompare"
@@ -137,10 +138,6 @@ def parse_response(status: int, body: bytes) -> Answer:
 # the GIL for long enough that its call would crowd a window reserved while it looked on
 # time). The figures behind these choices are in the README's throughput section.
 _first_byte = threading.local()
-
-
-class SendTooLate(Exception):
-    """Nothing was sent: the request would have left after its ``send_by`` time."""
 
 
 class _StampMixin:

@@ -18,7 +18,7 @@ slot). ``min_gap`` (half that spacing by default) only keeps starts from bunchin
 Each caller reports its real start (``started_at``: the moment its request's first bytes
 were handed to the kernel). Until it has, its reservation counts as starting as late as it
 still may: its slot plus ``LATE_BOUND`` (a caller past ``STALE_AFTER`` reserves again instead
-of sending, see ``wait`` and ``FaceIDClient.send(send_by=...)``). So a window is never
+of sending, see ``call`` and ``FaceIDClient.send(send_by=...)``). So a window is never
 judged on a start that could still move into it.
 
 Lanes share the one budget. A backfill caller may only reserve a slot within ``horizon``
@@ -43,8 +43,10 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import redis
 
@@ -222,8 +224,35 @@ MIN_SPACING = 0.5
 ONBOARDING_HORIZON = 0.5
 
 
-class RateLimitTimeout(Exception):
-    """No slot could be reserved within the caller's deadline."""
+# What a call does before its slot (check the breaker, sign): this long before it.
+PREPARE_AHEAD = 0.05
+
+
+class SendTooLate(Exception):
+    """Nothing was sent: the request would have left after its ``send_by`` time."""
+
+
+T = TypeVar("T")
+
+
+class Send(Protocol[T]):
+    """How a caller of ``GlobalRateLimiter.call`` sends: its first byte leaves no earlier
+    than ``send_at`` (``time.monotonic()``), or it raises SendTooLate, sending nothing, if
+    that would be after ``send_by``; it calls ``on_sent`` with the time its first bytes
+    left (not at all if nothing left)."""
+
+    def __call__(self, send_at: float, send_by: float,
+                 on_sent: Callable[[float], None]) -> T: ...
+
+
+@dataclass(frozen=True)
+class Sent(Generic[T]):
+    """A call made on a slot: what ``send`` returned, and how it went against the slot."""
+
+    result: T
+    waited: float  # seconds from asking for a slot to the (first) slot
+    late: float | None  # seconds after its slot the first bytes left; None: nothing left
+    resent: int = 0  # slots given back because the thread got to the write too late
 
 
 class GlobalRateLimiter:
@@ -275,7 +304,7 @@ class GlobalRateLimiter:
             return Grant(False, int(reply[1]) / 1_000_000)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
 
-    def reserve_slot(self, lane: str = "onboarding", timeout: float | None = None) -> Slot:
+    def reserve_slot(self, lane: str = "onboarding") -> Slot:
         """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
 
         A refused caller comes back when the script says (its place in line), with up to
@@ -283,7 +312,6 @@ class GlobalRateLimiter:
         order they first asked.
         """
         spacing = self.window_us / 1_000_000 / self.limit
-        started = time.monotonic()
         in_line = False
         while True:
             asked = time.monotonic()
@@ -294,10 +322,7 @@ class GlobalRateLimiter:
                 self.clock.sample(asked, replied, grant.redis_now_us)
                 return Slot(self.clock.local_deadline(grant.slot_us), grant.slot_us,
                             grant.member, replied - asked)
-            pause = grant.wait + random.uniform(0, spacing)
-            if timeout is not None and time.monotonic() - started + pause > timeout:
-                raise RateLimitTimeout(f"no rate-limit slot within {timeout:.1f}s")
-            self._sleep(pause)
+            self._sleep(grant.wait + random.uniform(0, spacing))
 
     def sleep_until(self, deadline: float) -> None:
         """Sleep until a deadline (``time.monotonic()``)."""
@@ -305,19 +330,43 @@ class GlobalRateLimiter:
         if remaining > 0:
             self._sleep(remaining)
 
-    def wait(self, slot: Slot, lane: str = "onboarding") -> Slot:
-        """Sleep until ``slot``; a caller that wakes more than ``STALE_AFTER`` past it (a
-        stalled host) gives it back and reserves again rather than send on a stale slot."""
-        self.sleep_until(slot.deadline)
-        while time.monotonic() - slot.deadline > STALE_AFTER:
-            self.release(slot)
-            slot = self.reserve_slot(lane)
-            self.sleep_until(slot.deadline)
-        return slot
+    def call(self, lane: str, send: Send[T], ready: Callable[[], bool] | None = None,
+             on_too_late: Callable[[], None] | None = None) -> Sent[T] | None:
+        """Make one call within the budget: reserve a start for ``lane``, sleep until just
+        before it (PREPARE_AHEAD), ask ``ready()`` (False calls it off: the slot is given
+        back, None is returned), then ``send`` on it (see Send). A thread that gets to the
+        write more than STALE_AFTER after its slot (a host that stalled it) sends nothing:
+        the slot goes back (``on_too_late``) and the call waits for a new one. The real
+        start is reported; a slot nothing left on is given back.
 
-    def mark_started(self, slot: Slot) -> float:
-        """Record that the call starts now; return how late that is, in seconds."""
-        return self.started_at(slot, time.monotonic())
+        This is the one way calls are made, by the workers and by the tests alike.
+        """
+        slot = self.reserve_slot(lane)
+        waited = max(0.0, slot.deadline - time.monotonic())
+        # Everything but the send happens before the reserved start, so the call leaves on
+        # time (late starts bunch up at the API and can exceed its limit in a second).
+        self.sleep_until(slot.deadline - PREPARE_AHEAD)
+        if ready is not None and not ready():
+            self.release(slot)
+            return None
+        resent = 0
+        late: list[float] = []  # a SendTooLate sent nothing: it stays empty until a send
+        while True:
+            try:
+                result = send(slot.deadline, slot.deadline + STALE_AFTER,
+                              lambda when, s=slot: late.append(self.started_at(s, when)))
+                break
+            except SendTooLate:
+                self.release(slot)
+                resent += 1
+                if on_too_late is not None:
+                    on_too_late()
+                slot = self.reserve_slot(lane)
+                # As for the first slot: no pooled connection is held longer than this.
+                self.sleep_until(slot.deadline - PREPARE_AHEAD)
+        if not late:
+            self.release(slot)  # nothing left (no connection): the slot is unused
+        return Sent(result, waited, late[0] if late else None, resent)
 
     def started_at(self, slot: Slot, when: float) -> float:
         """Report that the call's first bytes left at ``when`` (``time.monotonic()``); return
@@ -344,8 +393,9 @@ class GlobalRateLimiter:
             except redis.RedisError:
                 pass  # it ages out after one window
 
-    def wait_for_writes(self, timeout: float = 5.0) -> None:
-        """Return once the start times handed to the background writer are in Redis."""
+    def flush(self, timeout: float = 5.0) -> None:
+        """Return once the start times handed to the background writer are in Redis (a
+        clean shutdown leaves none behind)."""
         self._writer().submit(lambda: None).result(timeout=timeout)
 
     def _writer(self) -> ThreadPoolExecutor:
@@ -358,13 +408,6 @@ class GlobalRateLimiter:
             self._mark(keys=[self.key, self.started_key], args=[member, start_us, self.window_us])
         except redis.RedisError:
             pass  # the slot keeps its reserved time: the margin absorbs one late start
-
-    def acquire(self, lane: str = "onboarding", timeout: float | None = None) -> float:
-        """Block until this caller may start a call; return the seconds waited."""
-        started = time.monotonic()
-        slot = self.wait(self.reserve_slot(lane, timeout), lane)
-        self.mark_started(slot)
-        return time.monotonic() - started
 
 
 def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -36,11 +36,9 @@ from faceid_batch.db import session_scope, write_scope
 from faceid_batch.egress import EgressError, EgressRefused, Policy
 from faceid_batch.models import Job, Result, WebhookDelivery, WebhookMessage
 from faceid_batch.outcome.webhooks import SIGNATURE_HEADER, headers_for
+from faceid_batch.resources import Resources
 from faceid_batch.scheduling import callbacks
 from faceid_batch.times import utcnow
-
-if TYPE_CHECKING:
-    from faceid_batch.worker import Resources
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
@@ -31,13 +31,11 @@ from faceid_batch.outcome.persist import (
     store_best_frame,
     write_answer,
 )
+from faceid_batch.resources import Resources
 from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.scheduling.schedule import failed_columns
 from faceid_batch.stage.storage import StagedMedia
 from faceid_batch.times import utcnow
-
-if TYPE_CHECKING:
-    from faceid_batch.worker import Resources
 
 log = logging.getLogger(__name__)
 

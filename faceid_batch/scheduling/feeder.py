@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import bindparam, select, text
 
@@ -40,10 +40,8 @@ from faceid_batch.db import session_scope, write_scope
 from faceid_batch.messages import send_verify_many, send_webhooks
 from faceid_batch.models import Batch, BatchState, Job, Lane
 from faceid_batch.scheduling import callbacks, leases, recovery, schedule
+from faceid_batch.scheduling.parts import FeederParts
 from faceid_batch.times import utcnow
-
-if TYPE_CHECKING:
-    from faceid_batch.worker import Resources
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +124,7 @@ def _order(key: Key) -> tuple[bool, Any]:
 class Feeder:
     """One feeder candidate; ``round`` does one round if it holds the lock."""
 
-    def __init__(self, res: Resources,
+    def __init__(self, res: FeederParts,
                  send: Callable[[list[int], str], Any] = send_verify_many,
                  send_callbacks: Callable[[list[tuple[int, str]], str], Any] = send_webhooks,
                  ) -> None:
@@ -321,7 +319,7 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def start(resources_fn: Callable[[], Resources]) -> bool:
+def start(resources_fn: Callable[[], FeederParts]) -> bool:
     """Run a feeder candidate on a daemon thread of this process (once per process)."""
     global _running
     if not ENABLED:
@@ -348,7 +346,7 @@ def stop(timeout: float = 5.0) -> None:
         thread.join(timeout)
 
 
-def _loop(resources_fn: Callable[[], Resources], stop_event: threading.Event) -> None:
+def _loop(resources_fn: Callable[[], FeederParts], stop_event: threading.Event) -> None:
     feeder = Feeder(resources_fn())
     interval = feeder.s.feed_interval_seconds
     try:

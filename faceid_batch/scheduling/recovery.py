@@ -23,11 +23,13 @@ from datetime import timedelta
 
 from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from faceid_batch.db import session_scope
 from faceid_batch.models import Attempt, Job, JobState
 from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.scheduling.leases import LEASE_PREFIX
+from faceid_batch.scheduling.parts import Parts
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ LOST_SCAN_LIMIT = 10_000
 VERIFY_TASK = "faceid_batch.verify"
 
 
-def sweep_stuck_jobs(res) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def sweep_stuck_jobs(res: Parts) -> dict[str, int]:
     """Make due the jobs only the sweep can see; return counts by reason."""
     s = res.settings
     counts = {"parked": 0, "stuck": 0, "stuck_ended": 0}
@@ -123,7 +125,7 @@ def _verify_job_ids(message) -> list[int]:  # type: ignore[no-untyped-def]
         return []
 
 
-def _settle_taken_answers(res, session) -> None:  # type: ignore[no-untyped-def]
+def _settle_taken_answers(res: Parts, session: Session) -> None:
     """Forget taken answers that were written; park again those a dead task never wrote."""
     cutoff = time.time() - res.settings.stuck_after_seconds
     for job_id, (taken_at, answer, by) in answers.taken(res.redis).items():

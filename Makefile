@@ -5,6 +5,7 @@ demo:  ## run the demo (SQLite, local redis-server, simulator, one worker)
 	bash scripts/demo
 test:  ## run the whole test suite (SQLite and PostgreSQL)
 	bash scripts/test
-lint:  ## ruff, and the import contracts (import-linter)
+lint:  ## ruff, the types (mypy, strict) and the import contracts (import-linter)
 	.venv/bin/ruff check faceid_batch faceid_sim tests bench
+	.venv/bin/mypy
 	.venv/bin/lint-imports

@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,7 @@ _checkpointed: set[str] = set()
 log = logging.getLogger(__name__)
 
 
-def _sqlite_pragmas(dbapi_conn, _record, url: str = "") -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, url: str = "") -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers (the CLI, the admin) work while workers write; the busy timeout
     # makes concurrent writers from many worker threads wait instead of failing.
@@ -85,6 +86,11 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def affected(result: Result[Any]) -> int:
+    """The rows an UPDATE, DELETE or INSERT touched (its cursor's rowcount)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 @contextmanager

@@ -33,11 +33,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -391,7 +391,10 @@ class Response:
         return b"".join(self.iter_bytes())
 
 
-def _guarded(deadline: float, op):  # type: ignore[no-untyped-def]
+R = TypeVar("R")
+
+
+def _guarded(deadline: float, op: Callable[[], R]) -> R:
     """Run a socket operation; its errors become EgressError (``timeout`` once the
     deadline has passed, as the reaper's shutdown makes it fail)."""
     try:
@@ -434,10 +437,10 @@ class Egress:
             target = self._hop(url, deadline)
             conn = self._connection(target, min(read_timeout, timeout), deadline)
             try:
-                raw = _guarded(deadline, lambda c=conn, t=target: _request(
-                    c, "GET", t.path, None, {"User-Agent": self.user_agent,
-                                             "Accept": "*/*",
-                                             "Accept-Encoding": "identity"}))
+                raw = _guarded(deadline, partial(
+                    _request, conn, "GET", target.path, None,
+                    {"User-Agent": self.user_agent, "Accept": "*/*",
+                     "Accept-Encoding": "identity"}))
                 location = raw.getheader("location")
                 if raw.status in _REDIRECTS and location:
                     url = urljoin(url, location.strip())

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
-from kombu import Queue
+from kombu.entity import Queue
 
 from faceid_batch.models import Lane
 from faceid_batch.settings import Settings, get_settings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,10 +22,13 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from faceid_batch.times import utcnow
 
@@ -46,6 +49,12 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
 
 
+def table(model: type[Base]) -> Table:
+    """A model's table, for the Core statements of the hot paths (a declarative class's
+    ``__table__`` is typed as any FromClause; it is this Table)."""
+    return cast(Table, model.__table__)
+
+
 class JobState(StrEnum):
     # Waiting for a worker: due in the database schedule (``due_at``), or its message is in
     # its lane's Redis list (``enqueued_at``).
@@ -62,12 +71,18 @@ class JobState(StrEnum):
 
     @classmethod
     def final(cls) -> tuple[JobState, ...]:
+        """States of a job that has ended: it is never run again by itself."""
         return (cls.COMPLETED, cls.FAILED, cls.REFUSED)
 
     @classmethod
-    def waiting(cls) -> tuple[str, ...]:
+    def waiting(cls) -> tuple[JobState, ...]:
         """States of a job that a worker may take (claim) when its message comes."""
-        return (cls.QUEUED.value, cls.RETRYING.value)
+        return (cls.QUEUED, cls.RETRYING)
+
+    @classmethod
+    def not_called(cls) -> tuple[JobState, ...]:
+        """States of a job no call has been made for yet: waiting, or parked."""
+        return (*cls.waiting(), cls.PAUSED)
 
 
 class Lane(StrEnum):
@@ -81,6 +96,31 @@ class BatchState(StrEnum):
     CANCELLED = "cancelled"  # jobs not yet called end failed with Local.BatchCancelled
 
 
+def _stored(enum: type[StrEnum]) -> TypeDecorator[Any]:
+    """A state or lane column: the enum in Python, its value as VARCHAR(16) in the table
+    (no database enum type: a new state is a code change, not a schema change)."""
+    return StoredEnum(enum)
+
+
+class StoredEnum(TypeDecorator[Any]):
+    """A StrEnum kept as its value in a VARCHAR(16); read back as the enum."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        # A string is bound as it is: a filter on a state that does not exist matches
+        # nothing (the writers all write members of the enum).
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
 class Batch(Base):
     """A group of jobs enqueued from one manifest (a backfill), controlled as one."""
 
@@ -91,8 +131,8 @@ class Batch(Base):
     # resumes this batch instead of starting another.
     name: Mapped[str] = mapped_column(String(500), index=True)
     manifest: Mapped[str | None] = mapped_column(Text)
-    lane: Mapped[str] = mapped_column(String(16), default=Lane.BACKFILL.value)
-    state: Mapped[str] = mapped_column(String(16), default=BatchState.ACTIVE.value)
+    lane: Mapped[Lane] = mapped_column(_stored(Lane), default=Lane.BACKFILL)
+    state: Mapped[BatchState] = mapped_column(_stored(BatchState), default=BatchState.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # Its share of the feed against the other batches due at the same time (feeder.py).
@@ -138,8 +178,9 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
-    lane: Mapped[str] = mapped_column(String(16), default=Lane.ONBOARDING.value)
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    lane: Mapped[Lane] = mapped_column(_stored(Lane), default=Lane.ONBOARDING)
+    state: Mapped[JobState] = mapped_column(_stored(JobState), default=JobState.QUEUED,
+                                            index=True)
     liveness_type: Mapped[str] = mapped_column(String(8))
     validate_data: Mapped[str | None] = mapped_column(String(32))
     # Where the media came from (a path, an http(s) URL without query string, or cos://).

@@ -33,7 +33,7 @@ from faceid_batch.call.errors import backoff
 from faceid_batch.call.faceid_client import Answer, CompareRequest
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.intake.submit import is_remote
-from faceid_batch.models import Job, JobState
+from faceid_batch.models import Job, JobState, table
 from faceid_batch.ops import logs, metrics
 from faceid_batch.outcome import record
 from faceid_batch.resources import Resources
@@ -94,7 +94,7 @@ class ClaimedJob:
 
 # A job's statements, built once (see persist: rebuilding them per job cost more CPU than
 # running them).
-_J = Job.__table__.c
+_J = table(Job).c
 _JOB_TO_RUN = select(
     _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
     _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key, _J.stage_attempts,
@@ -162,7 +162,7 @@ def _give_back(res: Resources, job_id: int, delay: float, state: Ran = Ran.QUEUE
     """Put a job this worker holds back in the schedule, due after ``delay``; not an attempt."""
     with write_scope(res.settings.database_url) as session:
         held = schedule.reschedule(session, job_id, res.lease.id,
-                                   utcnow() + timedelta(seconds=delay), state.value)
+                                   utcnow() + timedelta(seconds=delay), JobState(state.value))
     return state if held else Ran.LOST
 
 
@@ -243,8 +243,8 @@ def _stage_media(res: Resources, job_id: int,
             return None
 
         def inspect(path: str) -> None:
-            pair = (path, None) if kind == "photo" else (None, path)
-            findings.extend(preflight.check(s, job.liveness_type, *pair,
+            photo, video = (path, None) if kind == "photo" else (None, path)
+            findings.extend(preflight.check(s, job.liveness_type, photo, video,
                                             names={kind: display_source(source)}).items)
         return inspect
 

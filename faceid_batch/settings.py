@@ -12,7 +12,7 @@ import os
 from decimal import Decimal
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -308,14 +308,14 @@ RETIRED = {"WEBHOOK_MAX_ATTEMPTS": "WEBHOOK_RETRY_SCHEDULE",
            "WEBHOOK_RETRY_BASE_DELAY": "WEBHOOK_RETRY_SCHEDULE"}
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings; raise SettingsError with the variable's name."""
     for name, instead in RETIRED.items():
         if name in os.environ:
             logging.getLogger(__name__).warning("%s is no longer read (see %s); it is "
                                                 "ignored", name, instead)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
 

@@ -7,6 +7,7 @@ one. Tasks get job ids, never rows, and re-load the row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -20,14 +21,14 @@ from faceid_batch.worker import celery_app, resources
 _ALLOWED_OPTIONS = {"name", "queue", "soft_time_limit", "time_limit"}
 
 
-def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
+def faceid_task(**options: Any) -> Callable[[Callable[..., Any]], Task]:
     """Declare a task with the project defaults; refuse options we have not vetted."""
     unknown = set(options) - _ALLOWED_OPTIONS
     if unknown:
         raise TypeError(f"faceid_task does not take {sorted(unknown)}")
     if "name" not in options:
         raise TypeError("faceid_task needs an explicit name")
-    return celery_app.task(
+    decorator: Callable[[Callable[..., Any]], Task] = celery_app.task(
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
@@ -36,6 +37,7 @@ def faceid_task(**options: Any):  # type: ignore[no-untyped-def]
         max_retries=None,
         **options,
     )
+    return decorator
 
 
 @faceid_task(name=messages.VERIFY_TASK)

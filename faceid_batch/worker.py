@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Any
 
 from celery.signals import (
     after_setup_logger,
@@ -72,7 +73,8 @@ def _checkpoint_in_background(**_: object) -> None:
 
 
 @task_prerun.connect
-def _bind_job(task: object = None, args: tuple | None = None, **_: object) -> None:
+def _bind_job(task: object = None, args: tuple[Any, ...] | None = None,
+              **_: object) -> None:
     logs.clear()
     if getattr(task, "name", None) in logs.JOB_TASKS and args:
         logs.bind(job_id=args[0])

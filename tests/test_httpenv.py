@@ -38,28 +38,3 @@ def test_clients_use_pinned_sessions(monkeypatch):
     cos = make_cos_client(settings)
     assert cos._session.trust_env is False
     assert cos._conf._proxies == {"https": "http://proxy.example:3128"}
-
-
-def test_many_host_session_resolves_each_origin_once(monkeypatch):
-    from faceid_batch.call import httpenv
-
-    httpenv.origin_proxies.cache_clear()
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    seen = []
-
-    def fake_send(self, request, **kwargs):  # what requests would send, and through what
-        seen.append((request.url, kwargs.get("proxies")))
-        raise RuntimeError("not sent")
-
-    monkeypatch.setattr(httpenv.requests.Session, "send", fake_send)
-    session = httpenv.ResolvedEnvSession()
-    for url in ("http://127.0.0.1:9/frame.jpg", "http://media.example.com/a.mp4",
-                "http://media.example.com/b.mp4"):
-        try:
-            session.get(url, timeout=1)
-        except RuntimeError:
-            pass
-    assert seen[0][1] == {}
-    assert seen[1][1] == seen[2][1] == {"http": "http://proxy.example:3128"}
-    assert httpenv.origin_proxies.cache_info().misses == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,7 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.link_key_source = key_source
 
     @app.middleware("http")
-    async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _headers(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         for k, v in NO_STORE.items():
             response.headers.setdefault(k, v)

@@ -32,10 +32,10 @@ def sniff(head: bytes) -> str:
 class ImageSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._stager = None
+        self._stager: MediaStager | None = None
         self.http = requests.Session()
 
-    def _media_stager(self):  # type: ignore[no-untyped-def]
+    def _media_stager(self) -> MediaStager:
         if self._stager is None:
             try:
                 self._stager = MediaStager(self.settings)

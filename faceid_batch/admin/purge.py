@@ -30,7 +30,7 @@ from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, upd
 from sqlalchemy.orm import Session
 
 from faceid_batch.admin import audit
-from faceid_batch.db import session_scope
+from faceid_batch.db import affected, session_scope
 from faceid_batch.models import BestFrame, Job, JobState, MediaObject, Result
 from faceid_batch.settings import Settings
 from faceid_batch.stage.ledger import ORPHAN_GRACE
@@ -39,7 +39,7 @@ from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
 CHUNK = 500
-ENDED = [s.value for s in JobState.final()]
+ENDED = JobState.final()
 ERASED = "(erased)"
 
 
@@ -70,7 +70,7 @@ class PurgeReport:
 def _keeps(cutoff: datetime | None, but: Iterable[int] = ()) -> ColumnElement[bool]:
     """Jobs that keep their media: not purged, not erased, and (with ``cutoff``) not ended
     before it; never the jobs in ``but`` (the ones being purged)."""
-    cond = Job.media_purged_at.is_(None)
+    cond: ColumnElement[bool] = Job.media_purged_at.is_(None)
     if cutoff is not None:
         cond = cond & or_(Job.state.not_in(ENDED), Job.finished_at.is_(None),
                           Job.finished_at >= cutoff)
@@ -100,7 +100,8 @@ def _users(session: Session, settings: Settings, keys: set[str], keeps: ColumnEl
         values = listed if col in (Job.photo_key, Job.video_key) else list(sources)
         for job_id, value in session.execute(select(Job.id, col).where(keeps,
                                                                        col.in_(values))):
-            used.setdefault(sources.get(value, value), set()).add(job_id)
+            if value is not None:
+                used.setdefault(sources.get(value, value), set()).add(job_id)
     return used
 
 
@@ -226,8 +227,8 @@ def _frames_held(session: Session, ids: list[int]) -> int:
 
 
 def _clear_frames(session: Session, ids: list[int]) -> int:
-    return session.execute(update(BestFrame).where(BestFrame.job_id.in_(ids), _HELD)
-                           .values(content=None, object_key=None)).rowcount or 0
+    return affected(session.execute(update(BestFrame).where(BestFrame.job_id.in_(ids), _HELD)
+                           .values(content=None, object_key=None))) or 0
 
 
 def find_job(settings: Settings, job_id: int | None = None, key: str | None = None) -> int:
@@ -263,8 +264,8 @@ def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
                          f"({', '.join(report.errors)}); nothing was cleared, try again")
     with session_scope(settings.database_url) as session:
         # The whole frame row goes: even its MD5 and size are of a face image.
-        report.frames_cleared = session.execute(
-            delete(BestFrame).where(BestFrame.job_id == job_id)).rowcount or 0
+        report.frames_cleared = affected(session.execute(
+            delete(BestFrame).where(BestFrame.job_id == job_id))) or 0
         session.execute(update(MediaObject).where(
             MediaObject.job_id == job_id, MediaObject.deleted_at.is_(None))
             .values(deleted_at=now))

@@ -172,7 +172,7 @@ _ROW_COLUMNS = (
 )
 
 
-def _rows_query(filters: Filters) -> Select[Any]:
+def _rows_query(filters: Filters) -> Select[*tuple[Any, ...]]:
     return (select(*_ROW_COLUMNS).outerjoin(Result, Result.job_id == Job.id)
             .where(*filters.clauses()))
 

@@ -235,14 +235,15 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
         # A manifest row names no callback and no producer token: both stay NULL, and a
         # thousand-row INSERT carries two columns fewer per row.
         del columns["callback_url"], columns["submitted_by"]
-        row = {**columns, "idempotency_key": spec.idempotency_key, "lane": lane,
-               "batch_id": batch_id, "batch_row": line}
+        values = {**columns, "idempotency_key": spec.idempotency_key, "lane": lane,
+                  "batch_id": batch_id, "batch_row": line}
         if spec.refusal is not None:
             _bad(report, result, line, spec.idempotency_key, preflight.describe(spec.refusal))
             result.refused += 1
-            refused.append({**row, **spec.refused_values()})
+            refused.append({**values, **spec.refused_values()})
         else:
-            rows.append({**row, **schedule.waiting_columns(out=False, paused=paused, now=now)})
+            rows.append({**values,
+                         **schedule.waiting_columns(out=False, paused=paused, now=now)})
 
     # 4. Insert and commit: the rows are the queue.
     with engine.begin() as conn:

@@ -34,8 +34,6 @@ from faceid_batch.times import as_aware, utcnow
 CONTROL_KEY = "faceid:batches:control"
 SYNCED = "_synced"
 CANCELLED_CODE = "Local.BatchCancelled"
-# Jobs not yet called: what cancel closes.
-WAITING = (JobState.QUEUED.value, JobState.RETRYING.value, JobState.PAUSED.value)
 
 
 class BatchError(ValueError):
@@ -77,7 +75,7 @@ def _control_state(client: redis.Redis, database_url: str, batch_id: int) -> str
     return state.decode() if isinstance(state, bytes) else state
 
 
-def sync_control(client: redis.Redis, database_url: str) -> dict[int, str]:
+def sync_control(client: redis.Redis, database_url: str) -> dict[int, BatchState]:
     """Rebuild the Redis copy of paused/cancelled batches from the database; return it."""
     with session_scope(database_url) as session:
         states = {batch_id: state for batch_id, state in session.execute(
@@ -122,7 +120,7 @@ def get_batch(settings: Settings, batch_id: int) -> Batch:
         return batch
 
 
-def _set_state(session: Session, batch_id: int, state: str) -> Batch:
+def _set_state(session: Session, batch_id: int, state: BatchState) -> Batch:
     batch = session.get(Batch, batch_id)
     if batch is None:
         raise BatchError(f"batch {batch_id}: no such batch")
@@ -141,7 +139,7 @@ def pause(settings: Settings, batch_id: int) -> int:
     was already out (``batch_gate``); jobs already running finish.
     """
     with session_scope(settings.database_url) as session:
-        _set_state(session, batch_id, BatchState.PAUSED.value)
+        _set_state(session, batch_id, BatchState.PAUSED)
         parked = schedule.park_batch(session, batch_id)
     publish_state(_redis(settings), settings.database_url, batch_id)
     return parked
@@ -154,7 +152,7 @@ def resume(settings: Settings, batch_id: int) -> int:
     is paused (schedule.park), so one that read "paused" late leaves the job to run.
     """
     with session_scope(settings.database_url) as session:
-        _set_state(session, batch_id, BatchState.ACTIVE.value)
+        _set_state(session, batch_id, BatchState.ACTIVE)
         due = schedule.unpark_batch(session, batch_id)
     publish_state(_redis(settings), settings.database_url, batch_id)
     return due
@@ -166,7 +164,7 @@ def cancel(settings: Settings, batch_id: int) -> int:
     Jobs already calling FaceID finish and keep their answer (it is paid for).
     """
     with session_scope(settings.database_url) as session:
-        _set_state(session, batch_id, BatchState.CANCELLED.value)
+        _set_state(session, batch_id, BatchState.CANCELLED)
         closed = schedule.cancel_batch(session, batch_id, CANCELLED_CODE,
                                        _cancelled_why(batch_id))
     publish_state(_redis(settings), settings.database_url, batch_id)
@@ -235,7 +233,7 @@ class BatchStatus:
 
     @property
     def done(self) -> int:
-        return sum(self.by_state.get(s.value, 0) for s in JobState.final())
+        return sum(self.by_state.get(s, 0) for s in JobState.final())
 
     @property
     def remaining(self) -> int:

@@ -140,29 +140,32 @@ def parse_response(status: int, body: bytes) -> Answer:
 _first_byte = threading.local()
 
 
-class _StampMixin:
+def _stamped_send(send: Callable[[Any], None], data: Any) -> None:
+    """``send(data)``, for the first write of a stamped call: not before its slot, not at
+    all past ``send_by``, and the moment its bytes left reported to the hook."""
+    hook = getattr(_first_byte, "hook", None)
+    if hook is None:
+        send(data)
+        return
+    _first_byte.hook = None
+    send_at = getattr(_first_byte, "send_at", None)
+    if send_at is not None and (remaining := send_at - time.monotonic()) > 0:
+        time.sleep(remaining)
+    send_by = getattr(_first_byte, "send_by", None)
+    if send_by is not None and time.monotonic() > send_by:
+        raise SendTooLate(f"{(time.monotonic() - send_by) * 1000:.0f} ms past send_by")
+    send(data)
+    hook(time.monotonic())
+
+
+class _StampedHTTPConnection(HTTPConnection):
     def send(self, data: Any) -> None:
-        hook = getattr(_first_byte, "hook", None)
-        if hook is None:
-            super().send(data)  # type: ignore[misc]
-            return
-        _first_byte.hook = None
-        send_at = getattr(_first_byte, "send_at", None)
-        if send_at is not None and (remaining := send_at - time.monotonic()) > 0:
-            time.sleep(remaining)
-        send_by = getattr(_first_byte, "send_by", None)
-        if send_by is not None and time.monotonic() > send_by:
-            raise SendTooLate(f"{(time.monotonic() - send_by) * 1000:.0f} ms past send_by")
-        super().send(data)  # type: ignore[misc]
-        hook(time.monotonic())
+        _stamped_send(super().send, data)
 
 
-class _StampedHTTPConnection(_StampMixin, HTTPConnection):
-    pass
-
-
-class _StampedHTTPSConnection(_StampMixin, HTTPSConnection):
-    pass
+class _StampedHTTPSConnection(HTTPSConnection):
+    def send(self, data: Any) -> None:
+        _stamped_send(super().send, data)
 
 
 class _StampedHTTPPool(HTTPConnectionPool):
@@ -180,11 +183,11 @@ class _StampedAdapter(HTTPAdapter):
     """Every connection it makes runs the first-write hook, through an HTTP(S) proxy too:
     a request that went around it would leave before its slot and never be reported."""
 
-    def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = dict(_STAMPED_POOLS)
 
-    def proxy_manager_for(self, proxy, **proxy_kwargs):  # type: ignore[no-untyped-def]
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
             manager.pool_classes_by_scheme = dict(_STAMPED_POOLS)

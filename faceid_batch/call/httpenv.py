@@ -10,8 +10,6 @@ session is built, NO_PROXY included; ``.netrc`` is never used, every request is 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-from urllib.parse import urlsplit
 
 import requests
 from requests.utils import get_environ_proxies
@@ -36,29 +34,3 @@ def pinned_session(url: str, session: requests.Session | None = None) -> request
     session = _environment_read_once(session or requests.Session())
     session.proxies.update(environ_proxies(url))
     return session
-
-
-class ResolvedEnvSession(requests.Session):
-    """A session for many hosts: the environment's proxies for each origin are looked up
-    once (and kept), the CA bundle when the session is built; ``.netrc`` is not read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        _environment_read_once(self)
-
-    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def,override]
-        if kwargs.get("proxies") is None:
-            kwargs["proxies"] = origin_proxies(_origin(str(url)))
-        return super().request(method, url, *args, **kwargs)
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/"
-
-
-@lru_cache(maxsize=1024)
-def origin_proxies(origin: str) -> dict[str, str]:
-    """The proxies the environment names for ``origin`` (scheme://host:port/), read once per
-    origin and process (``cache_clear()`` after the environment changes)."""
-    return environ_proxies(origin)

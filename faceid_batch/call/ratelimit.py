@@ -233,16 +233,17 @@ class SendTooLate(Exception):
 
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-class Send(Protocol[T]):
+class Send(Protocol[T_co]):
     """How a caller of ``GlobalRateLimiter.call`` sends: its first byte leaves no earlier
     than ``send_at`` (``time.monotonic()``), or it raises SendTooLate, sending nothing, if
     that would be after ``send_by``; it calls ``on_sent`` with the time its first bytes
     left (not at all if nothing left)."""
 
     def __call__(self, send_at: float, send_by: float,
-                 on_sent: Callable[[float], None]) -> T: ...
+                 on_sent: Callable[[float], None]) -> T_co: ...
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ class GlobalRateLimiter:
         backfill_horizon: float = 0.15,
         onboarding_horizon: float | None = None,
         min_spacing: float = MIN_SPACING,
-        sleep=time.sleep,  # type: ignore[no-untyped-def]
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.redis = client
         self.limit = limit
@@ -352,9 +353,11 @@ class GlobalRateLimiter:
         resent = 0
         late: list[float] = []  # a SendTooLate sent nothing: it stays empty until a send
         while True:
+            def report(when: float, on: Slot = slot) -> None:
+                late.append(self.started_at(on, when))
+
             try:
-                result = send(slot.deadline, slot.deadline + STALE_AFTER,
-                              lambda when, s=slot: late.append(self.started_at(s, when)))
+                result = send(slot.deadline, slot.deadline + STALE_AFTER, report)
                 break
             except SendTooLate:
                 self.release(slot)

@@ -11,11 +11,19 @@ dependencies (a query does not load Celery or the COS SDK).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from faceid_batch.cli.common import fail, load_settings
+
+if TYPE_CHECKING:
+    from faceid_batch.bulk.backfill import BackfillResult
+    from faceid_batch.settings import Settings
+
+T = TypeVar("T")
 
 batch_app = typer.Typer(no_args_is_help=True,
                         help="Control a backfill batch: status, pause, resume, cancel.")
@@ -73,7 +81,7 @@ def backfill(
                        f"`faceid-batch batch resume {batch_id}`")
         bar.start()
 
-    def advanced(done: int, total: int, r) -> None:  # type: ignore[no-untyped-def]
+    def advanced(done: int, total: int, r: BackfillResult) -> None:
         bar.update(task, completed=done, total=total,
                    rows=f"{r.read:,} rows, {r.accepted:,} new, {r.bad:,} bad, "
                         f"{r.rate:,.0f} rows/s")
@@ -100,7 +108,7 @@ def backfill(
         fail(f"stopped early: {result.stopped}", code=1)
 
 
-def _batch_call(fn, batch_id: int):  # type: ignore[no-untyped-def]
+def _batch_call(fn: Callable[[Settings, int], T], batch_id: int) -> T:
     from faceid_batch.bulk.batches import BatchError
 
     try:

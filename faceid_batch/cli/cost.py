@@ -7,6 +7,7 @@ dependencies (a query does not load Celery or the COS SDK).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from faceid_batch.cli.common import fail, load_settings, parse_time
 
@@ -35,7 +36,11 @@ both must hold.
 """
 
 
-def register(app) -> None:  # type: ignore[no-untyped-def]
+if TYPE_CHECKING:
+    import typer
+
+
+def register(app: typer.Typer) -> None:
     """Add ``faceid-batch cost`` to the command line."""
     import typer
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from faceid_batch.call.breaker import AccountBreaker
 
 from faceid_batch.cli import admin, audit, batch, cost, purge
 from faceid_batch.cli.common import fail, load_settings
@@ -152,7 +156,7 @@ breaker_app = typer.Typer(no_args_is_help=True, help="The account breaker shared
 app.add_typer(breaker_app, name="breaker")
 
 
-def _breaker():  # type: ignore[no-untyped-def]
+def _breaker() -> AccountBreaker:
     import redis
 
     from faceid_batch.call.breaker import AccountBreaker

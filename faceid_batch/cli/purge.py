@@ -6,10 +6,15 @@ dependencies (a query does not load Celery or the COS SDK).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from faceid_batch.cli.common import fail, load_settings
 
+if TYPE_CHECKING:
+    import typer
 
-def register(app) -> None:  # type: ignore[no-untyped-def]
+
+def register(app: typer.Typer) -> None:
     """Add ``faceid-batch purge`` to the command line."""
     import typer
 

@@ -44,7 +44,7 @@ class Outcome:
 
     @property
     def final(self) -> bool:
-        return self.state in {s.value for s in JobState.final()}
+        return self.state in JobState.final()
 
 
 class WaitTimeout(TimeoutError):

@@ -230,9 +230,10 @@ def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | Non
     except IntegrityError:
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
-            return session.scalar(
+            # .one(): the key is there (the insert just collided with it).
+            return session.scalars(
                 select(Job.id).where(Job.idempotency_key == spec.idempotency_key)
-            ), False, None
+            ).one(), False, None
 
 
 def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:

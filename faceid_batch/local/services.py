@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class ServiceError(RuntimeError):
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def ensure_redis_server() -> str:
@@ -51,7 +52,7 @@ def ensure_redis_server() -> str:
     return found
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -63,13 +64,13 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     raise ServiceError(f"{what} did not become ready within {timeout:.0f}s")
 
 
-def _kill(proc: subprocess.Popen | None) -> None:
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait(5)
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -86,7 +87,7 @@ class RedisServer:
     workdir: Path
     port: int = 0
     appendonly: bool = False
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -136,7 +137,7 @@ class Simulator:
     secret_id: str
     secret_key: str
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     info: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Simulator:
@@ -182,7 +183,7 @@ class Worker:
     queues: str = "onboarding,backfill"
     name: str = "w1"
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)

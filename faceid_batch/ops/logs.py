@@ -107,7 +107,8 @@ class JsonFormatter(logging.Formatter):
         out.setdefault("process", record.process)
         out["thread"] = record.threadName
         if record.exc_info or record.exc_text:
-            out["exc_info"] = record.exc_text or self.formatException(record.exc_info)
+            out["exc_info"] = record.exc_text or (
+                self.formatException(record.exc_info) if record.exc_info else "")
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)

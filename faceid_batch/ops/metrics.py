@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from faceid_batch.call.ratelimit import STALE_AFTER
 from faceid_batch.db import session_scope
 from faceid_batch.models import Job, JobState, Lane
+from faceid_batch.parts import FeederParts
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ REFRESH = 5.0  # seconds a scrape reuses the figures of the previous one
 class StateCollector(Collector):
     """Jobs by state, breaker open or not, queue depth per lane — read at scrape time."""
 
-    def __init__(self, resources_fn) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, resources_fn: Callable[[], FeederParts]) -> None:
         self._resources = resources_fn
         self._guard = threading.Lock()
         self._at = 0.0
@@ -74,7 +75,7 @@ class StateCollector(Collector):
             jobs = GaugeMetricFamily("faceid_jobs", "Jobs in the database by state",
                                      labels=["state"])
             for state in JobState:
-                jobs.add_metric([state.value], counts.get(state.value, 0))
+                jobs.add_metric([state.value], counts.get(state, 0))
             out.append(jobs)
         except Exception as exc:  # a scrape must never fail because the database is away
             log.warning("metrics: jobs by state unavailable (%s)", type(exc).__name__)
@@ -101,7 +102,7 @@ class StateCollector(Collector):
 _started: dict[str, int] = {}
 
 
-def start(port: int, addr: str, resources_fn) -> bool:  # type: ignore[no-untyped-def]
+def start(port: int, addr: str, resources_fn: Callable[[], FeederParts]) -> bool:
     """Serve /metrics on ``addr:port`` (once per process); False if it could not bind."""
     if port == 0 or "port" in _started:
         return False

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from faceid_batch.call import billing
 from faceid_batch.call.faceid_client import Answer, BestFrameInfo
 from faceid_batch.egress import Egress, EgressError, EgressRefused
-from faceid_batch.models import Attempt, BestFrame, Job, Result
+from faceid_batch.models import Attempt, BestFrame, Job, Result, table
 from faceid_batch.ops.logs import redact
 from faceid_batch.scheduling import schedule
 from faceid_batch.times import utcnow
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # columns of an INSERT and the SET clause of an UPDATE come from the parameters, so each set
 # of columns is compiled once per process, and a statement is not rebuilt, re-coerced and
 # re-keyed for the cache on every answer (that was most of the CPU of writing one).
-_ATTEMPTS, _RESULTS, _JOBS, _FRAMES = (Attempt.__table__, Result.__table__, Job.__table__,
-                                       BestFrame.__table__)
+_ATTEMPTS, _RESULTS, _JOBS, _FRAMES = (table(Attempt), table(Result), table(Job),
+                                       table(BestFrame))
 _INSERT_ATTEMPT = _ATTEMPTS.insert()
 _INSERT_RESULT = _RESULTS.insert()
 _INSERT_FRAME = _FRAMES.insert()

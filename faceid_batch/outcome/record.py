@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from faceid_batch.call.errors import backoff
 from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import write_scope
-from faceid_batch.models import Job, JobState
+from faceid_batch.models import Job, JobState, table
 from faceid_batch.ops import metrics
 from faceid_batch.outcome.persist import (
     BestFrameError,
@@ -40,7 +40,7 @@ from faceid_batch.times import utcnow
 log = logging.getLogger(__name__)
 
 # Built once: this runs once per call (see persist on the cost of rebuilding statements).
-_J = Job.__table__.c
+_J = table(Job).c
 _JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.lease_id).where(
     _J.id == bindparam("of_job"))
 
@@ -70,7 +70,7 @@ def record_answer(res: Resources, job_id: int, answer: Answer,
     frame = _best_frame(res, job_id, answer) if rule.verdict else None
     with write_scope(s.database_url) as session:
         row = session.execute(_JOB_TO_ANSWER, {"of_job": job_id}).one()
-        state = schedule.LOST
+        state: str = schedule.LOST
         # Still ours: no other worker has claimed it since (see schedule._OURS).
         if row.lease_id == res.lease.id and row.state not in JobState.final():
             if staged is not None:
@@ -102,21 +102,21 @@ def record_answer(res: Resources, job_id: int, answer: Answer,
 
 
 def _next_state(res: Resources, answer: Answer, attempts: int,
-                columns: dict[str, Any]) -> str:
+                columns: dict[str, Any]) -> JobState:
     """The job's state after ``answer`` (its ``attempts``-th counted try), its columns
     added to ``columns``."""
     s = res.settings
     rule = answer.rule
     if rule.verdict:
-        return JobState.COMPLETED.value  # write_answer adds the result's columns
+        return JobState.COMPLETED  # write_answer adds the result's columns
     if rule.final:
         # The same request would be refused again: final, not retried.
         columns.update(failed_columns(answer.code, answer.message or answer.rule.why))
-        return JobState.FAILED.value
+        return JobState.FAILED
     if rule.counts_attempt and attempts >= s.max_attempts:
         columns.update(failed_columns(
             answer.code, f"gave up after {attempts} attempts: {answer.message or rule.why}"))
-        return JobState.FAILED.value
+        return JobState.FAILED
     if not rule.retry:
         # The account cannot call (rule.trips_breaker): the job waits for the breaker.
         delay = s.breaker_probe_after
@@ -126,7 +126,7 @@ def _next_state(res: Resources, answer: Answer, attempts: int,
         delay = random.uniform(0.5, 2.0)  # someone else used the budget: not a failure
     # An attempt that counts is a retry; a wait for the budget or the breaker is not. The
     # retry is a due time in the row, not a message waiting in a worker.
-    state = JobState.RETRYING.value if rule.counts_attempt else JobState.QUEUED.value
+    state = JobState.RETRYING if rule.counts_attempt else JobState.QUEUED
     columns.update(schedule.reschedule_columns(utcnow() + timedelta(seconds=delay), state))
     return state
 

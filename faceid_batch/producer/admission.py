@@ -88,7 +88,7 @@ class Admission:
         cached = self._counts.get(lane)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        waiting = (*JobState.waiting(), JobState.RUNNING.value)
+        waiting = (*JobState.waiting(), JobState.RUNNING)
         with session_scope(self.settings.database_url) as session:
             inner = select(Job.id).where(Job.lane == lane, Job.state.in_(waiting)).limit(cap)
             count = session.scalar(select(func.count()).select_from(inner.subquery())) or 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from faceid_batch.producer.app import create_app, openapi
 from faceid_batch.settings import load_settings
@@ -16,7 +17,8 @@ PLACEHOLDERS = {"faceid_secret_id": "AKIDplaceholder", "faceid_secret_key": "pla
                 "cos_bucket": "placeholder-1250000000"}
 
 
-def document() -> dict:
+def document() -> dict[str, Any]:
+    """The producer API's OpenAPI document, built without real credentials."""
     return openapi(create_app(load_settings(**PLACEHOLDERS)))
 
 

@@ -15,7 +15,7 @@ from faceid_batch.models import Job, JobState, Result
 from faceid_batch.times import as_aware
 
 STATUSES = [s.value for s in JobState]
-FINAL = {s.value for s in JobState.final()}
+FINAL = JobState.final()
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -13,12 +13,15 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from faceid_batch.producer.problems import Problem
+
+if TYPE_CHECKING:  # declared for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 from faceid_batch.stage.media import (
     PHOTO_FORMATS,
     VIDEO_FORMATS,
@@ -44,7 +47,7 @@ class UploadedFile:
     filename: str
     path: Path
     size: int = 0
-    fmt: str | None = None
+    fmt: str = ""  # set once its first bytes are sniffed
     md5: str = ""
 
 
@@ -71,7 +74,7 @@ class _Reader:
         self._md5: Any = None
         self._head = b""
 
-    def callbacks(self) -> dict[str, Callable[..., None]]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda data, start, end: self._add(data[start:end], True),
@@ -131,7 +134,7 @@ class _Reader:
                 raise Problem("payload-too-large",
                               f"{f.kind}: over {limit:,} bytes, {limit * 4 // 3 // MiB} MB "
                               "after Base64, the API's limit", f.kind)
-            if f.fmt is None:
+            if not f.fmt:
                 self._head += chunk[:SNIFF_BYTES]
                 if len(self._head) >= SNIFF_BYTES:
                     self._sniff()
@@ -150,7 +153,7 @@ class _Reader:
         assert f is not None
         fmt = sniff(self._head)
         allowed = PHOTO_FORMATS if f.kind == "photo" else VIDEO_FORMATS
-        if fmt not in allowed:
+        if fmt is None or fmt not in allowed:
             found = f"a {fmt.upper()} file" if fmt else "not a recognised format"
             raise Problem("unsupported-media-type",
                           f"{f.kind}: the content is {found}; the API takes "
@@ -165,7 +168,7 @@ class _Reader:
             self._out = None
             if f.size == 0:
                 raise Problem("invalid-field", f"{f.kind}: the file is empty", f.kind)
-            if f.fmt is None:
+            if not f.fmt:
                 self._sniff_short(f)
             f.md5 = self._md5.hexdigest()
             self.form.files[f.kind] = f

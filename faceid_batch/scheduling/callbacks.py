@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, literal, or_, select
 
-from faceid_batch.models import Job, WebhookMessage
+from faceid_batch.db import affected
+from faceid_batch.models import Job, WebhookMessage, table
 from faceid_batch.scheduling.schedule import Executor
 from faceid_batch.times import utcnow
 
@@ -31,9 +32,9 @@ FAILED = "failed"
 CLAIM_SECONDS = 30.0
 TAKE_MARGIN = timedelta(seconds=15)
 
-_M = WebhookMessage.__table__
+_M = table(WebhookMessage)
 _C = _M.c
-_J = Job.__table__.c
+_J = table(Job).c
 _ENQUEUE = _M.insert().from_select(
     ["job_id", "lane", "state", "created_at", "due_at", "attempts"],
     select(_J.id, _J.lane, literal(PENDING), bindparam("now"), bindparam("now"), literal(0))
@@ -63,7 +64,7 @@ def claim_due(db: Executor, limit: int) -> list[tuple[int, str, str]]:
             _C.id == message_id, _C.due_at <= now,
             or_(_C.claimed_until.is_(None), _C.claimed_until < now),
         ).values(claim=token, claimed_until=now + timedelta(seconds=CLAIM_SECONDS)))
-        if won.rowcount:
+        if affected(won):
             claimed.append(message_id)
     if not claimed:
         return []
@@ -75,24 +76,24 @@ def take(db: Executor, message_id: int, token: str, seconds: float) -> dict[str,
     """Hold the claim ``token`` for one delivery of ``seconds``; the message's row, or None
     if the token is no longer its claim (claimed again since, or done)."""
     until = utcnow() + timedelta(seconds=seconds) + TAKE_MARGIN
-    if not db.execute(_M.update().where(_CLAIMED).values(claimed_until=until),
-                      {"of_message": message_id, "token": token}).rowcount:
+    if not affected(db.execute(_M.update().where(_CLAIMED).values(claimed_until=until),
+                      {"of_message": message_id, "token": token})):
         return None
     row = db.execute(select(_C.job_id, _C.attempts).where(_C.id == message_id)).one()
     return {"job_id": row.job_id, "attempts": row.attempts}
 
 
 def _finish(db: Executor, message_id: int, token: str, **values: Any) -> bool:
-    return db.execute(_M.update().where(_CLAIMED).values(
+    return affected(db.execute(_M.update().where(_CLAIMED).values(
         claim=None, claimed_until=None, attempts=_C.attempts + 1, **values),
-        {"of_message": message_id, "token": token}).rowcount > 0
+        {"of_message": message_id, "token": token})) > 0
 
 
 def later(db: Executor, message_id: int, token: str, due: datetime) -> bool:
     """Not sent now (its worker had no thread to spare): due at ``due``, not an attempt."""
-    return db.execute(_M.update().where(_CLAIMED).values(
+    return affected(db.execute(_M.update().where(_CLAIMED).values(
         claim=None, claimed_until=None, due_at=due),
-        {"of_message": message_id, "token": token}).rowcount > 0
+        {"of_message": message_id, "token": token})) > 0
 
 
 def delivered(db: Executor, message_id: int, token: str) -> bool:

@@ -38,9 +38,9 @@ from sqlalchemy import bindparam, select, text
 
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.messages import send_verify_many, send_webhooks
-from faceid_batch.models import Batch, BatchState, Job, Lane
+from faceid_batch.models import Batch, BatchState, Job, Lane, table
+from faceid_batch.parts import FeederParts
 from faceid_batch.scheduling import callbacks, leases, recovery, schedule
-from faceid_batch.scheduling.parts import FeederParts
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ KEYS_REFRESH_SECONDS = 1.0
 CALLBACKS_PER_ROUND = 100
 ENABLED = True  # bench.baseline turns the feeder off for its own comparison run
 
-_J = Job.__table__.c
+_J = table(Job).c
 Key = Hashable  # a batch id, or None for the jobs of no batch
 
 # The batches with due jobs in a lane, one index seek per batch (a loose index scan over

@@ -127,8 +127,7 @@ class WorkerLease:
             with write_scope(self.database_url) as session:
                 for job_id, at in pending.items():
                     due = utcnow() + timedelta(seconds=max(0.0, at - time.time()))
-                    if schedule.reschedule(session, job_id, self.id, due,
-                                           JobState.QUEUED.value):
+                    if schedule.reschedule(session, job_id, self.id, due, JobState.QUEUED):
                         done += 1
         except DBAPIError:
             return 0  # still away: the next heartbeat tries again

@@ -20,21 +20,23 @@ import json
 import logging
 import time
 from datetime import timedelta
+from typing import Any
 
+import redis
 from kombu.transport.redis import Channel as RedisChannel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from faceid_batch.db import session_scope
+from faceid_batch.messages import VERIFY_TASK
 from faceid_batch.models import Attempt, Job, JobState
+from faceid_batch.parts import Parts
 from faceid_batch.scheduling import answers, callbacks, schedule
 from faceid_batch.scheduling.leases import LEASE_PREFIX
-from faceid_batch.scheduling.parts import Parts
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
 LOST_SCAN_LIMIT = 10_000
-VERIFY_TASK = "faceid_batch.verify"
 
 
 def sweep_stuck_jobs(res: Parts) -> dict[str, int]:
@@ -66,7 +68,7 @@ def sweep_stuck_jobs(res: Parts) -> dict[str, int]:
     return counts
 
 
-def jobs_in_broker(client, queues: list[str],  # type: ignore[no-untyped-def]
+def jobs_in_broker(client: redis.Redis, queues: list[str],
                    scan_limit: int = LOST_SCAN_LIMIT,
                    taken_within: float | None = None) -> set[int] | None:
     """The job ids of every verify message waiting in ``queues`` or taken and unacknowledged
@@ -110,7 +112,7 @@ def jobs_in_broker(client, queues: list[str],  # type: ignore[no-untyped-def]
     return found
 
 
-def _verify_job_ids(message) -> list[int]:  # type: ignore[no-untyped-def]
+def _verify_job_ids(message: Any) -> list[int]:
     """The job id a kombu message (JSON text or already decoded) carries, if it is a verify."""
     try:
         msg = json.loads(message) if isinstance(message, (bytes, str)) else message

@@ -30,12 +30,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from faceid_batch.models import Batch, BatchState, Job, JobState
+from faceid_batch.db import affected
+from faceid_batch.models import Batch, BatchState, Job, JobState, table
 from faceid_batch.times import utcnow
 
-_JOBS = Job.__table__
+_JOBS = table(Job)
 _J = _JOBS.c
-_B = Batch.__table__.c
+_B = table(Batch).c
 WAITING = JobState.waiting()
 RUNNING = JobState.RUNNING.value
 CHUNK = 1000
@@ -65,23 +66,28 @@ LOST = "lost"
 def claim(db: Executor, job_id: int, lease_id: str, now: datetime | None = None) -> bool:
     """Take the job for ``lease_id``; False if it is not waiting or not due yet."""
     now = now or utcnow()
-    return db.execute(_CLAIM, {"of_job": job_id, "lease": lease_id, "now": now}).rowcount > 0
+    return affected(db.execute(_CLAIM, {"of_job": job_id, "lease": lease_id, "now": now})) > 0
+
+
+def _waiting(state: JobState) -> JobState:
+    if state not in WAITING:
+        raise ValueError(f"a job given back waits: queued or retrying, not {state}")
+    return state
 
 
 def reschedule(db: Executor, job_id: int, lease_id: str, due: datetime,
-               state: str = JobState.QUEUED.value) -> bool:
+               state: JobState = JobState.QUEUED) -> bool:
     """The holder gives the job back, due at ``due`` (``state``: queued or retrying).
 
     False if ``lease_id`` no longer holds it (it was recovered and taken by another)."""
-    assert state in WAITING
-    return db.execute(_RESCHEDULE, {"of_job": job_id, "lease": lease_id, "due": due,
-                                    "to_state": state, "now": utcnow()}).rowcount > 0
+    return affected(db.execute(_RESCHEDULE, {
+        "of_job": job_id, "lease": lease_id, "due": due, "to_state": _waiting(state),
+        "now": utcnow()})) > 0
 
 
-def reschedule_columns(due: datetime, state: str) -> dict[str, object]:
+def reschedule_columns(due: datetime, state: JobState) -> dict[str, object]:
     """The job columns of ``reschedule``, for a caller that writes them with an answer."""
-    assert state in WAITING
-    return {"state": state, "due_at": due, "enqueued_at": None}
+    return {"state": _waiting(state), "due_at": due, "enqueued_at": None}
 
 
 def _batch_paused(batch_id: int | Any) -> Any:
@@ -92,7 +98,8 @@ def _hold_batch(db: Executor, batch_id: int) -> None:
     """On PostgreSQL, share-lock the batch's row until this transaction ends, so a resume
     (which updates it) cannot commit between our reading "paused" and our park; SQLite
     runs each statement under its database lock already."""
-    if db.get_bind().dialect.name == "postgresql":
+    dialect = db.dialect if isinstance(db, Connection) else db.get_bind().dialect
+    if dialect.name == "postgresql":
         db.execute(select(_B.id).where(_B.id == batch_id).with_for_update(read=True))
 
 
@@ -101,27 +108,27 @@ def park(db: Executor, job_id: int, batch_id: int) -> bool:
     while the database says the batch is paused: a park that races a resume either
     happens before it (and the resume makes the job due) or not at all."""
     _hold_batch(db, batch_id)
-    return db.execute(_JOBS.update().where(
+    return affected(db.execute(_JOBS.update().where(
         _J.id == job_id, _J.state.in_(WAITING), _batch_paused(batch_id),
     ).values(state=JobState.PAUSED.value, due_at=None, enqueued_at=None,
-             updated_at=utcnow())).rowcount > 0
+             updated_at=utcnow()))) > 0
 
 
 def park_batch(db: Executor, batch_id: int) -> int:
     """A paused batch's due jobs are parked (those out are parked by the worker they reach),
     while the batch is paused (see park)."""
     _hold_batch(db, batch_id)
-    return db.execute(_JOBS.update().where(
+    return affected(db.execute(_JOBS.update().where(
         _J.batch_id == batch_id, _J.state.in_(WAITING), _J.due_at.is_not(None),
         _batch_paused(batch_id),
-    ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())).rowcount
+    ).values(state=JobState.PAUSED.value, due_at=None, updated_at=utcnow())))
 
 
 def unpark_batch(db: Executor, batch_id: int) -> int:
     """A resumed batch's parked jobs are due again, in the order they were created."""
-    return db.execute(_JOBS.update().where(
+    return affected(db.execute(_JOBS.update().where(
         _J.batch_id == batch_id, _J.state == JobState.PAUSED.value,
-    ).values(**_queued_again())).rowcount
+    ).values(**_queued_again())))
 
 
 # -- the feeder's side -------------------------------------------------------------------
@@ -141,9 +148,9 @@ def due_again(db: Executor, ids: Iterable[int]) -> int:
     order they were created: they were at the front of the queue when they went out."""
     count = 0
     for part in _chunks(list(ids)):
-        count += db.execute(_JOBS.update().where(
+        count += affected(db.execute(_JOBS.update().where(
             _J.id.in_(part), _J.enqueued_at.is_not(None), _J.state.in_(WAITING),
-        ).values(due_at=_J.created_at, enqueued_at=None, updated_at=utcnow())).rowcount
+        ).values(due_at=_J.created_at, enqueued_at=None, updated_at=utcnow())))
     return count
 
 
@@ -196,10 +203,10 @@ def make_due(db: Executor, ids: Iterable[int]) -> int:
     """Waiting or parked jobs that must run (a paid answer waits for them) are due now."""
     count = 0
     for part in _chunks(list(ids)):
-        count += db.execute(_JOBS.update().where(
-            _J.id.in_(part), _J.state.in_((*WAITING, JobState.PAUSED.value)),
+        count += affected(db.execute(_JOBS.update().where(
+            _J.id.in_(part), _J.state.in_(JobState.not_called()),
             _J.due_at.is_(None), _J.enqueued_at.is_(None),
-        ).values(**_queued_again())).rowcount
+        ).values(**_queued_again())))
     return count
 
 
@@ -283,7 +290,7 @@ def write(db: Executor, job_id: int, lease_id: str, columns: dict[str, Any]) -> 
     """Write ``columns`` (built by the functions above) to a job ``lease_id`` holds: an
     answer's write, in the transaction that holds its attempt. False if another worker has
     claimed the job since, or it ended (nothing was written)."""
-    return db.execute(_WRITE, {**columns, "of_job": job_id, "lease": lease_id}).rowcount > 0
+    return affected(db.execute(_WRITE, {**columns, "of_job": job_id, "lease": lease_id})) > 0
 
 
 def fail(db: Executor, job_id: int, lease_id: str, code: str, message: str) -> bool:
@@ -302,8 +309,8 @@ def refuse(db: Executor, job_id: int, lease_id: str, code: str, reason: str,
 def staging_failed(db: Executor, job_id: int, lease_id: str, due: datetime) -> bool:
     """The holder could not stage the job's media: one more staging attempt is counted and
     the job is due again at ``due`` (retrying)."""
-    return db.execute(_STAGING_FAILED, {"of_job": job_id, "lease": lease_id, "due": due,
-                                        "now": utcnow()}).rowcount > 0
+    return affected(db.execute(_STAGING_FAILED, {"of_job": job_id, "lease": lease_id, "due": due,
+                                        "now": utcnow()})) > 0
 
 
 _STAGING_FAILED = _JOBS.update().where(_OURS).values(
@@ -316,30 +323,30 @@ def recheck_refused(db: Executor, job_id: int, columns: dict[str, Any]) -> bool:
     """A refused job submitted again (a refusal cost nothing): rewrite it from the new
     submission; only a row still refused is, so two re-submissions racing send it once."""
     # The entity's update: ``columns`` name attributes (``meta``), as a new row's do.
-    return db.execute(update(Job).where(Job.id == job_id, Job.state == _REFUSED)
-                      .values(**columns, updated_at=utcnow())).rowcount > 0
+    return affected(db.execute(update(Job).where(Job.id == job_id, Job.state == _REFUSED)
+                      .values(**columns, updated_at=utcnow()))) > 0
 
 
 def cancel(db: Executor, job_id: int, code: str, message: str) -> bool:
     """Close one waiting job of a cancelled batch; False if it was no longer waiting."""
-    return db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING))
-                      .values(**cancelled_columns(code, message))).rowcount > 0
+    return affected(db.execute(_JOBS.update().where(_J.id == job_id, _J.state.in_(WAITING))
+                      .values(**cancelled_columns(code, message)))) > 0
 
 
 def cancel_batch(db: Executor, batch_id: int, code: str, message: str) -> int:
     """Close every waiting job of a cancelled batch (jobs calling now keep their answer)."""
-    return db.execute(_JOBS.update().where(_J.batch_id == batch_id, _J.state.in_(WAITING))
-                      .values(**cancelled_columns(code, message))).rowcount
+    return affected(db.execute(_JOBS.update().where(_J.batch_id == batch_id, _J.state.in_(WAITING))
+                      .values(**cancelled_columns(code, message))))
 
 
 def restart_failed(db: Executor, batch_id: int, *, paused: bool, except_code: str) -> int:
     """Run a batch's failed jobs again from their first attempt, except those that failed
     with ``except_code`` (closed by a cancel); parked when the batch is paused."""
     now = utcnow()
-    return db.execute(_JOBS.update().where(
+    return affected(db.execute(_JOBS.update().where(
         _J.batch_id == batch_id, _J.state == JobState.FAILED.value,
         or_(_J.result_code.is_(None), _J.result_code != except_code),
-    ).values(**restarted_columns(paused=paused, now=now), updated_at=now)).rowcount
+    ).values(**restarted_columns(paused=paused, now=now), updated_at=now)))
 
 
 def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -351,15 +358,14 @@ def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, i
     if not rows:
         return {}
     dialect = conn.dialect.name
+    new: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        stmt = postgresql.insert(Job)
+        new = postgresql.insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
     elif dialect == "sqlite":
-        stmt = sqlite.insert(Job)
+        new = sqlite.insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"bulk insert is not written for {dialect}")
     now = utcnow()
     values = [{"created_at": now, "updated_at": now, "attempts": 0, **row} for row in rows]
-    stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-        Job.idempotency_key, Job.id
-    )
+    stmt = new.returning(Job.idempotency_key, Job.id)
     return {key: job_id for key, job_id in conn.execute(stmt, values)}

@@ -15,8 +15,8 @@ from datetime import timedelta
 
 from sqlalchemy import bindparam, select
 
-from faceid_batch.db import write_scope
-from faceid_batch.models import MediaObject
+from faceid_batch.db import affected, write_scope
+from faceid_batch.models import MediaObject, table
 from faceid_batch.times import utcnow
 
 # How long an object written for no job yet waits for its job (a producer API request
@@ -24,7 +24,7 @@ from faceid_batch.times import utcnow
 # that stored nothing.
 ORPHAN_GRACE = timedelta(hours=1)
 
-_M = MediaObject.__table__
+_M = table(MediaObject)
 _C = _M.c
 _INSERT = _M.insert().returning(_C.id)
 _USE_OF = select(_C.id).where(_C.object_key == bindparam("key"),
@@ -49,5 +49,5 @@ def link(database_url: str, ids: Iterable[int], job_id: int) -> int:
     if not ids:
         return 0
     with write_scope(database_url) as session:
-        return session.execute(_M.update().where(_C.id.in_(ids), _C.job_id.is_(None))
-                               .values(job_id=job_id)).rowcount
+        return affected(session.execute(_M.update().where(_C.id.in_(ids), _C.job_id.is_(None))
+                               .values(job_id=job_id)))

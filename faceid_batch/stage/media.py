@@ -68,7 +68,7 @@ def check_format_and_size(kind: str, label: str, head: bytes, size: int) -> str:
     allowed = PHOTO_FORMATS if kind == "photo" else VIDEO_FORMATS
     if size == 0:
         raise MediaError(f"{kind} {label}: file is empty")
-    if fmt not in allowed:
+    if fmt is None or fmt not in allowed:
         found = f"a {fmt.upper()} file" if fmt else "not a recognised format"
         raise MediaError(
             f"{kind} {label}: content is {found}; the API accepts "

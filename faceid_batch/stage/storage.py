@@ -292,10 +292,10 @@ class MediaStager:
 
     def presign(self, key: str) -> str:
         """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS. Never store it."""
-        return self.client.get_presigned_url(
+        return str(self.client.get_presigned_url(
             Bucket=self.bucket, Key=key, Method="GET",
             Expired=self.settings.presign_expiry_seconds,
-        )
+        ))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,6 +1,6 @@
-"""What the schedule's background work takes from a worker process: its settings and
-clients. ``resources.Resources`` has them; the schedule names only this much, so it does
-not reach up to the layer that builds them."""
+"""What background work (the feeder, the sweep, the metrics) takes from a worker process:
+its settings and clients. ``resources.Resources`` has them; these modules name only this
+much, so they do not reach up to the layer that builds them."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ class Parts(Protocol):
 
 
 class FeederParts(Parts, Protocol):
-    """What the feeder needs besides: the account breaker (nothing is fed while it holds
-    every call back)."""
+    """With the account breaker: the feeder feeds nothing while it holds every call back,
+    and the metrics show it."""
 
     @property
     def breaker(self) -> AccountBreaker: ...

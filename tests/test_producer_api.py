@@ -234,7 +234,7 @@ def test_prefer_wait_answers_the_outcome_in_one_request(api, token, configured, 
 
 
 def prefer_wait_parsed(header: str) -> int | None:
-    from faceid_batch.producer.app import prefer_wait
+    from faceid_batch.producer.service import prefer_wait
 
     return prefer_wait(header)
 

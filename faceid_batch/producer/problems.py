@@ -90,21 +90,3 @@ class Problem(Exception):
     def response(self, instance: str | None = None) -> JSONResponse:
         return JSONResponse(self.body(instance), status_code=self.status,
                             media_type=MEDIA_TYPE, headers=self.headers)
-
-
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "RFC 9457 problem details.",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string", "description": "/problems/<kind>: " + ", ".join(KINDS)},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "field": {"type": "string", "description": "The request field at fault."},
-        "code": {"type": "string", "description": "preflight-refused: the FaceID code the "
-                                                  "API would have answered."},
-        "retry_after": {"type": "integer", "description": "too-many-requests: seconds."},
-    },
-}

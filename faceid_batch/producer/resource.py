@@ -14,40 +14,7 @@ from sqlalchemy import select
 from faceid_batch.models import Job, JobState, Result
 from faceid_batch.times import as_aware
 
-STATUSES = [s.value for s in JobState]
 FINAL = JobState.final()
-
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["id", "key", "status", "lane", "created_at", "outcome"],
-    "properties": {
-        "id": {"type": "integer"},
-        "key": {"type": "string", "description": "The idempotency key."},
-        "status": {"type": "string", "enum": STATUSES},
-        "lane": {"type": "string", "enum": ["onboarding", "backfill"]},
-        "liveness_type": {"type": "string", "enum": ["LIP", "ACTION", "SILENT"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-        "finished_at": {"type": ["string", "null"], "format": "date-time"},
-        "callback_url": {"type": ["string", "null"]},
-        "metadata": {"type": ["object", "null"]},
-        "outcome": {
-            "type": ["object", "null"],
-            "description": "Set once status is completed, failed or refused.",
-            "properties": {
-                "passed": {"type": ["boolean", "null"],
-                           "description": "Success with Sim at or above PASS_THRESHOLD; "
-                                          "null without a verdict."},
-                "code": {"type": ["string", "null"]},
-                "sim": {"type": ["number", "null"]},
-                "description": {"type": ["string", "null"]},
-                "request_id": {"type": ["string", "null"]},
-                "attempts": {"type": "integer"},
-            },
-        },
-    },
-}
-
 
 def _iso(value: Any) -> str | None:
     if value is None:

@@ -10,7 +10,7 @@ removed when the request ends, however it ends, so a request cut mid-upload leav
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from faceid_batch.producer.models import FIELD_LIMIT, MultipartSubmission
 from faceid_batch.producer.problems import Problem
 
 if TYPE_CHECKING:  # declared for type checkers only
@@ -31,8 +32,8 @@ from faceid_batch.stage.media import (
 )
 
 FILES = ("photo", "video")
-FIELDS = ("liveness_type", "validate_data", "key", "lane", "callback_url", "metadata")
-FIELD_LIMIT = 64 * 1024  # bytes of one text field (metadata is the largest)
+# The text parts of the form, as the model that documents it names them.
+FIELDS = tuple(name for name in MultipartSubmission.model_fields if name not in FILES)
 SNIFF_BYTES = 16
 # The largest body that can be valid: both files at their limits, every field at its own,
 # and room for the part headers and boundaries.
@@ -60,9 +61,10 @@ class Form:
 class _Reader:
     """python-multipart callbacks that fill a Form; a Problem raised here stops the read."""
 
-    def __init__(self, workdir: Path, before_files: Callable[[dict[str, str]], None]) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.before_files = before_files
+        # The fields read before the first file part started (None: no file part yet).
+        self.before_files: dict[str, str] | None = None
         self.form = Form()
         self._headers: dict[bytes, bytes] = {}
         self._name_buf = b""
@@ -109,8 +111,8 @@ class _Reader:
             raise Problem("invalid-field", f"{name}: given twice", name)
         self._name = name
         if name in FILES:
-            if not self.form.files:
-                self.before_files(dict(self.form.fields))
+            if self.before_files is None:
+                self.before_files = dict(self.form.fields)
             filename = params.get(b"filename", b"").decode("utf-8", "replace")
             suffix = Path(filename).suffix.lower()[:8] if filename else ""
             path = self.workdir / f"{name}{suffix}"
@@ -126,7 +128,7 @@ class _Reader:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._file is not None:
+        if self._file is not None and self._out is not None:
             f = self._file
             f.size += len(chunk)
             limit = max_raw_size(f.kind)
@@ -137,20 +139,16 @@ class _Reader:
             if not f.fmt:
                 self._head += chunk[:SNIFF_BYTES]
                 if len(self._head) >= SNIFF_BYTES:
-                    self._sniff()
+                    self._sniff(f)
             self._md5.update(chunk)
-            assert self._out is not None
             self._out.write(chunk)
-        else:
-            assert self._text is not None
+        elif self._text is not None:
             self._text += chunk
             if len(self._text) > FIELD_LIMIT:
                 raise Problem("payload-too-large", f"{self._name}: over {FIELD_LIMIT:,} bytes",
                               self._name)
 
-    def _sniff(self) -> None:
-        f = self._file
-        assert f is not None
+    def _sniff(self, f: UploadedFile) -> None:
         fmt = sniff(self._head)
         allowed = PHOTO_FORMATS if f.kind == "photo" else VIDEO_FORMATS
         if fmt is None or fmt not in allowed:
@@ -163,13 +161,11 @@ class _Reader:
     def _part_end(self) -> None:
         if self._file is not None:
             f, self._file = self._file, None
-            assert self._out is not None
-            self._out.close()
-            self._out = None
+            self.close()
             if f.size == 0:
                 raise Problem("invalid-field", f"{f.kind}: the file is empty", f.kind)
             if not f.fmt:
-                self._sniff_short(f)
+                self._sniff(f)
             f.md5 = self._md5.hexdigest()
             self.form.files[f.kind] = f
         elif self._text is not None:
@@ -179,11 +175,6 @@ class _Reader:
                 raise Problem("invalid-field", f"{self._name}: not UTF-8 text",
                               self._name) from None
             self._text = None
-
-    def _sniff_short(self, f: UploadedFile) -> None:
-        self._file = f
-        self._sniff()
-        self._file = None
 
     def close(self) -> None:
         if self._out is not None:
@@ -201,22 +192,27 @@ def boundary_of(content_type: str) -> bytes:
 
 async def read_form(chunks: AsyncIterator[bytes], content_type: str,
                     content_length: int | None, workdir: Path,
-                    before_files: Callable[[dict[str, str]], None]) -> Form:
+                    before_files: Callable[[dict[str, str]], Awaitable[None]]) -> Form:
     """Read the whole form from ``chunks`` into ``workdir``; raise a Problem at the first
-    thing wrong, without reading further. ``before_files(fields so far)`` runs when the
-    first file part starts (admission control)."""
+    thing wrong, without reading further. ``await before_files(fields so far)`` runs once
+    the first file part has started, before the next chunk is read (admission control: a
+    refused submission's media are not read)."""
     if content_length is not None and content_length > MAX_BODY:
         raise Problem("payload-too-large", f"a body of {content_length:,} bytes is over what "
                       f"a valid submission can be ({MAX_BODY:,})")
-    reader = _Reader(workdir, before_files)
+    reader = _Reader(workdir)
     parser = MultipartParser(boundary_of(content_type), reader.callbacks())
     received = 0
+    asked = False
     try:
         async for chunk in chunks:
             received += len(chunk)
             if received > MAX_BODY:
                 raise Problem("payload-too-large", f"the body is over {MAX_BODY:,} bytes")
             parser.write(chunk)
+            if reader.before_files is not None and not asked:
+                asked = True
+                await before_files(reader.before_files)
         parser.finalize()
     except MultipartParseError as exc:
         raise Problem("malformed-request", f"multipart body: {exc}") from None

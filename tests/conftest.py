@@ -136,3 +136,19 @@ def start_worker(tmp_path, app_env, database_url):
     yield _start
     for w in started:
         w.stop()
+
+
+# Markers from what a test uses, so they cannot drift from it: ``e2e`` for a test that
+# starts (or shares) a redis-server, the simulator (a process, or in-process for its own
+# tests) or a worker process; ``postgres`` for
+# the PostgreSQL run of a test. ``pytest -m "not e2e"`` is the fast loop.
+_E2E_FIXTURES = {"redis_server", "simulator", "sim_running", "start_worker"}
+
+
+def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
+    for item in items:
+        if _E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)

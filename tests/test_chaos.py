@@ -49,8 +49,6 @@ from faceid_batch.worker import Resources
 from faceid_sim.liveness import default_sim
 from helpers import file_md5, sim_calls, sim_config, sim_script, wait_until, worker_log
 
-pytestmark = pytest.mark.e2e
-
 CONCURRENCY = 8
 # Only to run quickly where recovery time is not what is tested: a call given up after 5 s,
 # the account breaker's probe after one second.

@@ -286,7 +286,6 @@ def _final(url: str, ids: list[int]) -> bool:
     return len(states) == len(ids) and all(st in JobState.final() for st in states)
 
 
-@pytest.mark.e2e
 def test_cost_matches_the_simulators_call_log(configured, sim_control, start_worker, tmp_path,
                                               monkeypatch):
     settings = configured
@@ -354,7 +353,6 @@ def test_cost_matches_the_simulators_call_log(configured, sim_control, start_wor
     assert json.loads(earlier.output)["calls"] == 0
 
 
-@pytest.mark.e2e
 def test_cost_of_a_backfill_batch_by_name(configured, sim_control, start_worker, tmp_path):
     """Batch scope: only the batch's calls, refusals and dedupe; a job outside it is not."""
     settings = configured

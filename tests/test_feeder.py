@@ -23,6 +23,7 @@ from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.db import session_scope
 from faceid_batch.intake.submit import JobSpec, submit
 from faceid_batch.models import Job, JobState
+from faceid_batch.scheduling import feeder as feeder_mod
 from faceid_batch.scheduling import leases, schedule
 from faceid_batch.scheduling.feeder import FEEDER_KEY, TAKEN_GRACE_SECONDS, FairShare, Feeder
 from faceid_batch.scheduling.recovery import jobs_in_broker
@@ -40,8 +41,26 @@ def cos_manifest(path, prefix: str, n: int):
     return path
 
 
-def feeder_for(settings, **overrides) -> Feeder:
-    return Feeder(Resources(settings.model_copy(update=overrides)))
+class Clock:
+    """Time for a Feeder that a test moves on instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def advance(self, seconds: float) -> None:
+        self.ahead += seconds
+
+
+def feeder_for(settings, clock: Clock | None = None, **overrides) -> Feeder:
+    clock = clock or Clock()
+    return Feeder(Resources(settings.model_copy(update=overrides)), clock=clock.monotonic,
+                  wall=clock.time)
 
 
 def out_messages(client: redis.Redis, lane: str) -> list[int]:
@@ -127,7 +146,8 @@ def test_batches_due_together_are_fed_by_weight(configured, tmp_path):
     light = run_backfill(settings, cos_manifest(tmp_path / "a.csv", "light", 200), weight=1)
     heavy = run_backfill(settings, cos_manifest(tmp_path / "b.csv", "heavy", 200), weight=3)
     client = redis.Redis.from_url(settings.redis_url)
-    feeder = feeder_for(settings)
+    clock = Clock()
+    feeder = feeder_for(settings, clock)
     of = batch_of(url)
     got: Counter = Counter()
     for _ in range(4):
@@ -136,7 +156,7 @@ def test_batches_due_together_are_fed_by_weight(configured, tmp_path):
     assert got == {light.batch_id: 40, heavy.batch_id: 120}
     # A weight changed by the operator is used from the next reading on.
     batches.set_weight(settings, light.batch_id, 3)
-    time.sleep(1.1)
+    clock.advance(feeder_mod.KEYS_REFRESH_SECONDS)
     feeder.round()
     got = Counter(of[i] for i in take(client, settings, "backfill", 40))
     assert got == {light.batch_id: 20, heavy.batch_id: 20}
@@ -160,7 +180,8 @@ def test_a_paused_batch_is_not_fed_and_is_fed_again_on_resume(configured, tmp_pa
     other = run_backfill(settings, cos_manifest(tmp_path / "b.csv", "ot", 30))
     batches.pause(settings, paused.batch_id)
     client = redis.Redis.from_url(settings.redis_url)
-    feeder = feeder_for(settings)
+    clock = Clock()
+    feeder = feeder_for(settings, clock)
     feeder.round()
     of = batch_of(url)
     assert {of[i] for i in out_messages(client, "backfill")} == {other.batch_id}
@@ -170,7 +191,7 @@ def test_a_paused_batch_is_not_fed_and_is_fed_again_on_resume(configured, tmp_pa
         s.execute(update(Job).where(Job.batch_id == other.batch_id).values(
             state="completed", due_at=None, enqueued_at=None))
     assert batches.resume(settings, paused.batch_id) == 30
-    time.sleep(1.1)  # the feeder reads the due batches again
+    clock.advance(feeder_mod.KEYS_REFRESH_SECONDS)  # the feeder reads the due batches again
     assert feeder.round()["fed_backfill"] == 30
     assert {of[i] for i in out_messages(client, "backfill")} == {paused.batch_id}
 
@@ -182,10 +203,11 @@ def test_nothing_is_fed_while_the_breaker_is_open(configured, tmp_path):
     breaker = AccountBreaker(client, probe_after=1.0)
     breaker.record("UnauthorizedOperation.Arrears")
     assert breaker.state().open
-    feeder = feeder_for(settings)
+    clock = Clock()
+    feeder = feeder_for(settings, clock)
     assert "fed_backfill" not in feeder.round()
     assert client.llen("backfill") == 0
-    time.sleep(1.1)  # the probe is due: jobs are fed again, one of them may probe
+    clock.advance(1.0)  # the probe is due: jobs are fed again, one of them may probe
     assert feeder.round()["fed_backfill"] == 10
 
 

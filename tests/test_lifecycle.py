@@ -11,7 +11,6 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from test_batches import jobs_of, write_manifest
@@ -128,7 +127,6 @@ def test_a_park_that_comes_after_a_resume_leaves_the_job_to_run(configured, tmp_
     res.stop()
 
 
-@pytest.mark.e2e
 def test_pause_and_resume_hammered_strand_nothing_and_pay_nothing_twice(
         configured, sim_control, start_worker, tmp_path):
     settings = configured
@@ -183,7 +181,6 @@ class FlakyReceiver:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-@pytest.mark.e2e
 def test_callbacks_survive_a_receiver_outage_and_a_killed_worker(
         configured, sim_control, start_worker, tmp_path, monkeypatch):
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)

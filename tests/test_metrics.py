@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
@@ -13,8 +12,6 @@ from faceid_batch.local.samples import write_pair
 from faceid_batch.local.services import free_port
 from faceid_batch.models import Job
 from helpers import file_md5, sim_script, wait_until
-
-pytestmark = pytest.mark.e2e
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

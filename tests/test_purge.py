@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select, update
 
 from faceid_batch.db import session_scope
@@ -19,8 +18,6 @@ from faceid_batch.settings import load_settings
 from faceid_batch.stage.storage import MediaStager
 from faceid_batch.times import utcnow
 from helpers import wait_until
-
-pytestmark = pytest.mark.e2e
 
 
 def purge_cli(env: dict, days: str) -> subprocess.CompletedProcess:

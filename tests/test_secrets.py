@@ -27,8 +27,6 @@ from faceid_batch.models import Job
 from faceid_batch.settings import get_settings
 from helpers import BUCKET, file_md5, sim_calls, sim_script, wait_until
 
-pytestmark = pytest.mark.e2e
-
 SECRET_ID = "AKIDcanaryIDnotREALxxxxxxxxxxxxxxxx"
 SECRET_KEY = "fakeSECRETcanary0123456789abcdef"
 FACEID_TOKEN = "fakeTOKENcanaryFACEID0123456789"

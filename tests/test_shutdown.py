@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pytest
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope
@@ -19,8 +18,6 @@ from faceid_batch.intake.submit import JobSpec, submit
 from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job, Result
 from helpers import file_md5, sim_calls, sim_config, wait_until
-
-pytestmark = pytest.mark.e2e
 
 FAST = {"BROKER_VISIBILITY_TIMEOUT": "8", "FACEID_READ_TIMEOUT": "10"}
 JOBS = 16

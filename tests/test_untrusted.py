@@ -24,7 +24,6 @@ from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job
 from helpers import sim_calls, wait_until
 
-pytestmark = pytest.mark.e2e
 FAST = dict(SOURCE_FETCH_SECONDS="1.5", STAGE_MAX_ATTEMPTS="2")
 
 

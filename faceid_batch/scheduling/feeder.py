@@ -127,15 +127,20 @@ class Feeder:
     def __init__(self, res: FeederParts,
                  send: Callable[[list[int], str], Any] = send_verify_many,
                  send_callbacks: Callable[[list[tuple[int, str]], str], Any] = send_webhooks,
-                 ) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.res = res
         self.s = res.settings
         self.lock = leases.Lock(res.redis, FEEDER_KEY, self.s.worker_lease_seconds)
         self.send = send
         self.send_callbacks = send_callbacks
+        # Injected so tests move time on instead of sleeping: ``clock`` for the rounds'
+        # own schedule and caches, ``wall`` for the breaker's probe time.
+        self.clock = clock
+        self.wall = wall
         self.fair = {lane.value: FairShare() for lane in Lane}
         self._keys: dict[str, tuple[float, dict[Key, float]]] = {}
-        self._next = {"leases": 0.0, "lost": 0.0, "sweep": time.monotonic()}
+        self._next = {"leases": 0.0, "lost": 0.0, "sweep": clock()}
         self.leading = False
 
     # -- one round ---------------------------------------------------------------------
@@ -148,7 +153,7 @@ class Feeder:
         if not held:
             return {}
         done: dict[str, int] = {}
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._next["leases"]:
             self._next["leases"] = now + LEASE_CHECK_SECONDS
             done["recovered"] = self.recover_dead_leases()
@@ -178,7 +183,7 @@ class Feeder:
     def feed(self) -> dict[str, int]:
         """Top every lane up to its depth from the due rows; return messages sent by lane."""
         breaker = self.res.breaker.state()
-        if breaker.open and (breaker.probe_at or 0) > time.time():
+        if breaker.open and (breaker.probe_at or 0) > self.wall():
             return {}  # nothing could be called: the jobs wait in the database
         pipe = self.res.redis.pipeline(transaction=False)
         for lane in Lane:
@@ -217,7 +222,7 @@ class Feeder:
     def _due_keys(self, lane: str) -> dict[Key, float]:
         """The batches (None: no batch) with due jobs in ``lane`` that may be fed, by weight."""
         cached = self._keys.get(lane)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > self.clock():
             return cached[1]
         with session_scope(self.s.database_url) as session:
             ids = [b for b in session.scalars(_DUE_BATCHES, {"lane": lane})]
@@ -229,7 +234,7 @@ class Feeder:
                         keys[batch_id] = weight if weight and weight > 0 else 1.0
             if session.scalar(_NO_BATCH_DUE, {"lane": lane}) is not None:
                 keys[None] = 1.0
-        self._keys[lane] = (time.monotonic() + KEYS_REFRESH_SECONDS, keys)
+        self._keys[lane] = (self.clock() + KEYS_REFRESH_SECONDS, keys)
         return keys
 
     def _send(self, lane: str, ids: list[int]) -> int:

@@ -26,7 +26,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    """All runtime settings. See the README table for the meaning of each."""
+    """All runtime settings. docs/settings.md says what each means and trades off."""
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -268,7 +268,7 @@ class Settings(BaseSettings):
         if missing:
             raise SettingsError(
                 "missing required setting(s): " + ", ".join(missing)
-                + " (set them in the environment; see the README settings table)"
+                + " (set them in the environment; see docs/settings.md)"
             )
 
     @property

@@ -136,7 +136,7 @@ def parse_response(status: int, body: bytes) -> Answer:
 # check and the send (the request built, a pooled connection in hand): the wait for the slot
 # (``send(send_at=...)``), and refusing to send at all past ``send_by`` (a thread can lose
 # the GIL for long enough that its call would crowd a window reserved while it looked on
-# time). The figures behind these choices are in the README's throughput section.
+# time). The figures behind these choices are in docs/benchmarks.md (throughput).
 _first_byte = threading.local()
 
 

@@ -144,6 +144,9 @@ class Batch(Base):
     rows_bad: Mapped[int] = mapped_column(Integer, default=0)
     enqueue_started_at: Mapped[datetime | None]
     enqueue_finished_at: Mapped[datetime | None]
+    # The SHA-256 of the manifest file it was read from (revision 0012): the end-of-run
+    # report names it, so an auditor can tie the report to its input.
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -174,6 +177,10 @@ class Job(Base):
         Index("ix_jobs_enqueued_at", "enqueued_at",
               sqlite_where=text("enqueued_at IS NOT NULL"),
               postgresql_where=text("enqueued_at IS NOT NULL")),
+        # A batch's dashboard (admin/dashboard.py, revision 0012): its counts by state,
+        # outcome, attempts and Sim in one index-only scan.
+        Index("ix_jobs_batch_tally", "batch_id", "state", "result_code", "passed", "attempts",
+              "sim"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -196,6 +203,9 @@ class Job(Base):
     stage_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result_code: Mapped[str | None] = mapped_column(String(80))
     passed: Mapped[bool | None] = mapped_column(Boolean)
+    # The Sim of its verdict, a copy of results.sim (revision 0012) that the dashboard and
+    # the listings sorted by Sim read without a join.
+    sim: Mapped[float | None] = mapped_column(Float)
     error_message: Mapped[str | None] = mapped_column(Text)
     callback_url: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
@@ -299,6 +309,23 @@ class BestFrame(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="best_frame", lazy="raise")
+
+
+class BatchCalls(Base):
+    """FaceID calls of a batch's jobs in one minute with one answer code (revision 0012):
+    added to in the transaction that records each call (persist.py), read by the batch
+    dashboard and the end-of-run report without touching the attempts."""
+
+    __tablename__ = "batch_calls"
+
+    batch_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(80), primary_key=True)
+    billable: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    calls: Mapped[int] = mapped_column(Integer)
+    # Summed over the calls: how long they waited for their rate-limit slot.
+    waited_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class WebhookDelivery(Base):

@@ -220,6 +220,7 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, photo: StagedMedia,
     if sent is None:
         return _give_back(res, job_id, breaker_wait[0] + random.uniform(0, 2))
     answer, late = sent.result, sent.late or 0.0
+    answer.waited_ms = int(sent.waited * 1000)
     metrics.RATE_LIMIT_WAIT.observe(sent.waited)
     logs.bind(request_id=answer.request_id)
     metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late)

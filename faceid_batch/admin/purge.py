@@ -274,7 +274,7 @@ def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
         session.execute(update(Job).where(Job.id == job_id).values(
             photo_source=ERASED, video_source=ERASED, photo_md5=None, video_md5=None,
             error_message=case((Job.error_message.is_(None), None), else_=ERASED),
-            preflight=None,
+            preflight=None, sim=None,
             photo_key=None, video_key=None, erased_at=now,
             media_purged_at=func.coalesce(Job.media_purged_at, now)))
     audit.record(settings.database_url, actor=actor, surface="cli", what="erasure",

@@ -77,6 +77,7 @@ class Answer:
     best_frame: BestFrameInfo | None = None
     latency_ms: int = 0
     started_at: float | None = None  # epoch seconds when the request was sent
+    waited_ms: int = 0  # how long the job waited for its rate-limit slot (pipeline.py)
     rule: Rule = field(init=False)
 
     def __post_init__(self) -> None:

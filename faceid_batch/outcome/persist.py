@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
 from faceid_batch.call import billing
@@ -31,6 +31,26 @@ _INSERT_RESULT = _RESULTS.insert()
 _INSERT_FRAME = _FRAMES.insert()
 _RESULT_OF = select(_RESULTS.c.id).where(_RESULTS.c.job_id == bindparam("of_job"))
 _FRAME_OF = select(_FRAMES.c.id).where(_FRAMES.c.job_id == bindparam("of_job"))
+
+
+# A call of a batch's job is added to its minute of batch_calls (the dashboard's calls over
+# time, codes and time held back by the limiter), in the transaction of its attempt row.
+# Plain SQL: INSERT ... SELECT ... ON CONFLICT reads the same on SQLite and PostgreSQL.
+_COUNT_CALL = text(
+    "INSERT INTO batch_calls (batch_id, minute, code, billable, calls, waited_ms) "
+    "SELECT batch_id, :minute, :code, :billable, 1, :waited_ms FROM jobs "
+    "WHERE id = :job_id AND batch_id IS NOT NULL "
+    "ON CONFLICT (batch_id, minute, code, billable) DO UPDATE SET "
+    "calls = batch_calls.calls + 1, "
+    "waited_ms = batch_calls.waited_ms + excluded.waited_ms")
+
+
+def call_tally(attempt: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    """The parameters of _COUNT_CALL for one call's attempt row."""
+    started: datetime = attempt["started_at"]
+    return {"job_id": attempt["job_id"], "minute": started.replace(second=0, microsecond=0),
+            "code": attempt["code"], "billable": bool(attempt["billable"]),
+            "waited_ms": answer.waited_ms}
 
 
 def attempt_number(attempts_before: int, answer: Answer) -> int:
@@ -96,10 +116,12 @@ def write_answer(session: Session, job_id: int, lease_id: str, attempts_before: 
     result = None
     if threshold is not None and session.scalar(_RESULT_OF, {"of_job": job_id}) is None:
         result = result_columns(job_id, answer, threshold)
-        columns.update(schedule.completed_columns(answer.code, result["passed"]))
+        columns.update(schedule.completed_columns(answer.code, result["passed"],
+                                                  result["sim"]))
     if not schedule.write(session, job_id, lease_id, columns):
         return False
     session.execute(_INSERT_ATTEMPT, attempt)
+    session.execute(_COUNT_CALL, call_tally(attempt, answer))
     if result is not None:
         session.execute(_INSERT_RESULT, result)
     return True
@@ -119,6 +141,7 @@ def record_lost_attempt(session: Session, job_id: int, attempts_before: int, ans
         return
     attempt = attempt_columns(job_id, attempts_before, answer, bill)
     session.execute(_INSERT_ATTEMPT, {**attempt, "number": attempts_before, "counted": False})
+    session.execute(_COUNT_CALL, call_tally(attempt, answer))
 
 
 class BestFrameError(Exception):

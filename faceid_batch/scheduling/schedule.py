@@ -233,7 +233,8 @@ def waiting_columns(*, out: bool, paused: bool = False,
 # The outcome columns of a job that runs again; a new row has them NULL already.
 # A job that runs again has media again: its purge and erasure marks go, so the purge takes
 # its new objects when it ends.
-OUTCOME_CLEARED: dict[str, Any] = {"result_code": None, "passed": None, "error_message": None,
+OUTCOME_CLEARED: dict[str, Any] = {"result_code": None, "passed": None, "sim": None,
+                                   "error_message": None,
                                    "finished_at": None, "stage_attempts": 0,
                                    "media_purged_at": None, "erased_at": None}
 
@@ -245,9 +246,10 @@ def restarted_columns(*, paused: bool, now: datetime | None = None) -> dict[str,
             "attempts": 0}
 
 
-def completed_columns(code: str, passed: bool) -> dict[str, Any]:
+def completed_columns(code: str, passed: bool, sim: float | None = None) -> dict[str, Any]:
     """A job whose answer (a verdict, or Success with its Sim) is stored."""
     return {"state": JobState.COMPLETED.value, "result_code": code, "passed": passed,
+            "sim": sim,
             "error_message": None, "finished_at": utcnow(), "due_at": None,
             "enqueued_at": None}
 

@@ -1,0 +1,356 @@
+"""What a batch's dashboard shows, read from the database (so it survives restarts and
+counts every worker's jobs).
+
+Two reads make every panel:
+
+- ``tally``: the batch's jobs counted by state, outcome, verdict, attempts and Sim bucket,
+  one index-only scan of ``ix_jobs_batch_tally`` (revision 0012).
+- ``calls_by_minute``: the ``batch_calls`` rows of the batch (its FaceID calls by minute,
+  answer code and billing, with the time they waited for their rate-limit slot), written in
+  the transaction of each call's attempt row.
+
+``Panels`` caches both for ``Panels.ttl`` seconds per batch, and one reader refreshes a
+batch while the others wait for it: a wall of screens showing one batch costs the database
+two queries every few seconds, however many are open.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Integer, cast, exists, func, select
+from sqlalchemy.orm import Session
+
+from faceid_batch.call.errors import classify
+from faceid_batch.db import get_engine, session_scope
+from faceid_batch.models import Attempt, Batch, BatchCalls, BatchState, Job, JobState, Lane
+from faceid_batch.times import as_aware, utcnow
+
+SIM_BUCKET = 5  # the Sim histogram's bucket width, in Sim points (0-100)
+RECENT = timedelta(minutes=2)  # the window of the rate a batch gets now
+FINAL = frozenset(s.value for s in JobState.final())
+
+
+class DashboardError(LookupError):
+    """No such batch."""
+
+
+@dataclass(frozen=True)
+class TallyRow:
+    state: str
+    code: str | None
+    passed: bool | None
+    attempts: int
+    sim_bucket: int | None  # floor(Sim / SIM_BUCKET), None without a Sim
+    jobs: int
+
+
+@dataclass(frozen=True)
+class MinuteCalls:
+    minute: datetime
+    code: str
+    billable: bool
+    calls: int
+    waited_ms: int
+
+
+def _bucket(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return cast(func.floor(Job.sim / SIM_BUCKET), Integer)
+    # SQLite: CAST truncates toward zero, the floor of a Sim (never negative).
+    return cast(Job.sim / SIM_BUCKET, Integer)
+
+
+def tally(url: str, batch_id: int) -> list[TallyRow]:
+    """The batch's jobs counted by (state, result_code, passed, attempts, Sim bucket)."""
+    bucket = _bucket(get_engine(url).dialect.name).label("b")
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Job.state, Job.result_code, Job.passed, Job.attempts, bucket, func.count())
+            .where(Job.batch_id == batch_id)
+            .group_by(Job.state, Job.result_code, Job.passed, Job.attempts, bucket)).all()
+    return [TallyRow(str(state), code, passed, attempts or 0, b, n)
+            for state, code, passed, attempts, b, n in rows]
+
+
+def calls_by_minute(url: str, batch_id: int, since: datetime | None = None) -> list[MinuteCalls]:
+    """The batch's calls by minute, code and billing, oldest first (``since``: from then)."""
+    q = select(BatchCalls.minute, BatchCalls.code, BatchCalls.billable, BatchCalls.calls,
+               BatchCalls.waited_ms).where(BatchCalls.batch_id == batch_id)
+    if since is not None:
+        q = q.where(BatchCalls.minute >= since)
+    with session_scope(url) as session:
+        rows = session.execute(q.order_by(BatchCalls.minute)).all()
+    return [MinuteCalls(as_aware(m), c, b, n, w) for m, c, b, n, w in rows]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What the batch can expect of the budget now: the lane's calls/s left over by the
+    onboarding lane, split between the due batches of its lane by weight (the feeder's
+    fair share)."""
+
+    budget: float  # FACEID_RATE_LIMIT
+    onboarding: float  # onboarding calls/s over the last RECENT
+    weight: float
+    weights: float  # the sum over the batches of its lane with due jobs (its own included)
+    batches: int
+
+    @property
+    def calls_per_second(self) -> float:
+        if self.weights <= 0:
+            return 0.0
+        return max(0.0, self.budget - self.onboarding) * self.weight / self.weights
+
+
+def share(url: str, batch_id: int, budget: float) -> Share:
+    """The batch's fair share of ``budget`` now (see Share)."""
+    now = utcnow()
+    with session_scope(url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise DashboardError(f"batch {batch_id}: no such batch")
+        onboarding = session.scalar(
+            select(func.count()).select_from(Attempt).join(Job, Job.id == Attempt.job_id)
+            .where(Attempt.started_at >= now - RECENT, Job.lane == Lane.ONBOARDING)) or 0
+        weights, n = 0.0, 0
+        for other_id, weight in session.execute(
+                select(Batch.id, Batch.weight).where(
+                    Batch.state == BatchState.ACTIVE, Batch.lane == batch.lane)):
+            if other_id == batch_id or _has_due(session, batch.lane, other_id):
+                weights += weight if weight and weight > 0 else 1.0
+                n += 1
+    own = batch.weight if batch.weight and batch.weight > 0 else 1.0
+    if batch.state != BatchState.ACTIVE:
+        weights = 0.0
+    return Share(budget=budget, onboarding=onboarding / RECENT.total_seconds(), weight=own,
+                 weights=weights, batches=n)
+
+
+def _has_due(session: Session, lane: Lane, batch_id: int) -> bool:
+    # One seek in ix_jobs_due per batch.
+    return bool(session.scalar(select(exists().where(
+        Job.lane == lane, Job.batch_id == batch_id, Job.due_at.is_not(None)))))
+
+
+# -- the panels -----------------------------------------------------------------------------
+@dataclass
+class Outcomes:
+    passed: int = 0
+    failed_verdict: dict[str, int] = field(default_factory=dict)  # a verdict that failed
+    refused: int = 0  # preflight refused it: never called
+    local: dict[str, int] = field(default_factory=dict)  # Local.*: ended before any call
+    failed: dict[str, int] = field(default_factory=dict)  # final FaceID errors, attempts out
+    cancelled: int = 0
+
+
+@dataclass
+class Dashboard:
+    """Every panel of one batch's dashboard."""
+
+    batch_id: int
+    name: str
+    state: str
+    lane: str
+    weight: float
+    created_at: datetime
+    manifest_sha256: str | None
+    threshold: float
+    budget: float
+    by_state: dict[str, int]
+    outcomes: Outcomes
+    sim_histogram: list[tuple[float, float, int]]  # (from, to, jobs)
+    attempts: dict[int, int]  # attempts -> jobs (jobs that ended)
+    minutes: list[MinuteCalls]
+    share: Share
+    price: Decimal
+    currency: str
+    read_at: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.by_state.items() if s in FINAL)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+    @property
+    def calls(self) -> int:
+        return sum(m.calls for m in self.minutes)
+
+    @property
+    def billable_calls(self) -> int:
+        return sum(m.calls for m in self.minutes if m.billable)
+
+    @property
+    def calls_per_job(self) -> float:
+        """Calls a job has taken so far, on average over the jobs that ended after one (1.0
+        before any did)."""
+        called = self.done - self.outcomes.refused - sum(self.outcomes.local.values()) \
+            - self.outcomes.cancelled
+        return max(1.0, self.calls / called) if called > 0 and self.calls else 1.0
+
+    @property
+    def billable_per_job(self) -> float:
+        called = self.done - self.outcomes.refused - sum(self.outcomes.local.values()) \
+            - self.outcomes.cancelled
+        return self.billable_calls / called if called > 0 and self.billable_calls else 1.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """From the budget the batch gets (its fair share), not the last minute's rate:
+        the jobs left times the calls a job takes, over the calls/s of its share. None
+        while it gets none (paused, or every call taken by onboarding)."""
+        if self.remaining == 0:
+            return 0.0
+        rate = self.share.calls_per_second
+        if rate <= 0:
+            return None
+        return self.remaining * self.calls_per_job / rate
+
+    @property
+    def cost(self) -> Decimal:
+        return self.price * self.billable_calls
+
+    @property
+    def projected_cost(self) -> Decimal:
+        """The cost so far plus the jobs left at the billable calls a job has taken."""
+        return self.cost + self.price * Decimal(round(self.remaining * self.billable_per_job))
+
+    def per_second(self) -> list[tuple[datetime, dict[str, float]]]:
+        """Calls/s by code for each minute with calls (the chart's points)."""
+        out: dict[datetime, dict[str, float]] = {}
+        for m in self.minutes:
+            codes = out.setdefault(m.minute, {})
+            codes[m.code] = codes.get(m.code, 0.0) + m.calls / 60.0
+        return sorted(out.items())
+
+    def waited_per_call(self) -> list[tuple[datetime, float]]:
+        """Mean seconds a call waited for its slot, by minute (time held by the limiter)."""
+        calls: dict[datetime, int] = {}
+        waited: dict[datetime, int] = {}
+        for m in self.minutes:
+            calls[m.minute] = calls.get(m.minute, 0) + m.calls
+            waited[m.minute] = waited.get(m.minute, 0) + m.waited_ms
+        return [(t, waited[t] / 1000.0 / calls[t]) for t in sorted(calls) if calls[t]]
+
+    def account_minutes(self) -> int:
+        """Minutes in which an answer stopped the account's calls (the breaker opened)."""
+        return len({m.minute for m in self.minutes if classify(m.code).trips_breaker})
+
+
+def panels(url: str, batch_id: int, *, budget: float, threshold: float,
+           price: Decimal = Decimal(0), currency: str = "USD",
+           since: datetime | None = None) -> Dashboard:
+    """Read every panel of batch ``batch_id`` (three queries and a seek per due batch)."""
+    with session_scope(url) as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise DashboardError(f"batch {batch_id}: no such batch")
+        head = (batch.name, str(batch.state), str(batch.lane), batch.weight,
+                as_aware(batch.created_at), batch.manifest_sha256)
+    rows = tally(url, batch_id)
+    by_state: dict[str, int] = {}
+    outcomes = Outcomes()
+    buckets: dict[int, int] = {}
+    attempts: dict[int, int] = {}
+    for r in rows:
+        by_state[r.state] = by_state.get(r.state, 0) + r.jobs
+        if r.state in FINAL:
+            attempts[r.attempts] = attempts.get(r.attempts, 0) + r.jobs
+        if r.sim_bucket is not None:
+            b = min(r.sim_bucket, 100 // SIM_BUCKET - 1)
+            buckets[b] = buckets.get(b, 0) + r.jobs
+        _add_outcome(outcomes, r)
+    histogram = [(float(b * SIM_BUCKET), float((b + 1) * SIM_BUCKET), buckets.get(b, 0))
+                 for b in range(100 // SIM_BUCKET)]
+    return Dashboard(
+        batch_id=batch_id, name=head[0], state=head[1], lane=head[2], weight=head[3],
+        created_at=head[4], manifest_sha256=head[5], threshold=threshold, budget=budget,
+        by_state=by_state, outcomes=outcomes, sim_histogram=histogram, attempts=attempts,
+        minutes=calls_by_minute(url, batch_id, since), share=share(url, batch_id, budget),
+        price=price, currency=currency, read_at=utcnow())
+
+
+def _add_outcome(out: Outcomes, r: TallyRow) -> None:
+    code = r.code or "(no code)"
+    if r.state == JobState.COMPLETED.value:
+        if r.passed:
+            out.passed += r.jobs
+        else:
+            out.failed_verdict[code] = out.failed_verdict.get(code, 0) + r.jobs
+    elif r.state == JobState.REFUSED.value:
+        out.refused += r.jobs
+    elif r.state == JobState.FAILED.value and code == "Local.BatchCancelled":
+        out.cancelled += r.jobs
+    elif r.state == JobState.FAILED.value:
+        bucket = out.local if code.startswith("Local.") else out.failed
+        bucket[code] = bucket.get(code, 0) + r.jobs
+
+
+# -- one read per batch every few seconds, whatever the number of viewers --------------------
+class Panels:
+    """``panels`` cached per batch for ``ttl`` seconds; concurrent readers of a stale batch
+    wait for one refresh instead of each running the queries."""
+
+    def __init__(self, read: Callable[[int], Dashboard], ttl: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.read, self.ttl, self.clock = read, ttl, clock
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[float, Dashboard]] = {}
+        self._refreshing: dict[int, threading.Lock] = {}
+        self.reads = 0  # how many times the database was read (tests, metrics)
+
+    def get(self, batch_id: int) -> Dashboard:
+        fresh = self._fresh(batch_id)
+        if fresh is not None:
+            return fresh
+        with self._lock:
+            gate = self._refreshing.setdefault(batch_id, threading.Lock())
+        with gate:
+            fresh = self._fresh(batch_id)  # another reader refreshed it while this waited
+            if fresh is not None:
+                return fresh
+            board = self.read(batch_id)
+            with self._lock:
+                self.reads += 1
+                self._entries[batch_id] = (self.clock(), board)
+                if len(self._entries) > 256:  # forget the oldest batches viewed
+                    for old in sorted(self._entries, key=lambda k: self._entries[k][0])[:64]:
+                        self._entries.pop(old, None)
+            return board
+
+    def forget(self, batch_id: int) -> None:
+        """Read the batch afresh next time (after an action changed it)."""
+        with self._lock:
+            self._entries.pop(batch_id, None)
+
+    def _fresh(self, batch_id: int) -> Dashboard | None:
+        with self._lock:
+            entry = self._entries.get(batch_id)
+        if entry is not None and self.clock() - entry[0] < self.ttl:
+            return entry[1]
+        return None
+
+
+def list_batches(url: str, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """The newest batches, a row each (id, name, lane, state, weight, created_at)."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Batch.id, Batch.name, Batch.lane, Batch.state, Batch.weight,
+                   Batch.created_at, Batch.rows_accepted)
+            .order_by(Batch.id.desc()).limit(limit).offset(offset)).all()
+    return [{"id": i, "name": n, "lane": str(la), "state": str(s), "weight": w,
+             "created_at": as_aware(c), "rows_accepted": ra}
+            for i, n, la, s, w, c, ra in rows]

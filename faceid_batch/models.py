@@ -450,6 +450,23 @@ class AccessAudit(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class BatchAction(Base):
+    """Who acted on a batch (pause, resume, cancel, weight, retry, resend callbacks), from
+    which surface, and what the action matched (revision 0012). Rows are only inserted."""
+
+    __tablename__ = "batch_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))  # token name or cli:user@host
+    token_id: Mapped[int | None] = mapped_column(BigId)
+    surface: Mapped[str] = mapped_column(String(16))  # "web" | "api" | "cli"
+    action: Mapped[str] = mapped_column(String(32))
+    batch_id: Mapped[int] = mapped_column(BigId, index=True)
+    remote: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class AdminSession(Base):
     """A login on the review pages. The cookie holds a random id; this row only its SHA-256,
     and the SHA-256 of the token that opened it, which every request checks again (so a

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope
-from faceid_batch.models import AccessAudit
+from faceid_batch.models import AccessAudit, BatchAction
 from faceid_batch.times import as_aware
 
 SURFACES = ("web", "api", "cli")
@@ -55,6 +55,30 @@ def record(url: str, *, actor: str, surface: str, what: str, job_id: int,
         s.add(AccessAudit(actor=actor[:200], token_id=token_id, surface=surface, what=what,
                           job_id=job_id, remote=(remote or "")[:200] or None,
                           detail=detail))
+
+
+BATCH_ACTIONS = ("pause", "resume", "cancel", "weight", "retry", "resend-callbacks")
+
+
+def record_batch_action(url: str, *, actor: str, surface: str, action: str, batch_id: int,
+                        token_id: int | None = None, remote: str | None = None,
+                        detail: str | None = None) -> None:
+    """Append one row to batch_actions: who acted on a batch, how, and what it matched."""
+    if surface not in SURFACES or action not in BATCH_ACTIONS:
+        raise ValueError(f"audit: unknown surface {surface!r} or action {action!r}")
+    with session_scope(url) as s:
+        s.add(BatchAction(actor=actor[:200], token_id=token_id, surface=surface,
+                          action=action, batch_id=batch_id,
+                          remote=(remote or "")[:200] or None, detail=detail))
+
+
+def batch_actions(url: str, batch_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest actions on a batch, newest first."""
+    with session_scope(url) as s:
+        rows = s.scalars(select(BatchAction).where(BatchAction.batch_id == batch_id)
+                         .order_by(BatchAction.id.desc()).limit(limit)).all()
+        return [{"at": as_aware(r.at), "actor": r.actor, "surface": r.surface,
+                 "action": r.action, "detail": r.detail} for r in rows]
 
 
 def cli_actor() -> tuple[str, str]:

@@ -344,6 +344,20 @@ class Panels:
         return None
 
 
+def progress(url: str, batch_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Jobs by state of each of ``batch_ids`` (one grouped read of ix_jobs_batch_tally)."""
+    if not batch_ids:
+        return {}
+    out: dict[int, dict[str, int]] = {}
+    with session_scope(url) as session:
+        for batch_id, state, n in session.execute(
+                select(Job.batch_id, Job.state, func.count())
+                .where(Job.batch_id.in_(batch_ids)).group_by(Job.batch_id, Job.state)):
+            if batch_id is not None:
+                out.setdefault(batch_id, {})[str(state)] = n
+    return out
+
+
 def list_batches(url: str, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
     """The newest batches, a row each (id, name, lane, state, weight, created_at)."""
     with session_scope(url) as session:

@@ -10,6 +10,9 @@
   billable), added to in the transaction that records each call.
 - ``batches.manifest_sha256``: the SHA-256 of the manifest file a backfill read, so its
   end-of-run report names the input it answers.
+- ``batch_actions``: who paused, resumed, cancelled, re-weighted or retried a batch, or
+  resent its callbacks, from which surface, and what the action matched (append-only, like
+  access_audit).
 
 Revision ID: 0012
 Revises: 0011
@@ -50,9 +53,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("batch_id", "minute", "code", "billable",
                                 name=op.f("pk_batch_calls")),
     )
+    op.create_table(
+        "batch_actions",
+        sa.Column("id", BigId, autoincrement=True, nullable=False),
+        sa.Column("at", WHEN, nullable=False),
+        sa.Column("actor", sa.String(length=200), nullable=False),
+        sa.Column("token_id", BigId, nullable=True),
+        sa.Column("surface", sa.String(length=16), nullable=False),
+        sa.Column("action", sa.String(length=32), nullable=False),
+        sa.Column("batch_id", BigId, nullable=False),
+        sa.Column("remote", sa.String(length=200), nullable=True),
+        sa.Column("detail", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_actions")),
+    )
+    op.create_index(op.f("ix_batch_actions_batch_id"), "batch_actions", ["batch_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_batch_actions_batch_id"), table_name="batch_actions")
+    op.drop_table("batch_actions")
     op.drop_table("batch_calls")
     op.drop_column("batches", "manifest_sha256")
     op.drop_index("ix_jobs_batch_tally", table_name="jobs")

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from faceid_batch.admin import audit, pages, queries, tokens
 from faceid_batch.admin.auth import COOKIE, KINDS, LEGACY_COOKIE, Sessions, TokenCheck, link_key
+from faceid_batch.admin.batch_routes import batch_router
 from faceid_batch.admin.images import ImageSource
 from faceid_batch.admin.queries import Filters
 from faceid_batch.admin.tokens import Principal
@@ -186,7 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _errors(request: Request, exc: HTTPException) -> Response:
-        if request.url.path.startswith("/review") and exc.status_code == 401:
+        if request.url.path.startswith(("/review", "/batches")) and exc.status_code == 401:
             return RedirectResponse("/login", status_code=303)
         return Response(json.dumps({"detail": exc.detail}), status_code=exc.status_code,
                         media_type="application/json", headers=exc.headers)
@@ -199,6 +200,8 @@ def create_app(settings: Settings) -> FastAPI:
     def review(request: Request, f: queries.Filters = Depends(filters), sort: str = "-id",
                page: int = 1, limit: int = 50) -> str:
         return pages.listing(listing(f, sort, page, limit), dict(request.query_params))
+
+    app.include_router(batch_router(settings, authorised))
 
     @app.get("/review/jobs/{job_id}", response_class=HTMLResponse)
     def review_job(job_id: int, who: Principal = Depends(authorised)) -> str:

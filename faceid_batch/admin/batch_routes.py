@@ -1,0 +1,220 @@
+"""The batch routes of the admin service: the list, a batch's dashboard and its live
+panels, actions behind a dry run, and the end-of-run report.
+
+Every action is two requests: a GET that says what it will do (a dry run: how many jobs,
+the calls and the cost it will take) and a POST from that page that does it, audited under
+the token's name (``batch_actions``). A POST carries the count its page showed
+(``expect``): when the batch changed in between, nothing is done and the page says so.
+The session cookie is SameSite=Strict, so no other site's form can post here with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from faceid_batch.admin import audit, dashboard, dashboard_pages
+from faceid_batch.admin.tokens import Principal
+from faceid_batch.bulk.batches import BatchError
+from faceid_batch.settings import Settings
+
+Auth = Callable[..., Principal]
+
+# What a POST did, shown once on the dashboard it redirects to (fixed texts: nothing from
+# the query string is echoed).
+DONE = {"pause": "Paused.", "resume": "Resumed.", "cancel": "Cancelled.",
+        "weight": "Weight set.", "retry": "Jobs queued again.",
+        "resend-callbacks": "Callbacks queued."}
+
+
+def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
+    """The routes under /batches (and /api/batches), each behind an admin token."""
+    url = settings.database_url
+    price = settings.faceid_price_per_call
+
+    def read(batch_id: int) -> dashboard.Dashboard:
+        return dashboard.panels(url, batch_id, budget=float(settings.faceid_rate_limit),
+                                threshold=settings.pass_threshold, price=Decimal(price),
+                                currency=settings.faceid_price_currency)
+
+    cache = dashboard.Panels(read)
+    router = APIRouter(dependencies=[Depends(authorised)])
+
+    def board(batch_id: int) -> dashboard.Dashboard:
+        try:
+            return cache.get(batch_id)
+        except dashboard.DashboardError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @router.get("/batches", response_class=HTMLResponse)
+    def batches(page: int = 1) -> str:
+        rows = dashboard.list_batches(url, limit=50, offset=50 * (max(1, page) - 1))
+        return dashboard_pages.batches_page(rows, dashboard.progress(url, [r["id"]
+                                                                           for r in rows]))
+
+    @router.get("/batches/{batch_id}", response_class=HTMLResponse)
+    def batch_page(batch_id: int, done: str | None = None) -> str:
+        b = board(batch_id)
+        return dashboard_pages.dashboard_page(b, sorted({*b.outcomes.failed,
+                                                         *b.outcomes.local}),
+                                              DONE.get(done or "", ""))
+
+    @router.get("/batches/{batch_id}/panels", response_class=HTMLResponse)
+    def batch_panels(batch_id: int) -> str:
+        return dashboard_pages.panels(board(batch_id))
+
+    @router.get("/api/batches/{batch_id}/dashboard")
+    def batch_json(batch_id: int) -> dict[str, Any]:
+        b = board(batch_id)
+        return {"batch_id": b.batch_id, "name": b.name, "state": b.state,
+                "total": b.total, "done": b.done, "by_state": b.by_state,
+                "eta_seconds": b.eta_seconds, "share_calls_per_second":
+                    b.share.calls_per_second, "calls": b.calls,
+                "billable_calls": b.billable_calls, "cost": str(b.cost),
+                "projected_cost": str(b.projected_cost), "currency": b.currency,
+                "outcomes": vars(b.outcomes), "sim_histogram": b.sim_histogram,
+                "attempts": b.attempts, "read_at": b.read_at.isoformat()}
+
+    # -- the end-of-run report -------------------------------------------------------------
+    @router.get("/batches/{batch_id}/report.csv")
+    def report_csv(batch_id: int) -> StreamingResponse:
+        from faceid_batch.admin import batch_report
+
+        board(batch_id)  # 404 for an unknown batch, before the stream starts
+        chunks: Iterator[bytes] = batch_report.iter_report_csv(url, batch_id)
+        return StreamingResponse(chunks, media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="batch-{batch_id}-report.csv"'})
+
+    @router.get("/batches/{batch_id}/summary.json")
+    def report_summary(batch_id: int) -> dict[str, Any]:
+        from faceid_batch.admin import batch_report
+
+        board(batch_id)
+        return _call(lambda: batch_report.summary(settings, batch_id))
+
+    # -- actions: a GET says what will happen, a POST from its page does it -----------------
+    @router.get("/batches/{batch_id}/{action}", response_class=HTMLResponse)
+    def plan(batch_id: int, action: str, code: str | None = None,
+             weight: str | None = None) -> str:
+        b = board(batch_id)
+        if action in ("pause", "resume", "cancel"):
+            lines = {"pause": [f"Workers stop calling for batch {batch_id}; its "
+                               f"{b.remaining:,} unfinished jobs wait (calls in flight "
+                               "finish)."],
+                     "resume": [f"Its parked jobs ({b.by_state.get('paused', 0):,}) are due "
+                                "again."],
+                     "cancel": [f"Jobs not yet called end failed (Local.BatchCancelled): up "
+                                f"to {b.remaining:,}. Calls in flight finish. This cannot be "
+                                "undone; retry re-queues them."]}[action]
+            return dashboard_pages.confirm_page(
+                batch_id, action, f"{action.capitalize()} batch {batch_id}?", lines, {},
+                action.capitalize(), danger=action == "cancel")
+        if action == "weight":
+            value = _weight(weight)
+            return dashboard_pages.confirm_page(
+                batch_id, "weight", f"Set the weight of batch {batch_id} to {value:g}?",
+                [f"Its share of the budget against the other batches due in its lane goes "
+                 f"from weight {b.weight:g} to {value:g}."], {"weight": f"{value:g}"},
+                "Set weight")
+        if action == "retry":
+            from faceid_batch.bulk import batches as bulk
+
+            p = _call(lambda: bulk.retry_plan(settings, batch_id, code or None))
+            d = p.as_dict()
+            return dashboard_pages.confirm_page(
+                batch_id, "retry", f"Retry {d['jobs']:,} failed jobs of batch {batch_id}?",
+                _plan_lines(d), {"code": code or "", "expect": str(d["jobs"])},
+                f"Retry {d['jobs']:,} jobs")
+        if action == "resend":
+            from faceid_batch.bulk import batches as bulk
+
+            r = _call(lambda: bulk.resend_plan(settings, batch_id, code or None))
+            d = r.as_dict()
+            return dashboard_pages.confirm_page(
+                batch_id, "resend-callbacks",
+                f"Resend the callbacks of {d['jobs']:,} jobs of batch {batch_id}?",
+                _plan_lines(d), {"code": code or "", "expect": str(d["jobs"])},
+                f"Resend {d['jobs']:,} callbacks")
+        raise HTTPException(404, f"no page {action!r}")
+
+    @router.post("/batches/{batch_id}/{action}")
+    async def act(request: Request, batch_id: int, action: str,
+                  who: Principal = Depends(authorised)) -> Response:
+        form = {k: v[0] for k, v in parse_qs(
+            (await request.body())[:4096].decode("utf-8", "replace")).items()}
+        remote = request.client.host if request.client else None
+        from starlette.concurrency import run_in_threadpool
+
+        detail = await run_in_threadpool(_act, settings, batch_id, action, form)
+        await run_in_threadpool(
+            audit.record_batch_action, url, actor=who.name, surface="web", action=action,
+            batch_id=batch_id, token_id=who.token_id or None, remote=remote, detail=detail)
+        cache.forget(batch_id)
+        return RedirectResponse(f"/batches/{batch_id}?done={action}", status_code=303)
+
+    return router
+
+
+def _weight(value: str | None) -> float:
+    from faceid_batch.bulk.batches import check_weight
+
+    try:
+        return check_weight(float(value or ""))
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(422, f"weight: {exc}") from None
+    except BatchError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except BatchError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+def _plan_lines(d: dict[str, Any]) -> list[str]:
+    """A plan's dict (bulk.batches.RetryPlan/ResendPlan.as_dict) as lines of plain text."""
+    lines = []
+    for key, value in d.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+            lines.append(f"{key.replace('_', ' ')}: {inner}")
+        else:
+            lines.append(f"{key.replace('_', ' ')}: {value}")
+    return lines
+
+
+def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str]) -> str:
+    """Do one confirmed action; the audit row's detail."""
+    from faceid_batch.bulk import batches as bulk
+
+    def expect() -> int | None:
+        raw = form.get("expect")
+        return int(raw) if raw and raw.isdigit() else None
+
+    code = form.get("code") or None
+    if action == "pause":
+        return f"{_call(lambda: bulk.pause(settings, batch_id))} jobs parked"
+    if action == "resume":
+        return f"{_call(lambda: bulk.resume(settings, batch_id))} jobs due again"
+    if action == "cancel":
+        return f"{_call(lambda: bulk.cancel(settings, batch_id))} jobs closed"
+    if action == "weight":
+        value = _weight(form.get("weight"))
+        _call(lambda: bulk.set_weight(settings, batch_id, value))
+        return f"weight {value:g}"
+    if action == "retry":
+        n = _call(lambda: bulk.retry(settings, batch_id, code, actor="web",
+                                     expect=expect()))
+        return f"{n} jobs queued again" + (f" (code {code})" if code else "")
+    if action == "resend-callbacks":
+        n = _call(lambda: bulk.resend_callbacks(settings, batch_id, code, actor="web",
+                                                expect=expect()))
+        return f"{n} callbacks queued" + (f" (code {code})" if code else "")
+    raise HTTPException(404, f"no action {action!r}")

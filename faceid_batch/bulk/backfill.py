@@ -12,6 +12,9 @@ a duplicate row of the file: a bad row. A key repeated inside one chunk is caugh
 the lookup. Each job keeps its batch and manifest line. A re-run with the same batch name
 (by default the manifest's absolute path) resumes the batch: it inserts what the earlier
 run did not reach.
+
+The batch keeps the SHA-256 of the manifest of its latest run (``batches.manifest_sha256``),
+hashed as the file is read, for its end-of-run report.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class BackfillResult:
     refused: int = 0  # of those, rows refused by preflight: stored as refused jobs, not sent
     parked: int = 0  # of the accepted, jobs parked because the batch is paused
     stopped: str | None = None  # why the run stopped early (the batch was cancelled)
+    manifest_sha256: str | None = None  # of the file's bytes; None if it could not be read
     seconds: float = 0.0
 
     @property
@@ -101,6 +105,7 @@ def open_batch(settings: Settings, manifest: Path, name: str | None,
         batch.manifest = str(manifest.resolve())
         batch.enqueue_started_at = utcnow()
         batch.enqueue_finished_at = None
+        batch.manifest_sha256 = None  # this run's, stored when it ends
         session.flush()
         return batch.id, batch.lane, batch.state, resumed
 
@@ -162,6 +167,10 @@ def run_backfill(
                     _save_figures(settings, result, finished=False)
     finally:
         result.seconds = time.monotonic() - started
+        try:
+            result.manifest_sha256 = manifest.sha256()
+        except OSError:
+            log.warning("batch %s: could not hash manifest %s", batch_id, manifest.path)
         _save_figures(settings, result, finished=True)
         client.close()
     return result
@@ -292,6 +301,7 @@ def _save_figures(settings: Settings, result: BackfillResult, finished: bool) ->
         batch.rows_bad = result.bad
         if finished:
             batch.enqueue_finished_at = utcnow()
+            batch.manifest_sha256 = result.manifest_sha256
             if result.known:
                 # One row for the run, not one per known key (cost accounting).
                 session.add(DedupeHit(source="backfill", count=result.known,

@@ -8,22 +8,27 @@ manifest's directory), http(s) URLs, or ``cos://bucket/key`` objects already in 
 The file is streamed: memory does not grow with the manifest. A file that is not CSV/JSONL
 at all, or a CSV without the required columns, is refused before any row is read
 (``ManifestError``); a bad row is a ``RowError`` for the per-row report, and the run goes on.
+Its bytes are hashed (SHA-256) as they are read, for the batch's end-of-run report.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faceid_batch.intake.submit import JobSpec, SubmitError, is_remote, validate_spec
 from faceid_batch.settings import Settings
 from faceid_batch.stage.media import MediaError
 from faceid_batch.stage.storage import parse_cos_uri
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 REQUIRED = ("key", "photo", "video", "liveness_type")
 OPTIONAL = ("validate_data", "metadata")
@@ -32,6 +37,7 @@ ALIASES = {"idempotency_key": "key", "livenesstype": "liveness_type",
 CSV_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 SNIFF_BYTES = 64 * 1024
+HASH_CHUNK = 1024 * 1024
 # csv's default (128 KiB) is far above any sane row; keep a bound so a stray quote cannot
 # make one "field" swallow the rest of a huge file.
 csv.field_size_limit(1024 * 1024)
@@ -72,8 +78,37 @@ def _normalise(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+class _HashingReader(io.RawIOBase):
+    """A file's bytes, each hashed (SHA-256) once as it is read; ``count`` of them so far."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        n = self._raw.readinto(buffer)
+        if n:
+            with memoryview(buffer) as view:
+                self.digest.update(view[:n])
+            self.count += n
+        return n
+
+    def tell(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 class Manifest:
-    """An opened manifest. Iterate ``rows()`` once; ``bytes_read`` tracks progress."""
+    """An opened manifest. Iterate ``rows()`` once; ``bytes_read`` tracks progress and
+    ``sha256()`` is the file's hash."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -82,7 +117,8 @@ class Manifest:
             raise ManifestError(f"manifest {path}: file not found")
         self.size = self.path.stat().st_size
         self.format = self._detect()
-        self._binary: io.BufferedReader | None = None
+        self._binary: io.BufferedReader[_HashingReader] | None = None
+        self._hashing: _HashingReader | None = None
         self.columns: list[str] = []
         if self.format == "csv":
             self.columns, self._dialect = self._csv_header()
@@ -155,7 +191,8 @@ class Manifest:
 
     def rows(self) -> Iterator[RawRow]:
         """Every data row, streamed. Blank lines are skipped; line numbers are the file's."""
-        with self.path.open("rb") as binary:
+        self._hashing = _HashingReader(self.path.open("rb", buffering=0))
+        with io.BufferedReader(self._hashing) as binary:
             self._binary = binary
             # Bytes that are not UTF-8 become U+FFFD: that row is refused by its checks
             # rather than the whole run dying half-way.
@@ -164,6 +201,16 @@ class Manifest:
                 yield from self._csv_rows(text)
             else:
                 yield from self._jsonl_rows(text)
+
+    def sha256(self) -> str:
+        """The SHA-256 of the file's bytes (hex). ``rows()`` hashes them as it reads; only
+        what it has not read (a run stopped early, or no rows read) is read here."""
+        digest = self._hashing.digest.copy() if self._hashing else hashlib.sha256()
+        with self.path.open("rb") as fh:
+            fh.seek(self._hashing.count if self._hashing else 0)
+            while chunk := fh.read(HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def _csv_rows(self, text: io.TextIOWrapper) -> Iterator[RawRow]:
         reader = csv.reader(text, self._dialect)

@@ -4,6 +4,7 @@
     faceid-batch batch status ID [--watch]
     faceid-batch batch pause|resume|cancel|retry-failed ID
     faceid-batch batch weight ID W
+    faceid-batch batch report ID [--out DIR] [--partial]
 
 Each command imports what it runs inside its function, so a command loads only its own
 dependencies (a query does not load Celery or the COS SDK).
@@ -192,3 +193,32 @@ def weight(batch_id: int = typer.Argument(..., metavar="ID"),
 
     _batch_call(lambda settings, bid: batches.set_weight(settings, bid, value), batch_id)
     typer.echo(f"batch {batch_id}: weight {value:g} (the feeder uses it within a second)")
+
+
+@batch_app.command("report")
+def report(
+    batch_id: int = typer.Argument(..., metavar="ID"),
+    out: Path = typer.Option(Path("."), "--out", help="Directory for the two files "
+                             "(made if missing; default: the current directory)"),
+    partial: bool = typer.Option(False, "--partial", help="Report a batch that has not "
+                                 "ended yet (jobs still waiting or running)"),
+) -> None:
+    """Write the end-of-run report: a CSV row per job and a JSON summary, with their hashes.
+
+    batch-ID-report.csv lists the jobs in manifest order; batch-ID-summary.json holds the
+    counts, pass rate, error mix, cost, duration and throughput, the SHA-256 of the CSV and
+    of the manifest. Refused while jobs are waiting or running, unless --partial.
+    """
+    from faceid_batch.admin.batch_report import format_summary, write_report
+
+    try:
+        files = _batch_call(lambda settings, bid: write_report(settings, bid, out, partial),
+                            batch_id)
+    except OSError as exc:
+        fail(f"--out {out}: {exc}")
+    typer.echo(f"batch {batch_id} report" + (" (partial)" if files.summary["partial"] else ""))
+    typer.echo(f"  rows:    {files.csv_path} ({files.rows} jobs)")
+    typer.echo(f"  summary: {files.summary_path}")
+    typer.echo(f"  report sha256:   {files.report_sha256}")
+    typer.echo(f"  manifest sha256: {files.manifest_sha256 or 'unknown (not recorded)'}")
+    typer.echo(format_summary(files.summary))

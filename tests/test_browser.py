@@ -1,6 +1,6 @@
 """The review page in real headless Chromium, served by uvicorn on 127.0.0.1: log in, filter,
 open one job, see the ID photo (from COS) and the best frame (from the database) load, and
-log out."""
+log out; move through the listing and the pages with the keyboard, to a job and back."""
 
 from __future__ import annotations
 
@@ -153,3 +153,86 @@ def test_review_page_shows_both_images(served, browser):
     assert browser.get_cookies() == []
     browser.get(f"{base}/review/jobs/{job}")
     assert browser.current_url.endswith("/login")
+
+
+def log_in(browser, base: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/review"))
+
+
+def test_keyboard_through_the_listing_to_a_job_and_back(served, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, job, _ = served
+    log_in(browser, base)
+    browser.get(f"{base}/review?lane=backfill")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.job")
+    second = rows[1].find_element(By.TAG_NAME, "a").text
+    assert browser.find_element(By.ID, "keys").is_displayed()
+
+    def current() -> list[str]:
+        return [r.find_element(By.TAG_NAME, "a").text
+                for r in browser.find_elements(By.CSS_SELECTOR, "tr.job.current")]
+
+    keys = ActionChains(browser)
+    keys.send_keys("j").perform()
+    assert current() == [rows[0].find_element(By.TAG_NAME, "a").text]
+    keys.send_keys("j").perform()
+    assert current() == [second]
+    # The highlight is visible: the row's background differs from an unmarked row's.
+    assert (rows[1].value_of_css_property("background-color")
+            != rows[2].value_of_css_property("background-color"))
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith(f"/review/jobs/{second}"))
+
+    # The job page: the Sim bar against the threshold and every attempt on the timeline.
+    bar = browser.find_element(By.CSS_SELECTOR, "#sim-bar svg[role=img]")
+    assert bar.find_elements(By.CSS_SELECTOR, "line.threshold")
+    assert bar.find_elements(By.CSS_SELECTOR, "rect.value")
+    timeline = browser.find_element(By.CSS_SELECTOR, "#timeline svg[role=img]")
+    marks = timeline.find_elements(By.CSS_SELECTOR, "g.mark")
+    table = browser.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")
+    assert len(marks) == len(table) >= 1
+    assert timeline.size["width"] > 300 and timeline.is_displayed()
+
+    # u: back to the listing the job was opened from, filters included.
+    ActionChains(browser).send_keys("u").perform()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/review?lane=backfill"))
+    # Backspace does the same.
+    browser.get(f"{base}/review/jobs/{job}")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline g.mark")) == 3
+    ActionChains(browser).send_keys(Keys.BACKSPACE).perform()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/review?lane=backfill"))
+
+    # Arrow keys move the highlight too, and it stops at the first row.
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.job")
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN, Keys.ARROW_UP,
+                                    Keys.ARROW_UP, Keys.ARROW_UP).perform()
+    assert current() == [rows[0].find_element(By.TAG_NAME, "a").text]
+    # "/" puts the cursor in the first filter field; typing there moves nothing.
+    ActionChains(browser).send_keys("/").perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "f-batch"
+    ActionChains(browser).send_keys("j").perform()
+    assert current() == [rows[0].find_element(By.TAG_NAME, "a").text]
+    assert browser.find_element(By.ID, "f-batch").get_attribute("value") == "j"
+
+
+def test_keyboard_pages_with_n_and_p(served, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, _ = served
+    log_in(browser, base)
+    browser.get(f"{base}/review?limit=4")
+    ActionChains(browser).send_keys("n").perform()
+    WebDriverWait(browser, 10).until(lambda d: "page=2" in d.current_url)
+    ActionChains(browser).send_keys("p").perform()
+    WebDriverWait(browser, 10).until(lambda d: "page=1" in d.current_url)

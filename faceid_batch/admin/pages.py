@@ -116,7 +116,8 @@ t.isContentEditable)){if(e.key==='Escape'){t.blur()}return}
 switch(e.key){
 case'j':case'ArrowDown':mark(at+1);break;
 case'k':case'ArrowUp':mark(at<0?0:at-1);break;
-case'Enter':if(at<0||(t&&t.tagName==='A'))return;location.href=rows[at].dataset.href;break;
+case'Enter':if(at<0||(t&&(t.tagName==='A'||t.tagName==='BUTTON')))return;
+location.href=rows[at].dataset.href;break;
 case'/':var f=document.querySelector('form.filters input');if(f){f.focus();f.select()}break;
 case'n':follow('next');break;case'p':follow('prev');break;
 default:return}

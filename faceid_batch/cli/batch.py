@@ -3,6 +3,8 @@
     faceid-batch backfill MANIFEST [--report PATH] [--lane backfill] [--name NAME] [--weight W]
     faceid-batch batch status ID [--watch]
     faceid-batch batch pause|resume|cancel|retry-failed ID
+    faceid-batch batch retry ID [--code CODE] [--dry-run] [--yes]
+    faceid-batch batch resend-callbacks ID [--code CODE] [--verdict pass|fail] [--dry-run] [--yes]
     faceid-batch batch weight ID W
     faceid-batch batch report ID [--out DIR] [--partial]
 
@@ -183,6 +185,89 @@ def retry_failed(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
 
     n = _batch_call(batches.retry_failed, batch_id)
     typer.echo(f"batch {batch_id}: {n} failed jobs queued again")
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """Go on if --yes was given or the operator says yes; otherwise stop, changing nothing."""
+    if not yes and not typer.confirm(question, default=False):
+        typer.echo("nothing changed")
+        raise typer.Exit(1)
+
+
+@batch_app.command("retry")
+def retry(
+    batch_id: int = typer.Argument(..., metavar="ID"),
+    code: str | None = typer.Option(None, "--code", help="Only the jobs that failed with "
+                                    "this result code (e.g. Local.SourceTimeout)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (jobs by code, "
+                                 "estimated calls and cost) and change nothing"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation"),
+) -> None:
+    """Run the batch's failed jobs again from their first attempt, after a dry run.
+
+    Only jobs that ended failed (no verdict) are retried, never a completed job: a verdict,
+    passed or not, is final and was paid for. Prints the plan, asks for confirmation
+    (unless --yes), then runs exactly the jobs the plan counted; if that number changed
+    meanwhile, nothing is done. Jobs closed by a cancel are never retried.
+    """
+    from faceid_batch.admin.audit import cli_actor
+    from faceid_batch.bulk import batches
+
+    settings = load_settings()
+    try:
+        plan = batches.retry_plan(settings, batch_id, code)
+        typer.echo(plan.describe())
+        if dry_run or not plan.jobs:
+            typer.echo("dry run: nothing changed" if dry_run else "nothing to retry")
+            return
+        _confirm(yes, f"Run these {plan.jobs:,} jobs again?")
+        actor, host = cli_actor()
+        n = batches.retry(settings, batch_id, code, actor=actor, expect=plan.jobs,
+                          surface="cli", remote=host)
+    except batches.BatchError as exc:
+        fail(str(exc))
+    typer.echo(f"batch {batch_id}: {n:,} failed jobs queued again"
+               + (" (parked until the batch resumes)" if plan.paused else ""))
+
+
+@batch_app.command("resend-callbacks")
+def resend_callbacks(
+    batch_id: int = typer.Argument(..., metavar="ID"),
+    code: str | None = typer.Option(None, "--code", help="Only the jobs that ended with "
+                                    "this result code"),
+    verdict: str | None = typer.Option(None, "--verdict", metavar="pass|fail",
+                                       help="Only completed jobs with this verdict"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print how many callbacks would "
+                                 "be queued, by code, and change nothing"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation"),
+) -> None:
+    """Queue the completion callback again for the batch's finished jobs, after a dry run.
+
+    Only jobs that have a callback URL and no callback still pending; each gets a new
+    webhook-id. No FaceID call, no cost. Prints the plan, asks for confirmation (unless
+    --yes), then queues exactly what it counted; if that number changed, nothing is done.
+    """
+    from faceid_batch.admin.audit import cli_actor
+    from faceid_batch.bulk import batches
+
+    verdicts = {"pass": True, "fail": False, None: None}
+    if verdict not in verdicts:
+        fail(f"--verdict {verdict}: pass or fail")
+    passed = verdicts[verdict]
+    settings = load_settings()
+    try:
+        plan = batches.resend_plan(settings, batch_id, code, passed)
+        typer.echo(plan.describe())
+        if dry_run or not plan.jobs:
+            typer.echo("dry run: nothing changed" if dry_run else "nothing to send")
+            return
+        _confirm(yes, f"Queue these {plan.jobs:,} callbacks again?")
+        actor, host = cli_actor()
+        n = batches.resend_callbacks(settings, batch_id, code, passed, actor=actor,
+                                     expect=plan.jobs, surface="cli", remote=host)
+    except batches.BatchError as exc:
+        fail(str(exc))
+    typer.echo(f"batch {batch_id}: {n:,} callbacks queued again")
 
 
 @batch_app.command("weight")

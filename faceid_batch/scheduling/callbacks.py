@@ -17,7 +17,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, literal, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, literal, or_, select
 
 from faceid_batch.db import affected
 from faceid_batch.models import Job, WebhookMessage, table
@@ -48,6 +48,21 @@ def enqueue(db: Executor, job_id: int) -> None:
     """Queue the completion callback of a job that has just ended (if it has a callback
     URL), in the transaction that ends it."""
     db.execute(_ENQUEUE, {"of_job": job_id, "now": utcnow()})
+
+
+def enqueue_again(db: Executor, chosen: ColumnElement[bool]) -> int:
+    """Queue the completion callback once more for every job ``chosen`` selects (a condition
+    on ``jobs``) that has a callback URL, in one statement; return how many were queued.
+    For jobs that ended earlier (an operator's resend): each new row has its own id, so
+    the receiver gets a new ``webhook-id``."""
+    now = utcnow()
+    return affected(db.execute(_M.insert().from_select(
+        ["job_id", "lane", "state", "created_at", "due_at", "attempts"],
+        select(_J.id, _J.lane, literal(PENDING), literal(now, _C.created_at.type),
+               literal(now, _C.due_at.type), literal(0))
+        .where(chosen, _J.callback_url.is_not(None)),
+    # An INSERT's row count is kept only when asked for (psycopg reports -1 otherwise).
+    ).execution_options(preserve_rowcount=True)))
 
 
 def claim_due(db: Executor, limit: int) -> list[tuple[int, str, str]]:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -341,13 +341,26 @@ def cancel_batch(db: Executor, batch_id: int, code: str, message: str) -> int:
                       .values(**cancelled_columns(code, message))))
 
 
-def restart_failed(db: Executor, batch_id: int, *, paused: bool, except_code: str) -> int:
+def failed_of_batch(batch_id: int, *, except_code: str,
+                    code: str | None = None) -> ColumnElement[bool]:
+    """The jobs ``restart_failed`` runs again: the batch's failed jobs, except those that
+    failed with ``except_code``; only those that failed with ``code`` when it is given. A
+    dry run counts with the same condition, so it counts what the restart takes."""
+    chosen = [_J.batch_id == batch_id, _J.state == JobState.FAILED.value,
+              or_(_J.result_code.is_(None), _J.result_code != except_code)]
+    if code is not None:
+        chosen.append(_J.result_code == code)
+    return and_(*chosen)
+
+
+def restart_failed(db: Executor, batch_id: int, *, paused: bool, except_code: str,
+                   code: str | None = None) -> int:
     """Run a batch's failed jobs again from their first attempt, except those that failed
-    with ``except_code`` (closed by a cancel); parked when the batch is paused."""
+    with ``except_code`` (closed by a cancel), only those that failed with ``code`` when it
+    is given; parked when the batch is paused."""
     now = utcnow()
     return affected(db.execute(_JOBS.update().where(
-        _J.batch_id == batch_id, _J.state == JobState.FAILED.value,
-        or_(_J.result_code.is_(None), _J.result_code != except_code),
+        failed_of_batch(batch_id, except_code=except_code, code=code),
     ).values(**restarted_columns(paused=paused, now=now), updated_at=now)))
 
 

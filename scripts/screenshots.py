@@ -40,6 +40,7 @@ from faceid_batch.stage.storage import MediaStager  # noqa: E402
 SHOTS: list[tuple[str, str]] = [
     ("review-list.png", "/review"),
     ("review-job.png", "/review/jobs/{job}"),
+    ("dashboard.png", "/batches/{batch}"),
 ]
 WINDOW = (1280, 900)
 TOKEN = "screenshot-admin-token-0123456789"
@@ -151,7 +152,70 @@ def seed(settings: Settings, workdir: Path) -> dict[str, int]:
                              request_id=f"{key}-req-{len(kinds)}", description="Success"))
                 s.add(BestFrame(job_id=job.id, md5="0" * 32, size=len(frame), content=frame))
     ids["job"] = ids[FEATURED]
+    ids["batch"] = seed_backfill(settings)
     return ids
+
+
+def seed_backfill(settings: Settings, jobs: int = 60_000, minutes: int = 32) -> int:
+    """A backfill part way through: jobs in every state, Sims around the threshold, and its
+    calls by minute (batch_calls) at about the 20/s budget; return its batch id."""
+    import random
+
+    from sqlalchemy import insert
+
+    from faceid_batch.models import BatchCalls
+    from faceid_batch.times import utcnow
+
+    rnd = random.Random(7)
+    now = utcnow().replace(second=0, microsecond=0)
+    with session_scope(settings.database_url) as s:
+        batch = Batch(name="overnight re-verification (manifest kyc-2019.csv)",
+                      lane="backfill", manifest_sha256="9f" * 32, weight=1.0)
+        s.add(batch)
+        s.flush()
+        rows = []
+        for i in range(jobs):
+            r = rnd.random()
+            sim = min(99.0, max(1.0, rnd.gauss(82, 11)))
+            if i > jobs * 0.62:
+                state, code, passed, sim_or_none = "queued", None, None, None
+            elif r < 0.80:
+                state, code, passed, sim_or_none = "completed", "Success", sim >= 70, sim
+            elif r < 0.88:
+                state, code, passed, sim_or_none = ("completed",
+                                                    "FailedOperation.LivessDetectFake",
+                                                    False, None)
+            elif r < 0.93:
+                state, code, passed, sim_or_none = ("failed",
+                                                    "FailedOperation.DownLoadTimeoutError",
+                                                    None, None)
+            elif r < 0.97:
+                state, code, passed, sim_or_none = ("refused",
+                                                    "FailedOperation.SilentTooShort", None,
+                                                    None)
+            else:
+                state, code, passed, sim_or_none = "failed", "Local.SourceTimeout", None, None
+            rows.append(dict(
+                idempotency_key=f"kyc-2019-{i:06d}", lane="backfill", state=state,
+                liveness_type="SILENT", photo_source="cos://old/p.jpg",
+                video_source="cos://old/v.mp4", result_code=code, passed=passed,
+                sim=sim_or_none, attempts=0 if state in ("queued", "refused") else
+                1 + (rnd.random() < 0.12) + (rnd.random() < 0.03),
+                batch_id=batch.id, batch_row=i + 1, created_at=now, updated_at=now,
+                due_at=now if state == "queued" else None))
+        s.execute(insert(Job), rows)
+        for m in range(minutes):
+            minute = now - timedelta(minutes=minutes - m)
+            ok = int(60 * rnd.uniform(17.5, 19.6)) if m > 2 else 300 * m
+            timeouts = rnd.randint(0, 25) if 20 < m < 30 else rnd.randint(0, 4)
+            for code, calls in (("Success", ok), ("FailedOperation.DownLoadTimeoutError",
+                                                  timeouts),
+                                ("FailedOperation.LivessDetectFake", ok // 12)):
+                if calls:
+                    s.add(BatchCalls(batch_id=batch.id, minute=minute, code=code,
+                                     billable=True, calls=calls,
+                                     waited_ms=calls * rnd.randint(300, 900)))
+        return batch.id
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ The session cookie is SameSite=Strict, so no other site's form can post here wit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -95,7 +96,14 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         from faceid_batch.admin import batch_report
 
         board(batch_id)
-        return _call(lambda: batch_report.summary(settings, batch_id))
+        figures: dict[str, Any] = _call(lambda: batch_report.summary(settings, batch_id))
+        # The hash of the CSV this service serves for the batch now (report.csv): the same
+        # rows give the same bytes, so an auditor can check the file they downloaded.
+        digest = hashlib.sha256()
+        for chunk in batch_report.iter_report_csv(url, batch_id):
+            digest.update(chunk)
+        figures["report_sha256"] = digest.hexdigest()
+        return figures
 
     # -- actions: a GET says what will happen, a POST from its page does it -----------------
     @router.get("/batches/{batch_id}/{action}", response_class=HTMLResponse)
@@ -150,10 +158,12 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         remote = request.client.host if request.client else None
         from starlette.concurrency import run_in_threadpool
 
-        detail = await run_in_threadpool(_act, settings, batch_id, action, form)
-        await run_in_threadpool(
-            audit.record_batch_action, url, actor=who.name, surface="web", action=action,
-            batch_id=batch_id, token_id=who.token_id or None, remote=remote, detail=detail)
+        detail = await run_in_threadpool(_act, settings, batch_id, action, form, who, remote)
+        if detail is not None:
+            await run_in_threadpool(
+                audit.record_batch_action, url, actor=who.name, surface="web", action=action,
+                batch_id=batch_id, token_id=who.token_id or None, remote=remote,
+                detail=detail)
         cache.forget(batch_id)
         return RedirectResponse(f"/batches/{batch_id}?done={action}", status_code=303)
 
@@ -190,8 +200,10 @@ def _plan_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str]) -> str:
-    """Do one confirmed action; the audit row's detail."""
+def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str],
+         who: Principal, remote: str | None) -> str | None:
+    """Do one confirmed action; the detail of its audit row, or None when the action wrote
+    its row itself, in its own transaction (retry, resend callbacks)."""
     from faceid_batch.bulk import batches as bulk
 
     def expect() -> int | None:
@@ -210,11 +222,13 @@ def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str]) -
         _call(lambda: bulk.set_weight(settings, batch_id, value))
         return f"weight {value:g}"
     if action == "retry":
-        n = _call(lambda: bulk.retry(settings, batch_id, code, actor="web",
-                                     expect=expect()))
-        return f"{n} jobs queued again" + (f" (code {code})" if code else "")
+        _call(lambda: bulk.retry(settings, batch_id, code, actor=who.name, expect=expect(),
+                                 surface="web", token_id=who.token_id or None,
+                                 remote=remote))
+        return None
     if action == "resend-callbacks":
-        n = _call(lambda: bulk.resend_callbacks(settings, batch_id, code, actor="web",
-                                                expect=expect()))
-        return f"{n} callbacks queued" + (f" (code {code})" if code else "")
+        _call(lambda: bulk.resend_callbacks(settings, batch_id, code, actor=who.name,
+                                            expect=expect(), surface="web",
+                                            token_id=who.token_id or None, remote=remote))
+        return None
     raise HTTPException(404, f"no action {action!r}")

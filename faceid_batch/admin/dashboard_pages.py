@@ -222,7 +222,7 @@ def confirm_page(batch_id: int, action: str, title: str, lines: list[str],
     items = "".join(f"<li>{escape(line)}</li>" for line in lines)
     css = " class='danger'" if danger else ""
     return _page(title, f"<p><a href='/batches/{batch_id}'>« batch {batch_id}</a></p>"
-                        f"<h1>{escape(title)}</h1><ul id='plan'>{items}</ul>"
+                        f"<h1 id='title'>{escape(title)}</h1><ul id='plan'>{items}</ul>"
                         f"<form method='post' action='/batches/{batch_id}/{action}'>{fields}"
                         f"<button type='submit' id='confirm'{css}>{escape(button)}</button> "
                         f"<a href='/batches/{batch_id}'>Back</a></form>")

@@ -181,6 +181,24 @@ class Job(Base):
         # outcome, attempts and Sim in one index-only scan.
         Index("ix_jobs_batch_tally", "batch_id", "state", "result_code", "passed", "attempts",
               "sim"),
+        # Every sort and filter of the admin listing (queries.py, revision 0013): a sort
+        # column then the id; a descending sort on a nullable column reads an index in
+        # ``(col IS NULL), col DESC, id DESC`` order (NULLs last on both backends).
+        Index("ix_jobs_sim_id", "sim", "id"),
+        Index("ix_jobs_sim_desc", text("(sim IS NULL)"), text("sim DESC"), text("id DESC")),
+        Index("ix_jobs_passed_sim", "passed", text("(sim IS NULL)"), text("sim DESC"),
+              text("id DESC")),
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_attempts_id", "attempts", "id"),
+        Index("ix_jobs_finished_desc", text("(finished_at IS NULL)"), text("finished_at DESC"),
+              text("id DESC")),
+        Index("ix_jobs_passed_sim_id", "passed", "sim", "id"),
+        Index("ix_jobs_code_desc", text("(result_code IS NULL)"), text("result_code DESC"),
+              text("id DESC")),
+        Index("ix_jobs_batch_finished", "batch_id", "finished_at"),
+        # A key prefix as a range of this index, whatever the collation (bytes compared).
+        Index("ix_jobs_key_pattern", "idempotency_key", "id",
+              postgresql_ops={"idempotency_key": "varchar_pattern_ops"}),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from faceid_batch.admin import queries
 from faceid_batch.admin.queries import Filters, Page, QueryError, write_csv, write_jsonl
@@ -44,7 +46,7 @@ def seed(url: str) -> dict[str, int]:
             created = T0 + timedelta(minutes=minutes)
             job = Job(idempotency_key=key, lane=lane, state=state, liveness_type="SILENT",
                       photo_source="/p.png", video_source="/v.mp4", attempts=attempts,
-                      result_code=code, passed=passed, created_at=created,
+                      result_code=code, passed=passed, sim=sim, created_at=created,
                       photo_key=f"media/{key[:5]}.png",
                       finished_at=created + timedelta(seconds=30) if code else None,
                       batch_id=batches[batch].id if batch is not None else None,
@@ -96,6 +98,10 @@ def test_each_filter_narrows(seeded):
         (Filters(key_prefix="alice-"), {"alice-1", "alice-2", "alice-3"}),
         # % and _ in a prefix are characters, not wildcards.
         (Filters(key_prefix="carol%"), {"carol%_1"}),
+        (Filters(key_prefix="carol_"), set()),
+        (Filters(key_prefix="carol%_"), {"carol%_1"}),
+        (Filters(key_prefix="carolX"), {"carolX_2"}),
+        (Filters(key_prefix="carol", sim_min=70, sim_max=70), {"carol%_1", "carolX_2"}),
     ]
     for filters, expected in cases:
         assert set(keys(url, filters)) == expected, filters
@@ -123,6 +129,79 @@ def test_paging_is_stable_and_sort_is_whitelisted(seeded):
         queries.list_results(url, Filters(), Page(sort="id; DROP TABLE jobs"))
     with pytest.raises(QueryError):
         queries.list_results(url, Filters(), Page(limit=0))
+
+
+def _joined_order(url: str, sort: str, filters: Filters) -> list[str]:
+    """The order of ``sort`` computed from results.sim through the join, NULLs last."""
+    desc = sort.startswith("-")
+    with session_scope(url) as s:
+        rows = s.execute(select(Job.id, Job.idempotency_key, Result.sim)
+                         .outerjoin(Result, Result.job_id == Job.id)
+                         .where(*filters.clauses())).all()
+    known = sorted((r for r in rows if r.sim is not None), key=lambda r: (r.sim, r.id),
+                   reverse=desc)
+    unknown = sorted((r for r in rows if r.sim is None), key=lambda r: r.id, reverse=desc)
+    return [r.idempotency_key for r in known + unknown]
+
+
+def test_sim_sort_and_filter_match_the_results(seeded):
+    url, ids = seeded
+    # A job whose result came after another's, so id order and Sim order differ throughout.
+    with session_scope(url) as s:
+        job = Job(idempotency_key="dave-1", lane="backfill", state="completed", sim=55.5,
+                  liveness_type="SILENT", photo_source="/p.png", video_source="/v.mp4",
+                  attempts=1, result_code="Success", passed=False, created_at=T0)
+        s.add(job)
+        s.flush()
+        s.add(Result(job_id=job.id, result="Success", sim=55.5, passed=False, threshold=70.0,
+                     request_id="req-dave", description="near miss"))
+    for filters in (Filters(), Filters(passed=False), Filters(lane="onboarding"),
+                    Filters(sim_min=40, sim_max=80), Filters(state="completed")):
+        for sort in ("sim", "-sim"):
+            expected = _joined_order(url, sort, filters)
+            assert keys(url, filters, sort=sort, limit=1000) == expected, (sort, filters)
+            pages = [k for p in range(1, 8) for k in keys(url, filters, sort=sort, page=p,
+                                                          limit=2)]
+            assert pages == expected, (sort, filters)
+    # The page's rows still carry what only results hold.
+    rows = queries.list_results(url, Filters(passed=False), Page(sort="-sim", limit=1)).rows
+    assert [(r.key, r.sim, r.request_id, r.description) for r in rows] == [
+        ("dave-1", 55.5, "req-dave", "near miss")]
+    assert queries.list_results(url, Filters(sim_min=55.5, sim_max=55.5)).rows[0].key == "dave-1"
+
+
+FULL_SORT = re.compile(r"(?<!Incremental )Sort  \(cost")
+
+
+def _plan(url: str, query: Any) -> str:
+    with session_scope(url) as s:
+        s.execute(text("SET LOCAL enable_seqscan = off"))
+        s.execute(text("SET LOCAL enable_sort = off"))
+        sql = str(query.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
+        return "\n".join(s.scalars(text("EXPLAIN " + sql)))
+
+
+def test_every_offered_order_is_an_index(seeded):
+    """On PostgreSQL, each sort (both ways), alone and under
+    a verdict, is read in order from an index: no Sort node, even where a sort is the only
+    other way. A key prefix is an index range, whatever the database's collation."""
+    url, _ = seeded
+    if not url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's plans")
+    sorts = [s for name in queries.SORTS for s in (name, f"-{name}")]
+    cases = [(s, Filters()) for s in sorts] + [
+        ("-sim", Filters(passed=False)), ("-sim", Filters(passed=True)),
+        ("sim", Filters(passed=True)),
+        ("-id", Filters(state="failed")), ("attempts", Filters())]
+    for sort, filters in cases:
+        query = (select(Job.id).where(*filters.clauses())
+                 .order_by(*Page(sort=sort).order_by()).limit(51))
+        plan = _plan(url, query)
+        # An Incremental Sort (ties of an index's order sorted by id, a few rows at a time;
+        # ix_jobs_finished_at ascending) is bounded; a Sort of every matching row is not.
+        assert not FULL_SORT.search(plan) and "Index" in plan, (sort, filters, plan)
+    plan = _plan(url, select(Job.id).where(*Filters(key_prefix="carol%_").clauses()))
+    assert "ix_jobs_key_pattern" in plan and "Index Cond" in plan, plan
 
 
 def test_show_has_every_attempt_and_no_bytes(seeded):
@@ -158,13 +237,16 @@ def test_stats(seeded):
     with session_scope(url) as s:
         batch_a = s.scalar(select(Batch.id).where(Batch.name == "batch-a"))
     st = queries.stats(url, Filters(batch_id=batch_a))
-    assert (st["jobs"], st["passed"], st["failed"]) == (3, 2, 1)
+    assert (st["jobs"], st["finished"], st["passed"], st["failed"]) == (3, 3, 2, 1)
     assert st["pass_rate"] == pytest.approx(2 / 3, abs=1e-3)
     assert st["codes"] == {"Success": 2, "FailedOperation.LivessDetectFake": 1}
     assert st["attempts"] == {1: 2, 2: 1}
     assert st["per_minute"] == {"2026-01-01T10:00": 1, "2026-01-01T10:01": 2}
     ranged = queries.stats(url, Filters(created_from=T0 + timedelta(days=1)))
     assert ranged["jobs"] == 2 and ranged["pass_rate"] == 1.0
+    everything = queries.stats(url)
+    assert (everything["jobs"], everything["finished"]) == (len(SEED), len(SEED) - 1)
+    assert sum(everything["per_minute"].values()) == everything["finished"]
 
 
 def test_cli_commands(seeded, monkeypatch, tmp_path):

@@ -247,7 +247,9 @@ def _panels(url: str, batch: Callable[[], int]) -> dict[str, Callable[[], object
 
     return {
         "dashboard tally": lambda: dashboard.tally(url, batch()),
-        "dashboard calls_by_minute": lambda: dashboard.calls_by_minute(url, batch()),
+        "dashboard calls_by_minute (last 3 h)": lambda: dashboard.calls_by_minute(url,
+                                                                                  batch()),
+        "dashboard call_totals": lambda: dashboard.call_totals(url, batch()),
         "dashboard share": lambda: dashboard.share(url, batch(), 20.0),
         "dashboard panels (all of the above)": lambda: dashboard.panels(
             url, batch(), budget=20.0, threshold=70.0),

@@ -198,3 +198,18 @@ def test_calls_by_minute_since(database_url):
     got = dashboard.calls_by_minute(url, batch_id, since=t - timedelta(minutes=2))
     assert [m.calls for m in got] == [12, 11, 10]
     assert got[0].minute < got[-1].minute
+
+
+def test_the_series_is_the_last_hours_and_the_totals_the_whole_life(database_url):
+    url = database_url
+    batch_id = _batch(url, "long")
+    last = utcnow().replace(second=0, microsecond=0) - timedelta(hours=5)
+    with session_scope(url) as s:
+        for i in range(6 * 60):  # six hours, the newest five hours ago
+            s.add(BatchCalls(batch_id=batch_id, minute=last - timedelta(minutes=i),
+                             code="Success", billable=i % 2 == 0, calls=1, waited_ms=10))
+    series = dashboard.calls_by_minute(url, batch_id)
+    assert len(series) == 181 and series[-1].minute == last
+    assert series[0].minute == last - dashboard.SERIES_WINDOW
+    assert dashboard.call_totals(url, batch_id) == dashboard.CallTotals(360, 180, 3600)
+    assert dashboard.calls_by_minute(url, _batch(url, "none")) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,6 +34,9 @@ from faceid_batch.models import Attempt, Batch, BatchCalls, BatchState, Job, Job
 from faceid_batch.times import as_aware, utcnow
 
 SIM_BUCKET = 5  # the Sim histogram's bucket width, in Sim points (0-100)
+# The charts over time show the batch's last few hours of calls (at most 180 minutes a
+# code); its totals (calls, cost, calls a job) count its whole life.
+SERIES_WINDOW = timedelta(hours=3)
 RECENT = timedelta(minutes=2)  # the window of the rate a batch gets now
 FINAL = frozenset(s.value for s in JobState.final())
 
@@ -79,15 +83,45 @@ def tally(url: str, batch_id: int) -> list[TallyRow]:
             for state, code, passed, attempts, b, n in rows]
 
 
-def calls_by_minute(url: str, batch_id: int, since: datetime | None = None) -> list[MinuteCalls]:
-    """The batch's calls by minute, code and billing, oldest first (``since``: from then)."""
+def calls_by_minute(url: str, batch_id: int, since: datetime | None = None,
+                    window: timedelta | None = None) -> list[MinuteCalls]:
+    """The batch's calls by minute, code and billing, oldest first: from ``since``, or the
+    last ``window`` (default SERIES_WINDOW) up to its latest minute with a call."""
     q = select(BatchCalls.minute, BatchCalls.code, BatchCalls.billable, BatchCalls.calls,
                BatchCalls.waited_ms).where(BatchCalls.batch_id == batch_id)
-    if since is not None:
-        q = q.where(BatchCalls.minute >= since)
     with session_scope(url) as session:
-        rows = session.execute(q.order_by(BatchCalls.minute)).all()
+        if since is None:
+            last = session.scalar(select(func.max(BatchCalls.minute))
+                                  .where(BatchCalls.batch_id == batch_id))
+            if last is None:
+                return []
+            since = as_aware(last) - (window or SERIES_WINDOW)
+        rows = session.execute(q.where(BatchCalls.minute >= since)
+                               .order_by(BatchCalls.minute)).all()
     return [MinuteCalls(as_aware(m), c, b, n, w) for m, c, b, n, w in rows]
+
+
+@dataclass(frozen=True)
+class CallTotals:
+    """All of a batch's calls: how many, how many billable, and their wait for a slot."""
+
+    calls: int = 0
+    billable: int = 0
+    waited_ms: int = 0
+
+
+def call_totals(url: str, batch_id: int) -> CallTotals:
+    """The batch's calls over its whole life (one aggregate over its batch_calls rows)."""
+    calls = billable = waited = 0
+    with session_scope(url) as session:
+        for is_billable, n, w in session.execute(
+                select(BatchCalls.billable, func.sum(BatchCalls.calls),
+                       func.sum(BatchCalls.waited_ms))
+                .where(BatchCalls.batch_id == batch_id).group_by(BatchCalls.billable)):
+            calls += int(n or 0)
+            waited += int(w or 0)
+            billable += int(n or 0) if is_billable else 0
+    return CallTotals(calls, billable, waited)
 
 
 @dataclass(frozen=True)
@@ -167,7 +201,8 @@ class Dashboard:
     outcomes: Outcomes
     sim_histogram: list[tuple[float, float, int]]  # (from, to, jobs)
     attempts: dict[int, int]  # attempts -> jobs (jobs that ended)
-    minutes: list[MinuteCalls]
+    minutes: list[MinuteCalls]  # the last SERIES_WINDOW of its calls
+    totals: CallTotals
     share: Share
     price: Decimal
     currency: str
@@ -187,11 +222,11 @@ class Dashboard:
 
     @property
     def calls(self) -> int:
-        return sum(m.calls for m in self.minutes)
+        return self.totals.calls
 
     @property
     def billable_calls(self) -> int:
-        return sum(m.calls for m in self.minutes if m.billable)
+        return self.totals.billable
 
     @property
     def calls_per_job(self) -> float:
@@ -253,14 +288,20 @@ class Dashboard:
 def panels(url: str, batch_id: int, *, budget: float, threshold: float,
            price: Decimal = Decimal(0), currency: str = "USD",
            since: datetime | None = None) -> Dashboard:
-    """Read every panel of batch ``batch_id`` (three queries and a seek per due batch)."""
+    """Read every panel of batch ``batch_id``: its tally, its calls (by minute and in
+    total) and its share, read side by side, so a refresh takes as long as the slowest."""
     with session_scope(url) as session:
         batch = session.get(Batch, batch_id)
         if batch is None:
             raise DashboardError(f"batch {batch_id}: no such batch")
         head = (batch.name, str(batch.state), str(batch.lane), batch.weight,
                 as_aware(batch.created_at), batch.manifest_sha256)
-    rows = tally(url, batch_id)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard") as pool:
+        tallied = pool.submit(tally, url, batch_id)
+        minutes = pool.submit(calls_by_minute, url, batch_id, since)
+        totals = pool.submit(call_totals, url, batch_id)
+        shared = pool.submit(share, url, batch_id, budget)
+        rows = tallied.result()
     by_state: dict[str, int] = {}
     outcomes = Outcomes()
     buckets: dict[int, int] = {}
@@ -279,7 +320,7 @@ def panels(url: str, batch_id: int, *, budget: float, threshold: float,
         batch_id=batch_id, name=head[0], state=head[1], lane=head[2], weight=head[3],
         created_at=head[4], manifest_sha256=head[5], threshold=threshold, budget=budget,
         by_state=by_state, outcomes=outcomes, sim_histogram=histogram, attempts=attempts,
-        minutes=calls_by_minute(url, batch_id, since), share=share(url, batch_id, budget),
+        minutes=minutes.result(), totals=totals.result(), share=shared.result(),
         price=price, currency=currency, read_at=utcnow())
 
 

@@ -125,3 +125,25 @@ def test_an_action_is_a_dry_run_then_a_confirmed_post_audited(site):
         assert s.get(Batch, batch_id).weight == 2.5
     assert client.get(f"/batches/{batch_id}/nothing", headers=AUTH).status_code == 404
     assert client.post(f"/batches/{batch_id}/nothing", headers=AUTH).status_code == 404
+
+
+def test_an_action_from_elsewhere_or_without_its_count_is_refused(site):
+    client, batch_id, url = site
+    r = client.post(f"/batches/{batch_id}/cancel", headers={**AUTH, "Sec-Fetch-Site":
+                                                            "same-site"})
+    assert r.status_code == 403
+    r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"code": ""})
+    assert r.status_code == 422 and "expect" in r.text
+    r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"expect": "\u00b2"})
+    assert r.status_code == 422
+    with session_scope(url) as s:
+        assert s.get(Batch, batch_id).state == BatchState.ACTIVE
+        assert s.query(Job).filter(Job.state == JobState.FAILED).count() == 3
+        assert s.scalars(select(BatchAction)).all() == []
+    plan = client.get(f"/batches/{batch_id}/retry", headers=AUTH).text
+    assert "Retry 3 failed jobs" in plan
+    r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"expect": "3"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    with session_scope(url) as s:
+        assert s.query(Job).filter(Job.state == JobState.FAILED).count() == 0

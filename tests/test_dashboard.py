@@ -213,3 +213,19 @@ def test_the_series_is_the_last_hours_and_the_totals_the_whole_life(database_url
     assert series[0].minute == last - dashboard.SERIES_WINDOW
     assert dashboard.call_totals(url, batch_id) == dashboard.CallTotals(360, 180, 3600)
     assert dashboard.calls_by_minute(url, _batch(url, "none")) == []
+
+
+def test_an_upserted_minute_meets_the_orm_row_of_the_same_minute(res, tmp_path):
+    url = res.settings.database_url
+    batch_id = _batch(url, "formats")
+    job = _claimed_job(res, tmp_path, "f-1", batch_id)
+    minute = utcnow().replace(second=0, microsecond=0)
+    with session_scope(url) as s:
+        s.add(BatchCalls(batch_id=batch_id, minute=minute, code="Success", billable=True,
+                         calls=5, waited_ms=0))
+    record.record_answer(res, job, Answer("Success", "result", 200, "r-f", sim=80.0,
+                                          started_at=minute.timestamp() + 30))
+    with session_scope(url) as s:
+        # One row: the upsert's minute is stored exactly as the ORM stores it.
+        assert [r.calls for r in s.scalars(select(BatchCalls))] == [6]
+    assert [m.calls for m in dashboard.calls_by_minute(url, batch_id, since=minute)] == [6]

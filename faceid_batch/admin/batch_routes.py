@@ -11,6 +11,7 @@ The session cookie is SameSite=Strict, so no other site's form can post here wit
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from faceid_batch.admin import audit, dashboard, dashboard_pages
 from faceid_batch.admin.tokens import Principal
@@ -25,6 +27,7 @@ from faceid_batch.bulk.batches import BatchError
 from faceid_batch.settings import Settings
 
 Auth = Callable[..., Principal]
+REPORTS_AT_ONCE = 2
 
 # What a POST did, shown once on the dashboard it redirects to (fixed texts: nothing from
 # the query string is echoed).
@@ -44,6 +47,8 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
                                 currency=settings.faceid_price_currency)
 
     cache = dashboard.Panels(read)
+    # Reports read a whole batch on one connection: two at a time, the rest told to wait.
+    reports = threading.BoundedSemaphore(REPORTS_AT_ONCE)
     router = APIRouter(dependencies=[Depends(authorised)])
 
     def board(batch_id: int) -> dashboard.Dashboard:
@@ -61,9 +66,9 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
     @router.get("/batches/{batch_id}", response_class=HTMLResponse)
     def batch_page(batch_id: int, done: str | None = None) -> str:
         b = board(batch_id)
-        return dashboard_pages.dashboard_page(b, sorted({*b.outcomes.failed,
-                                                         *b.outcomes.local}),
-                                              DONE.get(done or "", ""))
+        # The codes a retry can select (a failed job without a code is in "every failed job").
+        codes = sorted(c for c in {*b.outcomes.failed, *b.outcomes.local} if c != "(no code)")
+        return dashboard_pages.dashboard_page(b, codes, DONE.get(done or "", ""))
 
     @router.get("/batches/{batch_id}/panels", response_class=HTMLResponse)
     def batch_panels(batch_id: int) -> str:
@@ -87,8 +92,17 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         from faceid_batch.admin import batch_report
 
         board(batch_id)  # 404 for an unknown batch, before the stream starts
-        chunks: Iterator[bytes] = batch_report.iter_report_csv(url, batch_id)
-        return StreamingResponse(chunks, media_type="text/csv", headers={
+        if not reports.acquire(blocking=False):
+            raise HTTPException(503, "reports are being built; try again in a minute",
+                                headers={"Retry-After": "30"})
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from batch_report.iter_report_csv(url, batch_id)
+            finally:
+                reports.release()
+
+        return StreamingResponse(chunks(), media_type="text/csv", headers={
             "Content-Disposition": f'attachment; filename="batch-{batch_id}-report.csv"'})
 
     @router.get("/batches/{batch_id}/summary.json")
@@ -96,12 +110,18 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         from faceid_batch.admin import batch_report
 
         board(batch_id)
-        figures: dict[str, Any] = _call(lambda: batch_report.summary(settings, batch_id))
-        # The hash of the CSV this service serves for the batch now (report.csv): the same
-        # rows give the same bytes, so an auditor can check the file they downloaded.
-        digest = hashlib.sha256()
-        for chunk in batch_report.iter_report_csv(url, batch_id):
-            digest.update(chunk)
+        if not reports.acquire(blocking=False):
+            raise HTTPException(503, "reports are being built; try again in a minute",
+                                headers={"Retry-After": "30"})
+        try:
+            figures: dict[str, Any] = _call(lambda: batch_report.summary(settings, batch_id))
+            # The hash of the CSV this service serves for the batch now (report.csv): the
+            # same rows give the same bytes, so an auditor can check the file downloaded.
+            digest = hashlib.sha256()
+            for chunk in batch_report.iter_report_csv(url, batch_id):
+                digest.update(chunk)
+        finally:
+            reports.release()
         figures["report_sha256"] = digest.hexdigest()
         return figures
 
@@ -118,7 +138,8 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
                                 "again."],
                      "cancel": [f"Jobs not yet called end failed (Local.BatchCancelled): up "
                                 f"to {b.remaining:,}. Calls in flight finish. This cannot be "
-                                "undone; retry re-queues them."]}[action]
+                                "undone: a cancelled batch stays cancelled, and its "
+                                "cancelled jobs are not retried."]}[action]
             return dashboard_pages.confirm_page(
                 batch_id, action, f"{action.capitalize()} batch {batch_id}?", lines, {},
                 action.capitalize(), danger=action == "cancel")
@@ -153,11 +174,17 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
     @router.post("/batches/{batch_id}/{action}")
     async def act(request: Request, batch_id: int, action: str,
                   who: Principal = Depends(authorised)) -> Response:
-        form = {k: v[0] for k, v in parse_qs(
-            (await request.body())[:4096].decode("utf-8", "replace")).items()}
+        # The pages' own forms only: a browser says where a request comes from, and a form
+        # posted from any other origin (a sibling subdomain included) is refused.
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise HTTPException(403, "a batch action is only taken from this service's pages")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > 4096:
+                raise HTTPException(413, "form too large")
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         remote = request.client.host if request.client else None
-        from starlette.concurrency import run_in_threadpool
-
         detail = await run_in_threadpool(_act, settings, batch_id, action, form, who, remote)
         if detail is not None:
             await run_in_threadpool(
@@ -206,9 +233,13 @@ def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str],
     its row itself, in its own transaction (retry, resend callbacks)."""
     from faceid_batch.bulk import batches as bulk
 
-    def expect() -> int | None:
-        raw = form.get("expect")
-        return int(raw) if raw and raw.isdigit() else None
+    def expect() -> int:
+        # Required: the count the dry run showed, so the action is the one confirmed.
+        raw = form.get("expect", "")
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+            raise HTTPException(422, "expect: the number of jobs the dry run showed is "
+                                     "required")
+        return int(raw)
 
     code = form.get("code") or None
     if action == "pause":

@@ -1,15 +1,16 @@
 """What a batch's dashboard shows, read from the database (so it survives restarts and
 counts every worker's jobs).
 
-Two reads make every panel:
+Three reads make the panels (and a loose index scan for the batch's share):
 
 - ``tally``: the batch's jobs counted by state, outcome, verdict, attempts and Sim bucket,
   one index-only scan of ``ix_jobs_batch_tally`` (revision 0012).
-- ``calls_by_minute``: the ``batch_calls`` rows of the batch (its FaceID calls by minute,
-  answer code and billing, with the time they waited for their rate-limit slot), written in
-  the transaction of each call's attempt row.
+- ``calls_by_minute``: the ``batch_calls`` rows of the batch's last SERIES_WINDOW (its
+  FaceID calls by minute, answer code and billing, with the time they waited for their
+  rate-limit slot), written in the transaction of each call's attempt row; ``call_totals``:
+  the same rows summed over the batch's life.
 
-``Panels`` caches both for ``Panels.ttl`` seconds per batch, and one reader refreshes a
+``Panels`` caches them for ``Panels.ttl`` seconds per batch, and one reader refreshes a
 batch while the others wait for it: a wall of screens showing one batch costs the database
 two queries every few seconds, however many are open.
 """
@@ -25,12 +26,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, cast, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, cast, func, select
 
 from faceid_batch.call.errors import classify
 from faceid_batch.db import get_engine, session_scope
 from faceid_batch.models import Attempt, Batch, BatchCalls, BatchState, Job, JobState, Lane
+from faceid_batch.scheduling import schedule
 from faceid_batch.times import as_aware, utcnow
 
 SIM_BUCKET = 5  # the Sim histogram's bucket width, in Sim points (0-100)
@@ -133,8 +134,8 @@ class Share:
     budget: float  # FACEID_RATE_LIMIT
     onboarding: float  # onboarding calls/s over the last RECENT
     weight: float
-    weights: float  # the sum over the batches of its lane with due jobs (its own included)
-    batches: int
+    weights: float  # the sum over the keys of its lane with due jobs (its own included)
+    batches: int  # those keys: batches, and the jobs of no batch as one
 
     @property
     def calls_per_second(self) -> float:
@@ -153,24 +154,17 @@ def share(url: str, batch_id: int, budget: float) -> Share:
         onboarding = session.scalar(
             select(func.count()).select_from(Attempt).join(Job, Job.id == Attempt.job_id)
             .where(Attempt.started_at >= now - RECENT, Job.lane == Lane.ONBOARDING)) or 0
-        weights, n = 0.0, 0
-        for other_id, weight in session.execute(
-                select(Batch.id, Batch.weight).where(
-                    Batch.state == BatchState.ACTIVE, Batch.lane == batch.lane)):
-            if other_id == batch_id or _has_due(session, batch.lane, other_id):
-                weights += weight if weight and weight > 0 else 1.0
-                n += 1
+        # The feeder's own split (schedule.due_weights): the active batches with due jobs,
+        # and the lane's jobs of no batch as one more key of weight 1.
+        keys = schedule.due_weights(session, batch.lane)
     own = batch.weight if batch.weight and batch.weight > 0 else 1.0
     if batch.state != BatchState.ACTIVE:
-        weights = 0.0
+        weights, n = 0.0, len(keys)
+    else:
+        keys[batch_id] = own
+        weights, n = sum(keys.values()), len(keys)
     return Share(budget=budget, onboarding=onboarding / RECENT.total_seconds(), weight=own,
                  weights=weights, batches=n)
-
-
-def _has_due(session: Session, lane: Lane, batch_id: int) -> bool:
-    # One seek in ix_jobs_due per batch.
-    return bool(session.scalar(select(exists().where(
-        Job.lane == lane, Job.batch_id == batch_id, Job.due_at.is_not(None)))))
 
 
 # -- the panels -----------------------------------------------------------------------------
@@ -238,9 +232,10 @@ class Dashboard:
 
     @property
     def billable_per_job(self) -> float:
+        """Billable calls a called job has taken so far (1.0 before any job was called)."""
         called = self.done - self.outcomes.refused - sum(self.outcomes.local.values()) \
             - self.outcomes.cancelled
-        return self.billable_calls / called if called > 0 and self.billable_calls else 1.0
+        return self.billable_calls / called if called > 0 and self.calls else 1.0
 
     @property
     def eta_seconds(self) -> float | None:
@@ -363,7 +358,12 @@ class Panels:
             fresh = self._fresh(batch_id)  # another reader refreshed it while this waited
             if fresh is not None:
                 return fresh
-            board = self.read(batch_id)
+            try:
+                board = self.read(batch_id)
+            finally:
+                with self._lock:  # the gate goes with its read (an unknown id leaves none)
+                    if self._refreshing.get(batch_id) is gate:
+                        del self._refreshing[batch_id]
             with self._lock:
                 self.reads += 1
                 self._entries[batch_id] = (self.clock(), board)

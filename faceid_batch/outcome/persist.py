@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from faceid_batch.call import billing
@@ -42,7 +42,8 @@ _COUNT_CALL = text(
     "WHERE id = :job_id AND batch_id IS NOT NULL "
     "ON CONFLICT (batch_id, minute, code, billable) DO UPDATE SET "
     "calls = batch_calls.calls + 1, "
-    "waited_ms = batch_calls.waited_ms + excluded.waited_ms")
+    "waited_ms = batch_calls.waited_ms + excluded.waited_ms",
+).bindparams(bindparam("minute", type_=DateTime(timezone=True)))  # stored as the ORM stores it
 
 
 def call_tally(attempt: dict[str, Any], answer: Answer) -> dict[str, Any]:

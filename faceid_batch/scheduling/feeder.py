@@ -34,11 +34,11 @@ from collections.abc import Callable, Hashable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import select
 
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.messages import send_verify_many, send_webhooks
-from faceid_batch.models import Batch, BatchState, Job, Lane, table
+from faceid_batch.models import Job, Lane, table
 from faceid_batch.parts import FeederParts
 from faceid_batch.scheduling import callbacks, leases, recovery, schedule
 from faceid_batch.times import utcnow
@@ -65,22 +65,6 @@ ENABLED = True  # bench.baseline turns the feeder off for its own comparison run
 _J = table(Job).c
 Key = Hashable  # a batch id, or None for the jobs of no batch
 
-# The batches with due jobs in a lane, one index seek per batch (a loose index scan over
-# ix_jobs_due), so a backlog of millions in a few batches costs a few seeks.
-# Every step is the same seek (batch ids start at 1), so the planner takes ix_jobs_due for
-# all of them; a first step written "batch_id IS NOT NULL" was read through ix_jobs_batch_id
-# past every finished job of the first batch.
-_DUE_BATCHES = text("""
-WITH RECURSIVE due(b) AS (
-  SELECT CAST(0 AS BIGINT)
-  UNION ALL
-  SELECT (SELECT batch_id FROM jobs WHERE lane = :lane AND due_at IS NOT NULL
-          AND batch_id > due.b ORDER BY batch_id LIMIT 1) FROM due WHERE due.b IS NOT NULL
-)
-SELECT b FROM due WHERE b IS NOT NULL AND b > 0
-""")
-_NO_BATCH_DUE = select(_J.id).where(
-    _J.lane == bindparam("lane"), _J.batch_id.is_(None), _J.due_at.is_not(None)).limit(1)
 
 
 class FairShare:
@@ -225,15 +209,8 @@ class Feeder:
         if cached is not None and cached[0] > self.clock():
             return cached[1]
         with session_scope(self.s.database_url) as session:
-            ids = [b for b in session.scalars(_DUE_BATCHES, {"lane": lane})]
-            keys: dict[Key, float] = {}
-            if ids:
-                for batch_id, state, weight in session.execute(
-                        select(Batch.id, Batch.state, Batch.weight).where(Batch.id.in_(ids))):
-                    if state == BatchState.ACTIVE.value:
-                        keys[batch_id] = weight if weight and weight > 0 else 1.0
-            if session.scalar(_NO_BATCH_DUE, {"lane": lane}) is not None:
-                keys[None] = 1.0
+            keys: dict[Key, float] = {k: w for k, w in
+                                      schedule.due_weights(session, lane).items()}
         self._keys[lane] = (self.clock() + KEYS_REFRESH_SECONDS, keys)
         return keys
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -384,3 +384,38 @@ def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, i
     values = [{"created_at": now, "updated_at": now, "attempts": 0, **row} for row in rows]
     stmt = new.returning(Job.idempotency_key, Job.id)
     return {key: job_id for key, job_id in conn.execute(stmt, values)}
+
+
+# The batches with due jobs in a lane, one index seek per batch (a loose index scan over
+# ix_jobs_due), so a backlog of millions in a few batches costs a few seeks.
+# Every step is the same seek (batch ids start at 1), so the planner takes ix_jobs_due for
+# all of them; a first step written "batch_id IS NOT NULL" would be read through
+# ix_jobs_batch_id past every finished job of the first batch.
+_JOBS_C = table(Job).c
+_DUE_BATCHES = text("""
+WITH RECURSIVE due(b) AS (
+  SELECT CAST(0 AS BIGINT)
+  UNION ALL
+  SELECT (SELECT batch_id FROM jobs WHERE lane = :lane AND due_at IS NOT NULL
+          AND batch_id > due.b ORDER BY batch_id LIMIT 1) FROM due WHERE due.b IS NOT NULL
+)
+SELECT b FROM due WHERE b IS NOT NULL AND b > 0
+""")
+_NO_BATCH_DUE = select(_JOBS_C.id).where(
+    _JOBS_C.lane == bindparam("lane"), _JOBS_C.batch_id.is_(None),
+    _JOBS_C.due_at.is_not(None)).limit(1)
+
+
+def due_weights(session: Session, lane: str) -> dict[int | None, float]:
+    """The keys the feeder shares ``lane`` between, by weight: each active batch with due
+    jobs in it (its weight), and None (weight 1) when jobs of no batch are due in it."""
+    ids = list(session.scalars(_DUE_BATCHES, {"lane": lane}))
+    keys: dict[int | None, float] = {}
+    if ids:
+        for batch_id, state, weight in session.execute(
+                select(Batch.id, Batch.state, Batch.weight).where(Batch.id.in_(ids))):
+            if state == BatchState.ACTIVE.value:
+                keys[batch_id] = weight if weight and weight > 0 else 1.0
+    if session.scalar(_NO_BATCH_DUE, {"lane": lane}) is not None:
+        keys[None] = 1.0
+    return keys

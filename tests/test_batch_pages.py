@@ -147,3 +147,29 @@ def test_an_action_from_elsewhere_or_without_its_count_is_refused(site):
     assert r.status_code == 303
     with session_scope(url) as s:
         assert s.query(Job).filter(Job.state == JobState.FAILED).count() == 0
+
+
+def test_the_cli_records_its_actions_with_its_user(site, monkeypatch, redis_server):
+    from typer.testing import CliRunner
+
+    from faceid_batch.cli.main import app
+    from faceid_batch.settings import get_settings
+
+    _client, batch_id, url = site
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    get_settings.cache_clear()
+    for args in (["pause", str(batch_id)], ["weight", str(batch_id), "3"],
+                 ["resume", str(batch_id)], ["cancel", str(batch_id)]):
+        result = CliRunner().invoke(app, ["batch", *args])
+        assert result.exit_code == 0, result.output
+    with session_scope(url) as s:
+        rows = s.scalars(select(BatchAction).order_by(BatchAction.id)).all()
+        assert [r.action for r in rows] == ["pause", "weight", "resume", "cancel"]
+        assert all(r.actor.startswith("cli:") and r.surface == "cli" for r in rows)
+        assert rows[1].detail == "weight 1 -> 3" and "closed" in (rows[3].detail or "")
+        assert s.get(Batch, batch_id).state == BatchState.CANCELLED
+    get_settings.cache_clear()
+    # The dashboard lists who did what.
+    page = _client.get(f"/batches/{batch_id}", headers=AUTH).text
+    assert "id='actions-log'" in page and "weight 1 -&gt; 3" in page

@@ -57,19 +57,16 @@ def record(url: str, *, actor: str, surface: str, what: str, job_id: int,
                           detail=detail))
 
 
-BATCH_ACTIONS = ("pause", "resume", "cancel", "weight", "retry", "resend-callbacks")
-
-
 def record_batch_action(url: str, *, actor: str, surface: str, action: str, batch_id: int,
                         token_id: int | None = None, remote: str | None = None,
                         detail: str | None = None) -> None:
-    """Append one row to batch_actions: who acted on a batch, how, and what it matched."""
-    if surface not in SURFACES or action not in BATCH_ACTIONS:
-        raise ValueError(f"audit: unknown surface {surface!r} or action {action!r}")
+    """Append one row to batch_actions on its own (an action of bulk/batches.py writes its
+    row itself, in the action's transaction: batches.add_action)."""
+    from faceid_batch.bulk.batches import add_action
+
     with session_scope(url) as s:
-        s.add(BatchAction(actor=actor[:200], token_id=token_id, surface=surface,
-                          action=action, batch_id=batch_id,
-                          remote=(remote or "")[:200] or None, detail=detail))
+        add_action(s, batch_id=batch_id, action=action, actor=actor, surface=surface,
+                   token_id=token_id, remote=remote, detail=detail)
 
 
 def batch_actions(url: str, batch_id: int, limit: int = 50) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from faceid_batch.admin import audit, dashboard, dashboard_pages
 from faceid_batch.admin.tokens import Principal
-from faceid_batch.bulk.batches import BatchError
+from faceid_batch.bulk.batches import Actor, BatchError
 from faceid_batch.settings import Settings
 
 Auth = Callable[..., Principal]
@@ -68,7 +68,8 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         b = board(batch_id)
         # The codes a retry can select (a failed job without a code is in "every failed job").
         codes = sorted(c for c in {*b.outcomes.failed, *b.outcomes.local} if c != "(no code)")
-        return dashboard_pages.dashboard_page(b, codes, DONE.get(done or "", ""))
+        return dashboard_pages.dashboard_page(b, codes, DONE.get(done or "", ""),
+                                              audit.batch_actions(url, batch_id, limit=20))
 
     @router.get("/batches/{batch_id}/panels", response_class=HTMLResponse)
     def batch_panels(batch_id: int) -> str:
@@ -185,12 +186,8 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
                 raise HTTPException(413, "form too large")
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         remote = request.client.host if request.client else None
-        detail = await run_in_threadpool(_act, settings, batch_id, action, form, who, remote)
-        if detail is not None:
-            await run_in_threadpool(
-                audit.record_batch_action, url, actor=who.name, surface="web", action=action,
-                batch_id=batch_id, token_id=who.token_id or None, remote=remote,
-                detail=detail)
+        await run_in_threadpool(_act, settings, batch_id, action, form,
+                                Actor(who.name, "web", who.token_id or None, remote))
         cache.forget(batch_id)
         return RedirectResponse(f"/batches/{batch_id}?done={action}", status_code=303)
 
@@ -228,9 +225,8 @@ def _plan_lines(d: dict[str, Any]) -> list[str]:
 
 
 def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str],
-         who: Principal, remote: str | None) -> str | None:
-    """Do one confirmed action; the detail of its audit row, or None when the action wrote
-    its row itself, in its own transaction (retry, resend callbacks)."""
+         by: Actor) -> None:
+    """Do one confirmed action; it writes its batch_actions row in its own transaction."""
     from faceid_batch.bulk import batches as bulk
 
     def expect() -> int:
@@ -243,23 +239,20 @@ def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str],
 
     code = form.get("code") or None
     if action == "pause":
-        return f"{_call(lambda: bulk.pause(settings, batch_id))} jobs parked"
-    if action == "resume":
-        return f"{_call(lambda: bulk.resume(settings, batch_id))} jobs due again"
-    if action == "cancel":
-        return f"{_call(lambda: bulk.cancel(settings, batch_id))} jobs closed"
-    if action == "weight":
+        _call(lambda: bulk.pause(settings, batch_id, by))
+    elif action == "resume":
+        _call(lambda: bulk.resume(settings, batch_id, by))
+    elif action == "cancel":
+        _call(lambda: bulk.cancel(settings, batch_id, by))
+    elif action == "weight":
         value = _weight(form.get("weight"))
-        _call(lambda: bulk.set_weight(settings, batch_id, value))
-        return f"weight {value:g}"
-    if action == "retry":
-        _call(lambda: bulk.retry(settings, batch_id, code, actor=who.name, expect=expect(),
-                                 surface="web", token_id=who.token_id or None,
-                                 remote=remote))
-        return None
-    if action == "resend-callbacks":
-        _call(lambda: bulk.resend_callbacks(settings, batch_id, code, actor=who.name,
-                                            expect=expect(), surface="web",
-                                            token_id=who.token_id or None, remote=remote))
-        return None
-    raise HTTPException(404, f"no action {action!r}")
+        _call(lambda: bulk.set_weight(settings, batch_id, value, by))
+    elif action == "retry":
+        _call(lambda: bulk.retry(settings, batch_id, code, actor=by.name, expect=expect(),
+                                 surface=by.surface, token_id=by.token_id, remote=by.remote))
+    elif action == "resend-callbacks":
+        _call(lambda: bulk.resend_callbacks(settings, batch_id, code, actor=by.name,
+                                            expect=expect(), surface=by.surface,
+                                            token_id=by.token_id, remote=by.remote))
+    else:
+        raise HTTPException(404, f"no action {action!r}")

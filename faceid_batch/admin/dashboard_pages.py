@@ -93,7 +93,8 @@ def batches_page(rows: list[dict[str, Any]], progress: dict[int, dict[str, int]]
     return _page("Batches", f"<h1>Batches</h1>{table}")
 
 
-def dashboard_page(board: Dashboard, codes: list[str], flash: str = "") -> str:
+def dashboard_page(board: Dashboard, codes: list[str], flash: str = "",
+                   actions_log: list[dict[str, Any]] | None = None) -> str:
     """One batch: its head, its actions, and the panels (refreshed in place)."""
     b = board
     note = f"<p class='flash' id='flash'>{escape(flash)}</p>" if flash else ""
@@ -125,9 +126,16 @@ def dashboard_page(board: Dashboard, codes: list[str], flash: str = "") -> str:
             f"<p class='muted'>lane {_e(b.lane)} · weight {b.weight:g} · created "
             f"{b.created_at:%Y-%m-%d %H:%M} UTC · manifest SHA-256 "
             f"<code>{_e(b.manifest_sha256)}</code></p>")
+    log_rows = "".join(
+        f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{_e(a['actor'])}</td>"
+        f"<td>{_e(a['surface'])}</td><td>{_e(a['action'])}</td><td>{_e(a['detail'])}</td></tr>"
+        for a in actions_log or [])
+    log = (f"<div class='card' id='actions-log'><h2>Actions on this batch</h2><table><tr>"
+           f"<th>at (UTC)</th><th>who</th><th>from</th><th>action</th><th>what</th></tr>"
+           f"{log_rows}</table></div>") if log_rows else ""
     return _page(f"Batch {b.batch_id}",
                  f"{head}{note}<div class='actions'>{actions}</div>"
-                 f"<div id='panels'>{panels(board)}</div>", script=script)
+                 f"<div id='panels'>{panels(board)}</div>{log}", script=script)
 
 
 def _action(batch_id: int, action: str, label: str, danger: bool = False) -> str:

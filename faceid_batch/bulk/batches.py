@@ -148,20 +148,23 @@ def _set_state(session: Session, batch_id: int, state: BatchState) -> Batch:
     return batch
 
 
-def pause(settings: Settings, batch_id: int) -> int:
+def pause(settings: Settings, batch_id: int, by: Actor | None = None) -> int:
     """Pause a batch; return how many of its waiting jobs were parked at once.
 
     The feeder stops feeding it at its next round; a worker parks any job whose message
-    was already out (``batch_gate``); jobs already running finish.
+    was already out (``batch_gate``); jobs already running finish. With ``by``, the action
+    is recorded in ``batch_actions`` in the same transaction (so for resume, cancel and
+    set_weight).
     """
     with session_scope(settings.database_url) as session:
         _set_state(session, batch_id, BatchState.PAUSED)
         parked = schedule.park_batch(session, batch_id)
+        _record(session, by, batch_id, "pause", f"{parked} waiting jobs parked")
     publish_state(_redis(settings), settings.database_url, batch_id)
     return parked
 
 
-def resume(settings: Settings, batch_id: int) -> int:
+def resume(settings: Settings, batch_id: int, by: Actor | None = None) -> int:
     """Resume a batch: every parked job of it is due again; return how many.
 
     No park can come after it: a worker parks a job only while the database says the batch
@@ -170,11 +173,12 @@ def resume(settings: Settings, batch_id: int) -> int:
     with session_scope(settings.database_url) as session:
         _set_state(session, batch_id, BatchState.ACTIVE)
         due = schedule.unpark_batch(session, batch_id)
+        _record(session, by, batch_id, "resume", f"{due} parked jobs due again")
     publish_state(_redis(settings), settings.database_url, batch_id)
     return due
 
 
-def cancel(settings: Settings, batch_id: int) -> int:
+def cancel(settings: Settings, batch_id: int, by: Actor | None = None) -> int:
     """Cancel a batch: every job not yet called ends failed; return how many were closed.
 
     Jobs already calling FaceID finish and keep their answer (it is paid for).
@@ -183,6 +187,7 @@ def cancel(settings: Settings, batch_id: int) -> int:
         _set_state(session, batch_id, BatchState.CANCELLED)
         closed = schedule.cancel_batch(session, batch_id, CANCELLED_CODE,
                                        _cancelled_why(batch_id))
+        _record(session, by, batch_id, "cancel", f"{closed} jobs closed before any call")
     publish_state(_redis(settings), settings.database_url, batch_id)
     return closed
 
@@ -207,6 +212,18 @@ def retry_failed(settings: Settings, batch_id: int) -> int:
 LOCAL_PREFIX = "Local."
 NO_CODE = "(no code)"
 AUDIT_SURFACES = ("web", "api", "cli")  # admin/audit.py SURFACES (a layer above this one)
+BATCH_ACTIONS = ("pause", "resume", "cancel", "weight", "retry", "resend-callbacks")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts on a batch, for its ``batch_actions`` row: a token's name (or the CLI's
+    ``cli:user@host``), the surface, and where from."""
+
+    name: str
+    surface: str = "cli"
+    token_id: int | None = None
+    remote: str | None = None
 
 
 def _code_key(code: str | None) -> str:
@@ -373,10 +390,14 @@ def retry_plan(settings: Settings, batch_id: int, code: str | None = None) -> Re
                      currency=settings.faceid_price_currency, paused=paused)
 
 
-def _audit(session: Session, *, batch_id: int, action: str, actor: str, surface: str,
-           token_id: int | None, remote: str | None, detail: str) -> None:
-    """The ``batch_actions`` row of an action (what admin/audit.py record_batch_action
-    writes), in the action's own transaction: written if and only if the action is."""
+def add_action(session: Session, *, batch_id: int, action: str, actor: str, surface: str,
+               token_id: int | None = None, remote: str | None = None,
+               detail: str | None = None) -> None:
+    """The ``batch_actions`` row of an action on a batch, in the action's own transaction:
+    written if and only if the action is."""
+    _check_surface(surface)
+    if action not in BATCH_ACTIONS:
+        raise ValueError(f"action {action!r}: one of {', '.join(BATCH_ACTIONS)}")
     session.add(BatchAction(actor=actor[:200], token_id=token_id, surface=surface,
                             action=action, batch_id=batch_id,
                             remote=(remote or "")[:200] or None, detail=detail))
@@ -385,6 +406,13 @@ def _audit(session: Session, *, batch_id: int, action: str, actor: str, surface:
 def _check_surface(surface: str) -> None:
     if surface not in AUDIT_SURFACES:
         raise ValueError(f"surface {surface!r}: one of {', '.join(AUDIT_SURFACES)}")
+
+
+def _record(session: Session, by: Actor | None, batch_id: int, action: str,
+            detail: str) -> None:
+    if by is not None:
+        add_action(session, batch_id=batch_id, action=action, actor=by.name,
+                   surface=by.surface, token_id=by.token_id, remote=by.remote, detail=detail)
 
 
 def _changed(batch_id: int, expect: int, found: int, what: str) -> BatchError:
@@ -415,7 +443,7 @@ def retry(settings: Settings, batch_id: int, code: str | None = None, *, actor: 
             except_code=CANCELLED_CODE, code=code)
         if expect is not None and restarted != expect:
             raise _changed(batch_id, expect, restarted, "failed jobs")  # rolled back
-        _audit(session, batch_id=batch_id, action="retry", actor=actor, surface=surface,
+        add_action(session, batch_id=batch_id, action="retry", actor=actor, surface=surface,
                token_id=token_id, remote=remote,
                detail=f"code {code or '(any)'}: {restarted} failed jobs run again")
     return restarted
@@ -481,7 +509,7 @@ def resend_callbacks(settings: Settings, batch_id: int, code: str | None = None,
             raise _changed(batch_id, expect, queued, "callbacks")  # rolled back
         chosen = [f"code {code}"] if code else []
         chosen += [] if verdict is None else ["passed" if verdict else "fail verdict"]
-        _audit(session, batch_id=batch_id, action="resend-callbacks", actor=actor,
+        add_action(session, batch_id=batch_id, action="resend-callbacks", actor=actor,
                surface=surface, token_id=token_id, remote=remote,
                detail=f"{', '.join(chosen) or 'every finished job'}: "
                       f"{queued} callbacks queued again")
@@ -495,13 +523,15 @@ def check_weight(weight: float) -> float:
     return weight
 
 
-def set_weight(settings: Settings, batch_id: int, weight: float) -> Batch:
+def set_weight(settings: Settings, batch_id: int, weight: float,
+               by: Actor | None = None) -> Batch:
     """Set the batch's share of the feed (takes effect within a second)."""
     check_weight(weight)
     with session_scope(settings.database_url) as session:
         batch = session.get(Batch, batch_id)
         if batch is None:
             raise BatchError(f"batch {batch_id}: no such batch")
+        _record(session, by, batch_id, "weight", f"weight {batch.weight:g} -> {weight:g}")
         batch.weight = weight
         batch.updated_at = utcnow()
         return batch

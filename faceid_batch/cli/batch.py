@@ -24,6 +24,7 @@ from faceid_batch.cli.common import fail, load_settings
 
 if TYPE_CHECKING:
     from faceid_batch.bulk.backfill import BackfillResult
+    from faceid_batch.bulk.batches import Actor
     from faceid_batch.settings import Settings
 
 T = TypeVar("T")
@@ -111,6 +112,15 @@ def backfill(
         fail(f"stopped early: {result.stopped}", code=1)
 
 
+def _by() -> Actor:
+    """The CLI's user as the actor of a batch action (its batch_actions row)."""
+    from faceid_batch.admin.audit import cli_actor
+    from faceid_batch.bulk.batches import Actor
+
+    name, host = cli_actor()
+    return Actor(name, "cli", None, host)
+
+
 def _batch_call(fn: Callable[[Settings, int], T], batch_id: int) -> T:
     from faceid_batch.bulk.batches import BatchError
 
@@ -155,7 +165,7 @@ def pause(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
     """Stop calling for the batch; queued jobs wait (jobs already calling finish)."""
     from faceid_batch.bulk import batches
 
-    parked = _batch_call(batches.pause, batch_id)
+    parked = _batch_call(lambda s, bid: batches.pause(s, bid, _by()), batch_id)
     typer.echo(f"batch {batch_id} paused; {parked} waiting jobs parked (workers park any "
                "already on their way)")
 
@@ -165,7 +175,7 @@ def resume(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
     """Resume a paused batch: its parked jobs are sent again."""
     from faceid_batch.bulk import batches
 
-    due = _batch_call(batches.resume, batch_id)
+    due = _batch_call(lambda s, bid: batches.resume(s, bid, _by()), batch_id)
     typer.echo(f"batch {batch_id} resumed; {due} parked jobs due again")
 
 
@@ -174,7 +184,7 @@ def cancel(batch_id: int = typer.Argument(..., metavar="ID")) -> None:
     """Cancel the batch: jobs not yet called end failed (Local.BatchCancelled)."""
     from faceid_batch.bulk import batches
 
-    closed = _batch_call(batches.cancel, batch_id)
+    closed = _batch_call(lambda s, bid: batches.cancel(s, bid, _by()), batch_id)
     typer.echo(f"batch {batch_id} cancelled; {closed} jobs closed before any call")
 
 
@@ -276,7 +286,8 @@ def weight(batch_id: int = typer.Argument(..., metavar="ID"),
     """Set the batch's share of the budget against other batches due at the same time."""
     from faceid_batch.bulk import batches
 
-    _batch_call(lambda settings, bid: batches.set_weight(settings, bid, value), batch_id)
+    _batch_call(lambda settings, bid: batches.set_weight(settings, bid, value, _by()),
+                batch_id)
     typer.echo(f"batch {batch_id}: weight {value:g} (the feeder uses it within a second)")
 
 

@@ -7,7 +7,8 @@
   index-only scan (admin/dashboard.py).
 - ``batch_calls``: FaceID calls of a batch's jobs by minute, answer code and billing, and
   the time they waited for their rate-limit slot; one row per (batch, minute, code,
-  billable), added to in the transaction that records each call.
+  billable), added to in the transaction that records each call. Existing calls are
+  counted from their attempts (their wait was not recorded: 0).
 - ``batches.manifest_sha256``: the SHA-256 of the manifest file a backfill read, so its
   end-of-run report names the input it answers.
 - ``batch_actions``: who paused, resumed, cancelled, re-weighted or retried a batch, or
@@ -53,6 +54,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("batch_id", "minute", "code", "billable",
                                 name=op.f("pk_batch_calls")),
     )
+    _count_existing_calls()
     op.create_table(
         "batch_actions",
         sa.Column("id", BigId, autoincrement=True, nullable=False),
@@ -67,6 +69,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_actions")),
     )
     op.create_index(op.f("ix_batch_actions_batch_id"), "batch_actions", ["batch_id"])
+
+
+def _count_existing_calls() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        minute, no = "date_trunc('minute', a.started_at)", "false"
+    else:
+        # The text SQLAlchemy stores a DATETIME as on SQLite, truncated to its minute.
+        minute, no = "strftime('%Y-%m-%d %H:%M:00.000000', a.started_at)", "0"
+    op.execute(
+        "INSERT INTO batch_calls (batch_id, minute, code, billable, calls, waited_ms) "
+        f"SELECT j.batch_id, {minute}, a.code, COALESCE(a.billable, {no}), count(*), 0 "
+        "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.batch_id IS NOT NULL "
+        f"GROUP BY j.batch_id, {minute}, a.code, COALESCE(a.billable, {no})")
 
 
 def downgrade() -> None:

@@ -133,7 +133,11 @@ def test_an_action_from_elsewhere_or_without_its_count_is_refused(site):
                                                             "same-site"})
     assert r.status_code == 403
     r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"code": ""})
-    assert r.status_code == 422 and "expect" in r.text
+    assert r.status_code == 422 and "expect" in r.text and "id='refused'" in r.text
+    r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"expect": "7"})
+    assert r.status_code == 409 and "the dry run counted 7" in r.text
+    assert client.get(f"/batches/{2**63}", headers=AUTH).status_code == 422
+    assert client.get("/batches?page=99999999999", headers=AUTH).status_code == 422
     r = client.post(f"/batches/{batch_id}/retry", headers=AUTH, data={"expect": "\u00b2"})
     assert r.status_code == 422
     with session_scope(url) as s:

@@ -14,10 +14,10 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +27,8 @@ from faceid_batch.bulk.batches import Actor, BatchError
 from faceid_batch.settings import Settings
 
 Auth = Callable[..., Principal]
+# A batch id in a path: a positive BIGINT (anything else is a 422, not a database error).
+BatchId = Annotated[int, Path(ge=1, le=2**62)]
 REPORTS_AT_ONCE = 2
 
 # What a POST did, shown once on the dashboard it redirects to (fixed texts: nothing from
@@ -41,7 +43,7 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
     url = settings.database_url
     price = settings.faceid_price_per_call
 
-    def read(batch_id: int) -> dashboard.Dashboard:
+    def read(batch_id: BatchId) -> dashboard.Dashboard:
         return dashboard.panels(url, batch_id, budget=float(settings.faceid_rate_limit),
                                 threshold=settings.pass_threshold, price=Decimal(price),
                                 currency=settings.faceid_price_currency)
@@ -51,20 +53,20 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
     reports = threading.BoundedSemaphore(REPORTS_AT_ONCE)
     router = APIRouter(dependencies=[Depends(authorised)])
 
-    def board(batch_id: int) -> dashboard.Dashboard:
+    def board(batch_id: BatchId) -> dashboard.Dashboard:
         try:
             return cache.get(batch_id)
         except dashboard.DashboardError as exc:
             raise HTTPException(404, str(exc)) from None
 
     @router.get("/batches", response_class=HTMLResponse)
-    def batches(page: int = 1) -> str:
+    def batches(page: Annotated[int, Query(ge=1, le=1_000_000)] = 1) -> str:
         rows = dashboard.list_batches(url, limit=50, offset=50 * (max(1, page) - 1))
         return dashboard_pages.batches_page(rows, dashboard.progress(url, [r["id"]
                                                                            for r in rows]))
 
     @router.get("/batches/{batch_id}", response_class=HTMLResponse)
-    def batch_page(batch_id: int, done: str | None = None) -> str:
+    def batch_page(batch_id: BatchId, done: str | None = None) -> str:
         b = board(batch_id)
         # The codes a retry can select (a failed job without a code is in "every failed job").
         codes = sorted(c for c in {*b.outcomes.failed, *b.outcomes.local} if c != "(no code)")
@@ -72,11 +74,11 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
                                               audit.batch_actions(url, batch_id, limit=20))
 
     @router.get("/batches/{batch_id}/panels", response_class=HTMLResponse)
-    def batch_panels(batch_id: int) -> str:
+    def batch_panels(batch_id: BatchId) -> str:
         return dashboard_pages.panels(board(batch_id))
 
     @router.get("/api/batches/{batch_id}/dashboard")
-    def batch_json(batch_id: int) -> dict[str, Any]:
+    def batch_json(batch_id: BatchId) -> dict[str, Any]:
         b = board(batch_id)
         return {"batch_id": b.batch_id, "name": b.name, "state": b.state,
                 "total": b.total, "done": b.done, "by_state": b.by_state,
@@ -89,7 +91,7 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
 
     # -- the end-of-run report -------------------------------------------------------------
     @router.get("/batches/{batch_id}/report.csv")
-    def report_csv(batch_id: int) -> StreamingResponse:
+    def report_csv(batch_id: BatchId) -> StreamingResponse:
         from faceid_batch.admin import batch_report
 
         board(batch_id)  # 404 for an unknown batch, before the stream starts
@@ -107,7 +109,7 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
             "Content-Disposition": f'attachment; filename="batch-{batch_id}-report.csv"'})
 
     @router.get("/batches/{batch_id}/summary.json")
-    def report_summary(batch_id: int) -> dict[str, Any]:
+    def report_summary(batch_id: BatchId) -> dict[str, Any]:
         from faceid_batch.admin import batch_report
 
         board(batch_id)
@@ -128,7 +130,7 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
 
     # -- actions: a GET says what will happen, a POST from its page does it -----------------
     @router.get("/batches/{batch_id}/{action}", response_class=HTMLResponse)
-    def plan(batch_id: int, action: str, code: str | None = None,
+    def plan(batch_id: BatchId, action: str, code: str | None = None,
              weight: str | None = None) -> str:
         b = board(batch_id)
         if action in ("pause", "resume", "cancel"):
@@ -173,7 +175,7 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
         raise HTTPException(404, f"no page {action!r}")
 
     @router.post("/batches/{batch_id}/{action}")
-    async def act(request: Request, batch_id: int, action: str,
+    async def act(request: Request, batch_id: BatchId, action: str,
                   who: Principal = Depends(authorised)) -> Response:
         # The pages' own forms only: a browser says where a request comes from, and a form
         # posted from any other origin (a sibling subdomain included) is refused.
@@ -186,8 +188,15 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
                 raise HTTPException(413, "form too large")
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         remote = request.client.host if request.client else None
-        await run_in_threadpool(_act, settings, batch_id, action, form,
-                                Actor(who.name, "web", who.token_id or None, remote))
+        try:
+            await run_in_threadpool(_act, settings, batch_id, action, form,
+                                    Actor(who.name, "web", who.token_id or None, remote))
+        except HTTPException as exc:
+            if exc.status_code not in (409, 422):
+                raise
+            # Said on a page the operator can go back from (nothing was done).
+            return HTMLResponse(dashboard_pages.refused_page(batch_id, str(exc.detail)),
+                                status_code=exc.status_code)
         cache.forget(batch_id)
         return RedirectResponse(f"/batches/{batch_id}?done={action}", status_code=303)
 
@@ -224,7 +233,7 @@ def _plan_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _act(settings: Settings, batch_id: int, action: str, form: dict[str, str],
+def _act(settings: Settings, batch_id: BatchId, action: str, form: dict[str, str],
          by: Actor) -> None:
     """Do one confirmed action; it writes its batch_actions row in its own transaction."""
     from faceid_batch.bulk import batches as bulk

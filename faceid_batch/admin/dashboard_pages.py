@@ -234,3 +234,10 @@ def confirm_page(batch_id: int, action: str, title: str, lines: list[str],
                         f"<form method='post' action='/batches/{batch_id}/{action}'>{fields}"
                         f"<button type='submit' id='confirm'{css}>{escape(button)}</button> "
                         f"<a href='/batches/{batch_id}'>Back</a></form>")
+
+
+def refused_page(batch_id: int, why: str) -> str:
+    """An action that was not taken, and why (nothing was changed)."""
+    return _page("Not done", f"<p><a href='/batches/{batch_id}'>« batch {batch_id}</a></p>"
+                             f"<h1 id='title'>Nothing was done</h1>"
+                             f"<p class='flash' id='refused'>{escape(why)}</p>")

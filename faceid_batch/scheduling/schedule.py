@@ -258,14 +258,14 @@ def failed_columns(code: str, message: str) -> dict[str, Any]:
     """Final without a verdict: a bad request or media, attempts used up, a cancel."""
     # Neither due nor out: a final job leaves the schedule (it may have been made due
     # again while its answer was on the way; see _OURS).
-    return {"state": JobState.FAILED.value, "result_code": code, "passed": None,
+    return {"state": JobState.FAILED.value, "result_code": code, "passed": None, "sim": None,
             "error_message": message[:2000], "finished_at": utcnow(), "due_at": None,
             "enqueued_at": None}
 
 
 def refused_columns(code: str, reason: str) -> dict[str, Any]:
     """Final without a call: preflight predicted the API's refusal ``code``."""
-    return {"state": JobState.REFUSED.value, "result_code": code, "passed": None,
+    return {"state": JobState.REFUSED.value, "result_code": code, "passed": None, "sim": None,
             "error_message": reason[:2000], "finished_at": utcnow(), "due_at": None,
             "enqueued_at": None}
 

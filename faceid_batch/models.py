@@ -208,6 +208,8 @@ class Job(Base):
                                             index=True)
     liveness_type: Mapped[str] = mapped_column(String(8))
     validate_data: Mapped[str | None] = mapped_column(String(32))
+    # The FaceID region it is verified in (revision 0014); NULL: FACEID_REGION.
+    region: Mapped[str | None] = mapped_column(String(32))
     # Where the media came from (a path, an http(s) URL without query string, or cos://).
     photo_source: Mapped[str] = mapped_column(Text)
     video_source: Mapped[str] = mapped_column(Text)
@@ -286,6 +288,10 @@ class Attempt(Base):
     # Whether Tencent bills this call (billing.py maps the answer's code; revision 0006).
     # NULL on rows written before 0006: ``faceid-batch cost`` maps their code then.
     billable: Mapped[bool | None] = mapped_column(Boolean)
+    # The account (its name in the accounts file, or "default") and the region that served
+    # the call (revision 0014); NULL on calls recorded before.
+    account: Mapped[str | None] = mapped_column(String(64))
+    region: Mapped[str | None] = mapped_column(String(32))
 
     job: Mapped[Job] = relationship(back_populates="attempt_rows", lazy="raise")
 

@@ -28,3 +28,8 @@ class FeederParts(Parts, Protocol):
 
     @property
     def breaker(self) -> AccountBreaker: ...
+
+    @property
+    def breakers(self) -> tuple[AccountBreaker, ...]:
+        """Every account's breaker (one without FACEID_ACCOUNTS_FILE)."""
+        ...

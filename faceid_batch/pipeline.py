@@ -29,8 +29,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from faceid_batch.bulk.batches import batch_gate
+from faceid_batch.call.caps import ACCOUNT_WIDE
 from faceid_batch.call.errors import backoff
 from faceid_batch.call.faceid_client import Answer, CompareRequest
+from faceid_batch.call.routing import Caller
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.intake.submit import is_remote
 from faceid_batch.models import Job, JobState, table
@@ -90,6 +92,7 @@ class ClaimedJob:
     validate_data: str | None
     video_key: str | None
     stage_attempts: int
+    region: str | None  # None: FACEID_REGION
 
 
 # A job's statements, built once (see persist: rebuilding them per job cost more CPU than
@@ -98,6 +101,7 @@ _J = table(Job).c
 _JOB_TO_RUN = select(
     _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
     _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key, _J.stage_attempts,
+    _J.region,
 ).where(_J.id == bindparam("of_job"))
 
 
@@ -173,36 +177,46 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
         logs.bind(request_id=parked.request_id)
         # A paid answer that could not be written earlier: store it, never call again.
         return Ran(record.record_paid(res, job_id, parked))
-    # This check only saves staging a job the breaker would stop: a closed state read in
-    # the last second will do. The one before the call reads it afresh.
-    may_call, wait = res.breaker.before_call(max_age=1.0)
-    if not may_call:
+    # An account of the job's region whose breaker lets it call (routing.py). This check
+    # only saves staging a job no account could call: a closed state read in the last
+    # second will do. The one before the call reads it afresh.
+    region = job.region or res.settings.faceid_region
+    caller, wait = res.router.choose(region, max_age=1.0)
+    if caller is None:
         return _give_back(res, job_id, wait + random.uniform(0, 2))
-    staged = _stage_media(res, job_id, job)
-    if isinstance(staged, Ran):
-        return staged
-    answer = _call(res, job_id, job, *staged)
+    try:
+        staged = _stage_media(res, job_id, job)
+        if isinstance(staged, Ran):
+            return staged
+        answer = _call(res, job_id, job, caller, region, *staged)
+    finally:
+        res.router.done(caller)
     if isinstance(answer, Ran):
         return answer
     return Ran(record.record_paid(res, job_id, answer, staged))
 
 
-def _call(res: Resources, job_id: int, job: ClaimedJob, photo: StagedMedia,
-          video: StagedMedia) -> Answer | Ran:
-    """One FaceID call on a rate-limit slot (GlobalRateLimiter.call), or the job given back
-    if the breaker opened while it waited for its slot."""
+def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: str,
+          photo: StagedMedia, video: StagedMedia) -> Answer | Ran:
+    """One FaceID call by ``caller``'s account on a slot of its budget
+    (GlobalRateLimiter.call), or the job given back if its breaker opened while it waited
+    for its slot."""
     prepared: list[PreparedRequest] = []
     breaker_wait = [0.0]
+    stager = res.stager_for(job.region)
+    res.router.budget(caller)  # its share of a learned account-wide cap, if any
 
     def ready() -> bool:
         # The breaker may have opened while this job waited for its slot; if not, the
         # request is signed now, so the send costs almost nothing.
-        may_call, breaker_wait[0] = res.breaker.before_call()
+        may_call, breaker_wait[0] = caller.breaker.before_call()
         if may_call:
-            prepared.append(res.faceid.prepare(CompareRequest(
-                image_url=res.stager.presign(photo.key), image_md5=photo.info.md5,
-                video_url=res.stager.presign(video.key), video_md5=video.info.md5,
-                liveness_type=job.liveness_type, validate_data=job.validate_data)))
+            prepared.append(caller.client.prepare(CompareRequest(
+                image_url=stager.presign(photo.key), image_md5=photo.info.md5,
+                video_url=stager.presign(video.key), video_md5=video.info.md5,
+                liveness_type=job.liveness_type, validate_data=job.validate_data), region))
+        elif res.router.others_may_call(region, caller):
+            breaker_wait[0] = 0.0  # another account takes it at once
         return may_call
 
     def too_late() -> None:
@@ -213,20 +227,24 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, photo: StagedMedia,
     def send(send_at: float, send_by: float, on_sent: Callable[[float], None]) -> Answer:
         # The client sleeps until the slot at the first write, the request built and a
         # connection in hand (see faceid_client), so it leaves as close to it as it can.
-        return res.faceid.send(prepared[0], on_sent=on_sent, send_by=send_by,
-                               send_at=send_at)
+        return caller.client.send(prepared[0], on_sent=on_sent, send_by=send_by,
+                                  send_at=send_at)
 
-    sent = res.limiter.call(job.lane, send, ready=ready, on_too_late=too_late)
+    sent = caller.limiter.call(job.lane, send, ready=ready, on_too_late=too_late)
     if sent is None:
         return _give_back(res, job_id, breaker_wait[0] + random.uniform(0, 2))
     answer, late = sent.result, sent.late or 0.0
     answer.waited_ms = int(sent.waited * 1000)
+    answer.account, answer.region = caller.name, region
     metrics.RATE_LIMIT_WAIT.observe(sent.waited)
     logs.bind(request_id=answer.request_id)
     metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late)
-    log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot)", job_id,
-             answer.code, answer.request_id, answer.latency_ms, late * 1000)
-    res.breaker.record(answer.code if answer.rule.trips_breaker else None)
+    log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot, account %s, "
+             "%s)", job_id, answer.code, answer.request_id, answer.latency_ms, late * 1000,
+             caller.name, region)
+    caller.breaker.record(answer.code if answer.rule.trips_breaker else None)
+    if answer.code in ACCOUNT_WIDE:
+        res.caps.hit(caller.account.owner, answer.code)
     return answer
 
 
@@ -250,12 +268,13 @@ def _stage_media(res: Resources, job_id: int,
         return inspect
 
     try:
-        photo = res.stager.stage("photo", job.photo_source, job.photo_md5,
+        stager = res.stager_for(job.region)
+        photo = stager.stage("photo", job.photo_source, job.photo_md5,
                                  remote_check("photo", job.photo_source), job_id=job_id)
         video = None
         if preflight.Findings(findings).refusal is None:
             # An earlier attempt recorded the key: the video is likely in the bucket already.
-            video = res.stager.stage("video", job.video_source, job.video_md5,
+            video = stager.stage("video", job.video_source, job.video_md5,
                                      remote_check("video", job.video_source),
                                      check_existing=job.video_key is not None, job_id=job_id)
     except MediaError as exc:

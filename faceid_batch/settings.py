@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from decimal import Decimal
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -41,6 +42,8 @@ class Settings(BaseSettings):
     faceid_connect_timeout: float = Field(3.05, gt=0)
     faceid_read_timeout: float = Field(30.0, gt=0)
     faceid_rate_limit: int = Field(20, ge=1, le=10_000)
+    # A TOML file of several accounts (call/accounts.py); None: the FACEID_SECRET_* account.
+    faceid_accounts_file: str | None = None
     # The limiter's window is 1 s plus this: it must cover how much the network delay to the
     # API varies between two calls (our own send times are measured after the write).
     rate_limit_margin_ms: int = Field(5, ge=0, le=500)
@@ -56,6 +59,10 @@ class Settings(BaseSettings):
     cos_secret_key: SecretStr | None = None
     cos_token: SecretStr | None = None
     cos_key_prefix: str = "faceid-batch/media/"
+    # region=bucket,...: the bucket of each region (COS_BUCKET serves FACEID_REGION).
+    cos_buckets: str = ""
+    # region=host[:port],...: a custom COS domain per region (COS_DOMAIN: FACEID_REGION's).
+    cos_domains: str = ""
     presign_expiry_seconds: int = Field(300, ge=30, le=3600)
 
     # The egress policy (egress.py) for every fetch and POST made on a producer's behalf:
@@ -252,16 +259,51 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("cos_buckets", "cos_domains")
+    @classmethod
+    def _region_map_shape(cls, value: str) -> str:
+        parse_region_map(value)
+        return value
+
+    @property
+    def buckets(self) -> dict[str, str]:
+        """The bucket of each region: COS_BUCKETS, and COS_BUCKET for FACEID_REGION."""
+        found = parse_region_map(self.cos_buckets)
+        if self.cos_bucket and self.cos_bucket.strip():
+            found.setdefault(self.faceid_region, self.cos_bucket.strip())
+        return found
+
+    @property
+    def domains(self) -> dict[str, str]:
+        """The custom COS domain of each region that has one (COS_DOMAINS, and COS_DOMAIN
+        for FACEID_REGION)."""
+        found = parse_region_map(self.cos_domains)
+        if self.cos_domain:
+            found.setdefault(self.faceid_region, self.cos_domain)
+        return found
+
+    @model_validator(mode="after")
+    def _buckets_agree(self) -> Settings:
+        named = parse_region_map(self.cos_buckets).get(self.faceid_region)
+        if named and self.cos_bucket and named != self.cos_bucket.strip():
+            raise ValueError(f"COS_BUCKETS: names {named!r} for {self.faceid_region} "
+                             f"(FACEID_REGION), but COS_BUCKET is {self.cos_bucket!r}")
+        # COS_BUCKET (and COS_DOMAIN) are always FACEID_REGION's, however they were given.
+        self.cos_bucket = self.cos_bucket or named
+        self.cos_domain = self.cos_domain or parse_region_map(self.cos_domains).get(
+            self.faceid_region)
+        return self
+
     # -- credentials -----------------------------------------------------------
     def require_api(self) -> None:
         """Raise SettingsError naming each variable the API and COS calls need but lack."""
+        # With an accounts file, the keys are the file's (call/accounts.py checks them).
+        keys = () if self.faceid_accounts_file else (
+            ("FACEID_SECRET_ID", self.faceid_secret_id),
+            ("FACEID_SECRET_KEY", self.faceid_secret_key))
         missing = [
             name
-            for name, value in (
-                ("FACEID_SECRET_ID", self.faceid_secret_id),
-                ("FACEID_SECRET_KEY", self.faceid_secret_key),
-                ("COS_BUCKET", self.cos_bucket),
-            )
+            for name, value in (*keys, ("COS_BUCKET", self.buckets.get(self.faceid_region)))
             if value is None or not str(value.get_secret_value() if isinstance(value, SecretStr)
                                         else value).strip()
         ]
@@ -278,12 +320,38 @@ class Settings(BaseSettings):
         skey = self.cos_secret_key or self.faceid_secret_key
         token = self.cos_token or self.faceid_token
         if sid is None or skey is None:
-            raise SettingsError("missing required setting(s): FACEID_SECRET_ID, FACEID_SECRET_KEY")
+            raise SettingsError("missing required setting(s): " + (
+                "COS_SECRET_ID, COS_SECRET_KEY (the COS keys, with FACEID_ACCOUNTS_FILE)"
+                if self.faceid_accounts_file else "FACEID_SECRET_ID, FACEID_SECRET_KEY"))
         return (
             sid.get_secret_value(),
             skey.get_secret_value(),
             token.get_secret_value() if token else None,
         )
+
+
+_MAP_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+
+
+def parse_region_map(value: str) -> dict[str, str]:
+    """``region=value,region=value`` (COS_BUCKETS, COS_DOMAINS) as a dict; ValueError names
+    what is wrong."""
+    found: dict[str, str] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        region, sep, what = (part.strip() for part in item.partition("="))
+        if not sep or not what:
+            raise ValueError(f"expected region=value, got {item!r}")
+        if region not in FACEID_REGIONS:
+            raise ValueError(f"unknown region {region!r} (known: {', '.join(FACEID_REGIONS)})")
+        if region in found:
+            raise ValueError(f"region {region} is named twice")
+        if not _MAP_VALUE.match(what):
+            raise ValueError(f"{region}: {what!r} is not a bucket or host name")
+        found[region] = what
+    return found
 
 
 def _describe(err: ValidationError) -> str:

@@ -102,7 +102,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     parts = SimpleNamespace(
         settings=SimpleNamespace(database_url=url),
         redis=SimpleNamespace(pipeline=lambda transaction=False: _Pipe()),
-        breaker=SimpleNamespace(state=lambda: SimpleNamespace(open=False)))
+        breaker=SimpleNamespace(state=lambda: SimpleNamespace(open=False)),
+        breakers=(SimpleNamespace(state=lambda: SimpleNamespace(open=False)),))
     state = metrics.StateCollector(lambda: parts)
     families = list(state.collect())
     assert {f.name for f in families} == {"faceid_jobs", "faceid_queue_depth",

@@ -1,7 +1,8 @@
 """Read a backfill manifest (CSV or JSONL) one row at a time, and check each row for free.
 
 One row is one job: ``key``, ``photo``, ``video``, ``liveness_type``, and optionally
-``validate_data`` and ``metadata`` (a JSON object; in CSV, JSON text). Any other column is
+``validate_data``, ``region`` (the FaceID region it is verified in; FACEID_REGION if empty)
+and ``metadata`` (a JSON object; in CSV, JSON text). Any other column is
 kept in the job's metadata. Sources are local paths (relative ones are taken from the
 manifest's directory), http(s) URLs, or ``cos://bucket/key`` objects already in COS_BUCKET.
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 REQUIRED = ("key", "photo", "video", "liveness_type")
-OPTIONAL = ("validate_data", "metadata")
+OPTIONAL = ("validate_data", "metadata", "region")
 ALIASES = {"idempotency_key": "key", "livenesstype": "liveness_type",
            "validatedata": "validate_data", "meta": "metadata"}
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -254,7 +255,7 @@ class Manifest:
         if row.error:
             raise RowError(row.error)
         values: dict[str, str | None] = {}
-        for name in (*REQUIRED, "validate_data"):
+        for name in (*REQUIRED, "validate_data", "region"):
             raw = row.fields.get(name)
             if raw is None:
                 if name in REQUIRED:
@@ -276,6 +277,7 @@ class Manifest:
             validate_data=values["validate_data"],
             lane=lane,
             metadata=self._metadata(row.fields),
+            region=values["region"] or None,
         )
 
     def _source(self, source: str) -> str:
@@ -308,13 +310,19 @@ def check_row(spec: JobSpec, bucket: str | None, settings: Settings | None = Non
     ``spec.refusal``) plus the COS bucket rule."""
     try:
         spec = validate_spec(spec, settings)
+        if spec.region is not None and settings is not None \
+                and spec.region != settings.faceid_region:
+            # A job of another region: its own bucket (COS_BUCKETS).
+            bucket, name = settings.buckets.get(spec.region), f"the bucket of {spec.region}"
+        else:
+            name = "COS_BUCKET"
         for kind, source in (("photo", spec.photo), ("video", spec.video)):
             if source.startswith("cos://"):
                 src_bucket, _ = parse_cos_uri(source)
                 if bucket is not None and src_bucket != bucket:
                     # The worker would refuse it too (storage.MediaStager); say so now.
                     raise RowError(
-                        f"{kind} {source}: bucket {src_bucket!r} is not COS_BUCKET ({bucket}); "
+                        f"{kind} {source}: bucket {src_bucket!r} is not {name} ({bucket}); "
                         "FaceID downloads only from the bucket in its region"
                     )
     except (SubmitError, MediaError) as exc:

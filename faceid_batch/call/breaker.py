@@ -1,4 +1,5 @@
-"""The account breaker: when FaceID says the account cannot call, every worker stops calling.
+"""The account breaker: when FaceID says an account cannot call, every worker stops calling
+on that account (each account of call/accounts.py has its own breaker; the others go on).
 
 State lives in Redis so that all workers on all hosts see it at once. While it is open, jobs
 stay queued (they are re-sent later, not failed). After ``probe_after`` seconds one worker
@@ -55,8 +56,13 @@ class AccountBreaker:
     """
 
     def __init__(self, client: redis.Redis, probe_after: float = 30.0,
-                 max_probe_after: float = 600.0) -> None:
+                 max_probe_after: float = 600.0, account: str | None = None) -> None:
         self.redis = client
+        # One breaker per account (call/accounts.py); None or "default": the one of a
+        # single-account deployment, under its own keys.
+        self.account = account or "default"
+        self.key = KEY if account in (None, "default") else f"{KEY}:account:{account}"
+        self.probe_key = f"{self.key}:probe"
         self.probe_after = probe_after
         self.max_probe_after = max_probe_after
         self._local = threading.local()
@@ -67,7 +73,7 @@ class AccountBreaker:
         that many seconds ago will do (an open one is always read again)."""
         if max_age > 0 and time.monotonic() - self._closed_seen < max_age:
             return BreakerState(open=False)
-        raw = self.redis.get(KEY)
+        raw = self.redis.get(self.key)
         if not raw:
             self._closed_seen = time.monotonic()
             return BreakerState(open=False)
@@ -87,13 +93,13 @@ class AccountBreaker:
         if wait > 0:
             return False, wait
         mine = getattr(self._local, "probe", None)
-        if mine is not None and self.redis.get(PROBE_KEY) == mine.encode():
+        if mine is not None and self.redis.get(self.probe_key) == mine.encode():
             return True, 0.0  # this caller took the probe and is about to send it
         # Only one caller across all workers makes the probe call.
         token = uuid.uuid4().hex
-        if self.redis.set(PROBE_KEY, token, nx=True, ex=max(5, int(self.probe_after))):
+        if self.redis.set(self.probe_key, token, nx=True, ex=max(5, int(self.probe_after))):
             self._local.probe = token
-            log.warning("account breaker: probing with one call")
+            log.warning("account breaker (%s): probing with one call", self.account)
             return True, 0.0
         return False, min(self.probe_after, 5.0)
 
@@ -122,20 +128,20 @@ class AccountBreaker:
             return
         if account_error is None:
             if st.open:
-                self.redis.delete(KEY, PROBE_KEY)
-                log.warning("account breaker: closed, calls resume")
+                self.redis.delete(self.key, self.probe_key)
+                log.warning("account breaker (%s): closed, calls resume", self.account)
             return
         failures = st.failures + 1 if st.open else 1
         delay = min(self.max_probe_after, self.probe_after * (2 ** (failures - 1)))
         now = time.time()
-        self.redis.set(KEY, json.dumps({
+        self.redis.set(self.key, json.dumps({
             "code": account_error, "opened_at": st.opened_at if st.open else now,
             "probe_at": now + delay, "failures": failures,
         }))
-        self.redis.delete(PROBE_KEY)
-        log.error("account breaker: OPEN after %s; all workers stop calling; probe in %.0fs",
-                  account_error, delay)
+        self.redis.delete(self.probe_key)
+        log.error("account breaker (%s): OPEN after %s; every worker stops calling on this "
+                  "account; probe in %.0fs", self.account, account_error, delay)
 
     def close(self) -> None:
         """Operator override: close the breaker now."""
-        self.redis.delete(KEY, PROBE_KEY)
+        self.redis.delete(self.key, self.probe_key)

@@ -78,6 +78,8 @@ class Answer:
     latency_ms: int = 0
     started_at: float | None = None  # epoch seconds when the request was sent
     waited_ms: int = 0  # how long the job waited for its rate-limit slot (pipeline.py)
+    account: str | None = None  # the account that made the call (call/accounts.py)
+    region: str | None = None  # the access region it was made in
     rule: Rule = field(init=False)
 
     def __post_init__(self) -> None:
@@ -228,12 +230,14 @@ class FaceIDClient:
     def __repr__(self) -> str:  # never show the key
         return f"FaceIDClient(endpoint={self.endpoint!r}, region={self.region!r})"
 
-    def prepare(self, request: CompareRequest) -> requests.PreparedRequest:
-        """Sign and build the HTTP request, so that sending it later costs almost nothing."""
+    def prepare(self, request: CompareRequest,
+                region: str | None = None) -> requests.PreparedRequest:
+        """Sign and build the HTTP request, so that sending it later costs almost nothing.
+        ``region``: the access region of this call (None: the client's)."""
         body = json.dumps(request.to_params(), separators=(",", ":")).encode("utf-8")
         signed = sign(
             secret_id=self._secret_id, secret_key=self._secret_key, service=SERVICE,
-            host=self.host, action=ACTION, version=VERSION, region=self.region,
+            host=self.host, action=ACTION, version=VERSION, region=region or self.region,
             body=body, timestamp=int(time.time()), token=self._token,
         )
         return self.session.prepare_request(

@@ -281,6 +281,7 @@ class GlobalRateLimiter:
         # None: no horizon, an onboarding caller takes whatever the next slot is.
         self.onboarding_horizon_us = (-1 if onboarding_horizon is None
                                       else int(onboarding_horizon * 1_000_000))
+        self.min_spacing = min_spacing
         self.min_gap_us = int(self.window_us / limit * min_spacing)
         self._script = client.register_script(_RESERVE)
         self._mark = client.register_script(_MARK)
@@ -288,6 +289,14 @@ class GlobalRateLimiter:
         self._sleep = sleep
         self._executor: ThreadPoolExecutor | None = None
         self.clock = RedisClock()
+
+    def set_limit(self, limit: int) -> None:
+        """Change the budget (a learned account-wide cap, call/caps.py); the next
+        reservation uses it."""
+        limit = max(1, int(limit))
+        if limit != self.limit:
+            self.min_gap_us = int(self.window_us / limit * self.min_spacing)
+            self.limit = limit
 
     def reserve(self, lane: str = "onboarding", in_line: bool = False) -> Grant:
         """Try once to reserve a start; never sleeps. ``in_line``: this caller was refused

@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from faceid_batch.call.breaker import AccountBreaker
 
-from faceid_batch.cli import admin, audit, batch, cost, purge, tenant
+from faceid_batch.cli import admin, audit, batch, cost, purge
 from faceid_batch.cli.common import fail, load_settings
 from faceid_batch.settings import SettingsError
 
@@ -56,6 +56,8 @@ def submit(
                                       help="LIP: 4-digit code; ACTION: e.g. 1,2; SILENT: none"),
     key: str = typer.Option(..., "--key", "-k", help="Idempotency key (unique per job)"),
     lane: str = typer.Option("onboarding", help="onboarding or backfill"),
+    region: str = typer.Option(None, help="FaceID region it is verified in (default: "
+                                          "FACEID_REGION)"),
 ) -> None:
     """Validate and enqueue one verification job; print its id (exit 3: refused by preflight,
     stored with the predicted code, nothing sent)."""
@@ -67,7 +69,7 @@ def submit(
         settings.require_api()
         job_id, created = do_submit(settings, JobSpec(
             idempotency_key=key, photo=photo, video=video, liveness_type=liveness_type,
-            validate_data=validate_data, lane=lane,
+            validate_data=validate_data, lane=lane, region=region,
         ))
     except (SubmitError, SettingsError) as exc:
         fail(str(exc))
@@ -201,8 +203,8 @@ def simulator(ctx: typer.Context) -> None:
     sys.exit(main(list(ctx.args)))
 
 # The command groups: backfill and batch control, the purge, admin queries and the admin
-# service, tokens and the access audit, cost, tenants.
-for _group in (batch, purge, admin, audit, cost, tenant):
+# service, tokens and the access audit, cost.
+for _group in (batch, purge, admin, audit, cost):
     _group.register(app)
 
 

@@ -91,8 +91,8 @@ class StateCollector(Collector):
                 queue.add_metric([lane.value], depth)
             out.append(queue)
             breaker = GaugeMetricFamily("faceid_breaker_open",
-                                        "1 while the account breaker stops all calls")
-            breaker.add_metric([], 1 if res.breaker.state().open else 0)
+                                        "1 while the account breakers stop all calls")
+            breaker.add_metric([], 1 if all(b.state().open for b in res.breakers) else 0)
             out.append(breaker)
         except Exception as exc:
             log.warning("metrics: Redis figures unavailable (%s)", type(exc).__name__)

@@ -83,6 +83,8 @@ def attempt_columns(job_id: int, attempts_before: int, answer: Answer,
         "message": redact(answer.message) or None,
         "counted": number > attempts_before,
         "billable": bill.billable(answer.code),
+        "account": answer.account,
+        "region": answer.region,
     }
 
 

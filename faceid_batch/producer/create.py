@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from faceid_batch.intake.submit import (
     SubmitError,
     check_callback,
     check_key,
+    check_region,
     check_source_url,
     submit,
     validate_liveness,
@@ -47,7 +49,11 @@ from faceid_batch.producer.uploads import Form, UploadedFile, read_form
 from faceid_batch.settings import Settings
 from faceid_batch.stage import ledger, preflight
 from faceid_batch.stage.media import MediaError
+from faceid_batch.stage.storage import MediaStager
 
+# The stagers of regions other than FACEID_REGION (COS_BUCKETS), one per producer app.
+_STAGERS: dict[tuple[int, str], MediaStager] = {}
+_STAGERS_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 JSON_LIMIT = 64 * 1024
@@ -87,14 +93,19 @@ def strict_json(text: str | bytes | bytearray) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def check_cos_source(settings: Settings, field: str, url: str, who: tokens.Principal) -> None:
-    """A ``cos://`` source a producer may name: in COS_BUCKET, a plain key, and (for a
-    submit token) not one of the objects this product wrote, whose faces belong to other
-    verifications."""
-    prefix = f"cos://{settings.cos_bucket}/"
+def check_cos_source(settings: Settings, field: str, url: str, who: tokens.Principal,
+                     region: str | None = None) -> None:
+    """A ``cos://`` source a producer may name: in the bucket of the job's region
+    (COS_BUCKET for FACEID_REGION), a plain key, and (for a submit token) not one of the
+    objects this product wrote, whose faces belong to other verifications."""
+    if region is None or region == settings.faceid_region:
+        bucket, name = settings.cos_bucket, "COS_BUCKET"
+    else:
+        bucket, name = settings.buckets.get(region), f"the bucket of {region}"
+    prefix = f"cos://{bucket}/"
     if not url.startswith(prefix):
-        raise Problem("invalid-field", f"{field}: the bucket must be COS_BUCKET "
-                      f"({settings.cos_bucket}): FaceID downloads only from the bucket in its "
+        raise Problem("invalid-field", f"{field}: the bucket must be {name} "
+                      f"({bucket}): FaceID downloads only from the bucket in its "
                       "region", field)
     key = url[len(prefix):]
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
@@ -193,8 +204,11 @@ class Creation:
             fields = checked(Fields.model_validate(values), self.header_key)
         except ValidationError as err:
             raise invalid(err) from None
+        self._check_region(fields)
         photo, video = form.files["photo"], form.files["video"]
-        sources = {up.kind: self.p.content_source(up.md5, up.fmt) for up in (photo, video)}
+        stager = self._stager(fields.region)
+        sources = {up.kind: f"cos://{stager.bucket}/{stager.content_key(up.md5, up.fmt)}"
+                   for up in (photo, video)}
         fields, mine, repeat = await self._known(fields, sources["photo"], sources["video"])
         if repeat is not None:
             return repeat
@@ -208,21 +222,41 @@ class Creation:
             field = "photo" if refusal["detail"].startswith("photo") else "video"
             raise Problem("preflight-refused", preflight.describe(refusal), field,
                           extra={"code": refusal["code"], "rule": refusal["rule"]})
-        written = [await self._stage(up, sources[up.kind]) for up in (photo, video)]
+        written = [await self._stage(up, sources[up.kind], stager) for up in (photo, video)]
         spec = self._spec(fields, sources["photo"], sources["video"], photo_md5=photo.md5,
                           video_md5=video.md5, preflight=findings.stored())
         return await self._store(spec, mine, [w for w in written if w is not None])
 
-    async def _stage(self, up: UploadedFile, source: str) -> int | None:
+    def _check_region(self, fields: Fields) -> None:
+        """The job's region is served by an account and has a bucket (422 otherwise),
+        before anything is stored."""
+        try:
+            check_region(self.settings, fields.region)
+        except SubmitError as exc:
+            raise Problem.invalid(exc) from None
+
+    def _stager(self, region: str | None) -> MediaStager:
+        """The stager of the job's region's bucket (uploads stay in their region)."""
+        if region is None or region == self.settings.faceid_region:
+            return self.p.stager
+        key = (id(self.p), region)
+        with _STAGERS_LOCK:
+            found = _STAGERS.get(key)
+            if found is None:
+                found = _STAGERS[key] = MediaStager(self.settings, region=region)
+        return found
+
+    async def _stage(self, up: UploadedFile, source: str,
+                     stager: MediaStager) -> int | None:
         """Put one upload in COS under its content address; its ledger row's id."""
         try:
-            staged = await run_in_threadpool(self.p.stager.stage, up.kind, str(up.path),
+            staged = await run_in_threadpool(stager.stage, up.kind, str(up.path),
                                              up.md5, None, False)
         except MediaError as exc:
             raise Problem("invalid-field", str(exc), None) from None
         except (CosClientError, CosServiceError, OSError) as exc:
             raise Problem("unavailable", f"the media store: {type(exc).__name__}") from None
-        if f"cos://{self.settings.cos_bucket}/{staged.key}" != source:
+        if f"cos://{stager.bucket}/{staged.key}" != source:
             raise RuntimeError(f"{up.kind} staged under {staged.key}, not its content address")
         return staged.ledger_id
 
@@ -246,15 +280,16 @@ class Creation:
         except ValidationError as err:
             raise invalid(err) from None
         fields = checked(body, self.header_key)
+        self._check_region(fields)
         for field, url in (("photo_url", body.photo_url), ("video_url", body.video_url)):
-            await self._check_url(field, url)
+            await self._check_url(field, url, fields.region)
         fields, mine, repeat = await self._known(fields, body.photo_url, body.video_url)
         if repeat is not None:
             return repeat
         await run_in_threadpool(self.p.admit, fields.lane, self.places)
         return await self._store(self._spec(fields, body.photo_url, body.video_url), mine)
 
-    async def _check_url(self, field: str, url: str) -> None:
+    async def _check_url(self, field: str, url: str, region: str | None = None) -> None:
         if not url.startswith(("https://", "cos://")):
             raise Problem("invalid-field", f"{field}: an https:// URL or cos://bucket/key is "
                           "required", field)
@@ -263,7 +298,7 @@ class Creation:
             raise Problem("invalid-field", f"{field}: URLs with a query string are not "
                           "accepted", field)
         if url.startswith("cos://"):
-            check_cos_source(self.settings, field, url, self.who)
+            check_cos_source(self.settings, field, url, self.who, region)
             return
         try:
             await run_in_threadpool(check_source_url, self.settings, field.split("_")[0], url)
@@ -277,7 +312,7 @@ class Creation:
         submission's fingerprint, and the answer if its key is known already."""
         try:
             callback = await run_in_threadpool(check_callback, self.settings,
-                                               fields.callback_url, self.who.tenant)
+                                               fields.callback_url)
         except SubmitError as exc:
             raise Problem.invalid(exc) from None
         fields = fields.model_copy(update={"callback_url": callback})
@@ -295,7 +330,7 @@ class Creation:
                        liveness_type=fields.liveness_type, validate_data=fields.validate_data,
                        lane=fields.lane, callback_url=fields.callback_url,
                        metadata=fields.metadata, submitted_by=self.who.token_id or None,
-                       tenant_id=self.who.tenant, **checked)
+                       region=fields.region, **checked)
 
     async def _repeat(self, key: str, mine: tuple[Any, ...]) -> Response | None:
         """The answer to a key already known: the same job for the same content, else 409."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from faceid_batch.models import JobState, Lane
 from faceid_batch.producer.problems import KINDS, Problem
+from faceid_batch.settings import Region
 
 LivenessType = Literal["LIP", "ACTION", "SILENT"]
 LaneName = Literal["onboarding", "backfill"]
@@ -31,6 +32,10 @@ class Fields(BaseModel):
                             description="The idempotency key, if no Idempotency-Key header "
                                         "is sent.")
     lane: LaneName = Lane.ONBOARDING.value
+    region: Region | None = Field(
+        None, description="The FaceID region it is verified in (its media stay in that "
+                          "region's bucket); default FACEID_REGION. A region no account "
+                          "serves, or with no bucket, is refused (422).")
     callback_url: str | None = Field(
         None, description="Where the outcome is POSTed, signed the Standard Webhooks way "
                           "(see webhooks): an absolute http(s) URL, no credentials, query "
@@ -59,6 +64,7 @@ class MultipartSubmission(BaseModel):
     validate_data: str | None = None
     key: str | None = Field(None, max_length=KEY_MAX)
     lane: LaneName = Lane.ONBOARDING.value
+    region: Region | None = None
     callback_url: str | None = None
     metadata: str | None = Field(None, max_length=FIELD_LIMIT,
                                  description="A JSON object, kept with the verification.")

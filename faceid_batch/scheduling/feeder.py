@@ -166,9 +166,14 @@ class Feeder:
 
     def feed(self) -> dict[str, int]:
         """Top every lane up to its depth from the due rows; return messages sent by lane."""
-        breaker = self.res.breaker.state()
-        if breaker.open and (breaker.probe_at or 0) > self.wall():
-            return {}  # nothing could be called: the jobs wait in the database
+        # Nothing could be called while every account's breaker holds its calls back: the
+        # jobs wait in the database.
+        for breaker in self.res.breakers:
+            state = breaker.state()
+            if not state.open or (state.probe_at or 0) <= self.wall():
+                break
+        else:
+            return {}
         pipe = self.res.redis.pipeline(transaction=False)
         for lane in Lane:
             pipe.llen(lane.value)

@@ -88,17 +88,20 @@ class StagedMedia:
     ledger_id: int | None = None  # its use in media_objects (None: not an object of ours)
 
 
-def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
-    """One COS client per process; the SDK's session is pooled and thread-safe."""
+def make_cos_client(settings: Settings, pool_size: int = 32,
+                    region: str | None = None) -> CosS3Client:
+    """One COS client per process and region (None: FACEID_REGION); the SDK's session is
+    pooled and thread-safe."""
     secret_id, secret_key, token = settings.cos_credentials
-    endpoint = cos_endpoint(settings)
+    region = region or settings.faceid_region
+    endpoint = cos_endpoint(settings, region)
     config = CosConfig(
-        Region=settings.cos_region,
+        Region=region,
         SecretId=secret_id,
         SecretKey=secret_key,
         Token=token,
         Scheme=settings.cos_scheme,
-        Domain=settings.cos_domain,
+        Domain=settings.domains.get(region),
         Timeout=60,
         PoolConnections=4,
         PoolMaxSize=pool_size,
@@ -113,10 +116,11 @@ def make_cos_client(settings: Settings, pool_size: int = 32) -> CosS3Client:
     return CosS3Client(config, retry=2, session=session)
 
 
-def cos_endpoint(settings: Settings) -> str:
-    """The base URL of the bucket's COS endpoint."""
-    domain = settings.cos_domain or (f"{settings.cos_bucket}.cos.{settings.cos_region}"
-                                     ".myqcloud.com")
+def cos_endpoint(settings: Settings, region: str | None = None) -> str:
+    """The base URL of the COS endpoint of ``region``'s bucket (None: FACEID_REGION)."""
+    region = region or settings.faceid_region
+    domain = settings.domains.get(region) or (
+        f"{settings.buckets.get(region, '')}.cos.{region}.myqcloud.com")
     return f"{settings.cos_scheme}://{domain}/"
 
 
@@ -130,14 +134,17 @@ def parse_cos_uri(source: str) -> tuple[str, str]:
 
 
 class MediaStager:
-    """Reads a job's sources, checks them, uploads them and presigns GET URLs."""
+    """Reads a job's sources, checks them, uploads them to the bucket of one region
+    (``region``, None: FACEID_REGION; COS_BUCKETS) and presigns GET URLs."""
 
     def __init__(self, settings: Settings, client: CosS3Client | None = None,
                  egress: Egress | None = None,
-                 slots: threading.BoundedSemaphore | None = None) -> None:
+                 slots: threading.BoundedSemaphore | None = None,
+                 region: str | None = None) -> None:
         self.settings = settings
-        self.bucket = settings.cos_bucket or ""
-        self.client = client or make_cos_client(settings)
+        self.region = region or settings.faceid_region
+        self.bucket = settings.buckets.get(self.region, "")
+        self.client = client or make_cos_client(settings, region=self.region)
         # Producers' URLs (and best frames): through the egress policy only.
         self.egress = egress or Egress(Policy(settings.egress_networks))
         # Shared with the callbacks' deliveries (Resources.egress_slots); none: no bound.
@@ -190,8 +197,10 @@ class MediaStager:
         bucket, key = parse_cos_uri(source)
         if bucket != self.bucket:
             raise MediaError(
-                f"{kind} {source}: bucket {bucket!r} is not COS_BUCKET; FaceID downloads only "
-                "from the bucket in its region"
+                f"{kind} {source}: bucket {bucket!r} is not "
+                + ("COS_BUCKET" if self.region == self.settings.faceid_region
+                   else f"the bucket of {self.region} (COS_BUCKETS)")
+                + "; FaceID downloads only from the bucket in its region"
             )
         fd, path = self._tmpfile()
         os.close(fd)

@@ -8,7 +8,9 @@ The request (``Content-Type: application/json``) carries:
   deduplicate on it);
 - ``webhook-timestamp``: Unix seconds when this attempt was sent (refuse old ones);
 - ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` for each secret
-  in WEBHOOK_SECRET (one, or two while rotating: the receiver accepts either), space-separated.
+  of the job's tenant (one, or two while rotating: the receiver accepts either),
+  space-separated: the tenant's own (``faceid-batch tenant secret rotate``), or for the
+  default tenant without one, WEBHOOK_SECRET.
 
 The body keeps its fields (``event``, ``timestamp``, ``job_id``, ``key``, ``state`` ...).
 Each callback is a due row (scheduling/callbacks.py), queued in the transaction that ends
@@ -32,9 +34,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from faceid_batch import tenants
 from faceid_batch.db import session_scope, write_scope
 from faceid_batch.egress import EgressError, EgressRefused, Policy
-from faceid_batch.models import Job, Result, WebhookDelivery, WebhookMessage
+from faceid_batch.models import DEFAULT_TENANT_ID, Job, Result, WebhookDelivery, WebhookMessage
 from faceid_batch.outcome.webhooks import SIGNATURE_HEADER, headers_for
 from faceid_batch.resources import Resources
 from faceid_batch.scheduling import callbacks
@@ -127,13 +130,17 @@ def _deliver(res: Resources, message: int, token: str) -> str:
         result = session.scalar(select(Result).where(Result.job_id == job_id))
         url = job.callback_url if job is not None else None
         payload = callback_body(job, result) if job is not None else None
+        tenant_id = job.tenant_id if job is not None else DEFAULT_TENANT_ID
 
     status, error, final, latency_ms = None, None, False, 0
+    secret = signing_secret(res, tenant_id)
     if url is None or payload is None:
         error, final = "the job has no callback URL any more", True
-    elif s.webhook_secret is None or not s.webhook_secret.get_secret_value():
+    elif secret is None:
         # Configuration, not a receiver failure: retrying cannot help until it is set.
-        error, final = "WEBHOOK_SECRET is not set: nothing is sent unsigned", True
+        error, final = ("WEBHOOK_SECRET is not set: nothing is sent unsigned"
+                        if tenant_id == DEFAULT_TENANT_ID else
+                        "the tenant has no webhook secret: nothing is sent unsigned"), True
     else:
         timestamp = int(time.time())
         body = json.dumps({"event": EVENT, "timestamp": timestamp, **payload},
@@ -141,8 +148,7 @@ def _deliver(res: Resources, message: int, token: str) -> str:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "faceid-batch-webhook/2",
-            **headers_for(s.webhook_secret.get_secret_value(), message_id(job_id, message),
-                          body, timestamp),
+            **headers_for(secret, message_id(job_id, message), body, timestamp),
         }
         started = time.monotonic()
         try:
@@ -178,6 +184,18 @@ def _deliver(res: Resources, message: int, token: str) -> str:
     log.info("job %s: callback attempt %d failed (%s); due again in %.0fs",
              job_id, attempt, error, delay)
     return "retrying"
+
+
+def signing_secret(res: Resources, tenant_id: int) -> str | None:
+    """The secrets a tenant's callbacks are signed with: its own (tenants.py), or, for the
+    default tenant without one, WEBHOOK_SECRET. None: none to sign with. Never logged: one
+    tenant's receivers verify with its secrets only, so they cannot forge another's."""
+    own = tenants.signing_secret(res.settings.database_url, tenant_id)
+    if own is not None or tenant_id != DEFAULT_TENANT_ID:
+        return own
+    configured = res.settings.webhook_secret
+    return configured.get_secret_value() if configured is not None \
+        and configured.get_secret_value() else None
 
 
 def queue_again(res: Resources, job_id: int) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -121,6 +122,56 @@ class StoredEnum(TypeDecorator[Any]):
         return None if value is None else self.enum(value)
 
 
+# The tenant every job, batch and submit token belongs to unless another is named
+# (revision 0015 creates it with this id): a deployment with one tenant is this one.
+DEFAULT_TENANT_ID = 1
+DEFAULT_TENANT = "default"
+
+
+class Tenant(Base):
+    """A producer organisation (revision 0015): its own idempotency keys, webhook secrets,
+    share of the onboarding lane, admission line and daily quota of calls."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # The FaceID regions its jobs may be verified in, and the accounts that may call for
+    # them (names in the accounts file); NULL: no restriction (the deployment's own).
+    regions: Mapped[list[str] | None] = mapped_column(JSON)
+    accounts: Mapped[list[str] | None] = mapped_column(JSON)
+    # New submissions are refused (429) once its calls today (UTC) reach this; NULL: none.
+    max_calls_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    # Its share of the onboarding lane against the other tenants with work in it.
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantSecret(Base):
+    """A tenant's webhook signing secrets (``whsec_``): the current one and, after a
+    rotation, the one before it; callbacks are signed with both. Kept apart from
+    ``tenants`` so no listing reads them: only the callback sender and the rotation do."""
+
+    __tablename__ = "tenant_secrets"
+
+    tenant_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    current: Mapped[str] = mapped_column(String(100))
+    previous: Mapped[str | None] = mapped_column(String(100))
+    rotated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantCalls(Base):
+    """FaceID calls made for a tenant's jobs on one UTC day (revision 0015): added to in
+    the transaction that records each call, read by the quota check (one row)."""
+
+    __tablename__ = "tenant_calls"
+
+    tenant_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    calls: Mapped[int] = mapped_column(BigInteger)
+
+
 class Batch(Base):
     """A group of jobs enqueued from one manifest (a backfill), controlled as one."""
 
@@ -147,6 +198,8 @@ class Batch(Base):
     # The SHA-256 of the manifest file it was read from (revision 0012): the end-of-run
     # report names it, so an auditor can tie the report to its input.
     manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The tenant whose jobs it holds (revision 0015).
+    tenant_id: Mapped[int] = mapped_column(BigId, server_default=str(DEFAULT_TENANT_ID))
 
 
 class Job(Base):
@@ -199,10 +252,18 @@ class Job(Base):
         # A key prefix as a range of this index, whatever the collation (bytes compared).
         Index("ix_jobs_key_pattern", "idempotency_key", "id",
               postgresql_ops={"idempotency_key": "varchar_pattern_ops"}),
+        # Idempotency keys are per tenant (revision 0015); also the index of a tenant's jobs.
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id"),
+        # The onboarding lane's due jobs by tenant (feeder.py shares the lane by tenant).
+        Index("ix_jobs_due_tenant", "lane", "tenant_id", "due_at", "id",
+              sqlite_where=text("due_at IS NOT NULL"),
+              postgresql_where=text("due_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    # The tenant it belongs to (revision 0015): its key is unique within the tenant.
+    tenant_id: Mapped[int] = mapped_column(BigId, server_default=str(DEFAULT_TENANT_ID))
     lane: Mapped[Lane] = mapped_column(_stored(Lane), default=Lane.ONBOARDING)
     state: Mapped[JobState] = mapped_column(_stored(JobState), default=JobState.QUEUED,
                                             index=True)
@@ -451,6 +512,8 @@ class AdminToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+    # The tenant a submit token acts for (revision 0015); NULL: an admin token of every tenant.
+    tenant_id: Mapped[int | None] = mapped_column(BigId)
 
 
 class AccessAudit(Base):

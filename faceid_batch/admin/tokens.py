@@ -2,7 +2,9 @@
 
 A token has a scope: ``admin`` (the admin service: listings, face images, audit, and every
 verification on the producer API) or ``submit`` (the producer API only: create
-verifications, and read the status and outcome of those it created).
+verifications, and read the status and outcome of those it created). A submit token belongs
+to one tenant (tenants.py: its keys, secrets, share and quota); an admin token may belong to
+none (it acts for every tenant) or to one.
 
 Only the SHA-256 of a token is stored. The tokens are 32 random bytes from ``secrets``
 (256 bits): nobody can guess one or search for it from its hash, so the slow, salted hashes
@@ -26,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from faceid_batch.db import session_scope
-from faceid_batch.models import AdminToken
+from faceid_batch.models import DEFAULT_TENANT_ID, AdminToken, Tenant
 from faceid_batch.times import as_aware, utcnow
 
 BOOTSTRAP_NAME = "ADMIN_TOKEN"
@@ -51,10 +53,18 @@ class Principal:
     token_id: int
     name: str
     scope: str = ADMIN
+    # The tenant it acts for; None: an admin token of every tenant.
+    tenant_id: int | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.scope == ADMIN
+
+    @property
+    def tenant(self) -> int:
+        """The tenant whose keys it uses and whose jobs it creates (an admin token of every
+        tenant: the default tenant's)."""
+        return DEFAULT_TENANT_ID if self.tenant_id is None else self.tenant_id
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class TokenInfo:
     last_used_at: datetime | None
     revoked_at: datetime | None
     scope: str = ADMIN
+    tenant: str | None = None
 
 
 def digest(token: str) -> str:
@@ -71,19 +82,23 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def add(url: str, name: str, scope: str = ADMIN) -> str:
+def add(url: str, name: str, scope: str = ADMIN, tenant_id: int | None = None) -> str:
     """Create a token named ``name`` with ``scope``; return the token itself (it is never
-    stored)."""
+    stored). A submit token belongs to ``tenant_id`` (None: the default tenant); an admin
+    token to ``tenant_id`` if given, else to every tenant."""
     if not NAME_RE.match(name) or name.upper() == BOOTSTRAP_NAME:
         raise TokenError(
             f"token name {name!r} refused: 1-100 of A-Z a-z 0-9 . _ @ -, starting with a letter "
             f"or digit, and not {BOOTSTRAP_NAME} (the name of the bootstrap token)")
     if scope not in SCOPES:
         raise TokenError(f"scope {scope!r}: must be one of {', '.join(SCOPES)}")
+    if scope == SUBMIT and tenant_id is None:
+        tenant_id = DEFAULT_TENANT_ID
     token = secrets.token_urlsafe(32)
     try:
         with session_scope(url) as s:
-            s.add(AdminToken(name=name, token_sha256=digest(token), scope=scope))
+            s.add(AdminToken(name=name, token_sha256=digest(token), scope=scope,
+                             tenant_id=tenant_id))
     except IntegrityError:
         # Names are never reused, revoked ones included, so an audit row's actor names one token.
         raise TokenError(f"a token named {name!r} exists (names are never reused)") from None
@@ -91,10 +106,11 @@ def add(url: str, name: str, scope: str = ADMIN) -> str:
 
 
 def list_all(url: str) -> list[TokenInfo]:
-    """Every token, oldest first, without its hash."""
+    """Every token, oldest first, without its hash; ``tenant``: its tenant's name."""
     with session_scope(url) as s:
         rows = s.execute(select(AdminToken.name, AdminToken.created_at, AdminToken.last_used_at,
-                                AdminToken.revoked_at, AdminToken.scope)
+                                AdminToken.revoked_at, AdminToken.scope, Tenant.name)
+                         .outerjoin(Tenant, Tenant.id == AdminToken.tenant_id)
                          .order_by(AdminToken.id)).all()
     return [TokenInfo(*r) for r in rows]
 
@@ -141,7 +157,7 @@ class Authenticator:
         now = utcnow()
         with session_scope(self.url) as s:
             row = s.execute(select(AdminToken.id, AdminToken.name, AdminToken.last_used_at,
-                                   AdminToken.scope)
+                                   AdminToken.scope, AdminToken.tenant_id)
                             .where(AdminToken.token_sha256 == hashed,
                                    AdminToken.revoked_at.is_(None))).first()
             if row is None:
@@ -150,7 +166,7 @@ class Authenticator:
             if last is None or as_aware(last) < now - TOUCH_EVERY:
                 s.execute(update(AdminToken).where(AdminToken.id == row.id)
                           .values(last_used_at=now))
-        return Principal(row.id, row.name, row.scope)
+        return Principal(row.id, row.name, row.scope, row.tenant_id)
 
 
 

@@ -41,7 +41,15 @@ from faceid_batch.bulk.manifest import (
 )
 from faceid_batch.db import get_engine, session_scope
 from faceid_batch.intake.submit import JobSpec, spec_columns
-from faceid_batch.models import Batch, BatchState, DedupeHit, Job, JobState, Lane
+from faceid_batch.models import (
+    DEFAULT_TENANT_ID,
+    Batch,
+    BatchState,
+    DedupeHit,
+    Job,
+    JobState,
+    Lane,
+)
 from faceid_batch.scheduling import schedule
 from faceid_batch.scheduling.schedule import CHUNK, insert_jobs
 from faceid_batch.settings import Settings
@@ -83,8 +91,9 @@ def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
 
 
 def open_batch(settings: Settings, manifest: Path, name: str | None,
-               lane: str, weight: float | None = None) -> tuple[int, str, str, bool]:
-    """Find the batch to resume (same name, not cancelled) or create one.
+               lane: str, weight: float | None = None,
+               tenant_id: int = DEFAULT_TENANT_ID) -> tuple[int, str, str, bool]:
+    """Find the batch to resume (same name and tenant, not cancelled) or create one.
 
     Return (id, lane, state, resumed). A resumed batch keeps its own lane, and its weight
     unless ``weight`` is given.
@@ -92,13 +101,14 @@ def open_batch(settings: Settings, manifest: Path, name: str | None,
     name = name or str(manifest.resolve())
     with session_scope(settings.database_url) as session:
         batch = session.scalars(
-            select(Batch).where(Batch.name == name,
+            select(Batch).where(Batch.name == name, Batch.tenant_id == tenant_id,
                                 Batch.state != BatchState.CANCELLED.value)
             .order_by(Batch.id.desc()).limit(1)
         ).first()
         resumed = batch is not None
         if batch is None:
-            batch = Batch(name=name, lane=lane, state=BatchState.ACTIVE.value)
+            batch = Batch(name=name, lane=lane, state=BatchState.ACTIVE.value,
+                          tenant_id=tenant_id)
             session.add(batch)
         if weight is not None:
             batch.weight = weight
@@ -121,8 +131,10 @@ def run_backfill(
     on_start: Callable[[int, bool, str], None] | None = None,
     on_progress: Progress | None = None,
     chunk_size: int = CHUNK,
+    tenant_id: int = DEFAULT_TENANT_ID,
 ) -> BackfillResult:
-    """Read, check, dedupe, insert and enqueue every row of a manifest into one batch.
+    """Read, check, dedupe, insert and enqueue every row of a manifest into one batch of
+    ``tenant_id`` (its keys are deduplicated against that tenant's).
 
     Raises ManifestError before anything is stored if the file is not a usable manifest.
     ``on_start(batch id, resumed, batch state)`` is called once the batch exists;
@@ -136,7 +148,8 @@ def run_backfill(
     # Opened first: an unwritable report path fails before a batch exists.
     report = Report(report_path or default_report_path(manifest.path))
     try:
-        batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane, weight)
+        batch_id, lane, state, resumed = open_batch(settings, manifest.path, name, lane, weight,
+                                                     tenant_id)
     except BaseException:
         report.close()
         raise
@@ -157,7 +170,7 @@ def run_backfill(
                     result.stopped = f"batch {batch_id} was cancelled"
                     break
                 _run_chunk(settings, engine, manifest, chunk, batch_id, lane,
-                           paused=control == BatchState.PAUSED.value,
+                           paused=control == BatchState.PAUSED.value, tenant_id=tenant_id,
                            report=report, result=result, first_new_id=first_new_id)
                 report.flush()
                 result.seconds = time.monotonic() - started
@@ -178,7 +191,8 @@ def run_backfill(
 
 def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[RawRow],
                batch_id: int, lane: str, *, paused: bool, report: Report,
-               result: BackfillResult, first_new_id: int) -> None:
+               result: BackfillResult, first_new_id: int,
+               tenant_id: int = DEFAULT_TENANT_ID) -> None:
     # 1. Shape each row; catch a key repeated inside the chunk.
     candidates: list[tuple[int, JobSpec]] = []
     first_line: dict[str, int] = {}
@@ -203,7 +217,8 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
             key: (job_id, b_id, b_row, state)
             for key, job_id, b_id, b_row, state in conn.execute(
                 select(Job.idempotency_key, Job.id, Job.batch_id, Job.batch_row, Job.state)
-                .where(Job.idempotency_key.in_([s.idempotency_key for _, s in candidates]))
+                .where(Job.tenant_id == tenant_id,
+                       Job.idempotency_key.in_([s.idempotency_key for _, s in candidates]))
             )
         } if candidates else {}
     new: list[tuple[int, JobSpec]] = []
@@ -245,7 +260,7 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
         # thousand-row INSERT carries two columns fewer per row.
         del columns["callback_url"], columns["submitted_by"]
         values = {**columns, "idempotency_key": spec.idempotency_key, "lane": lane,
-                  "batch_id": batch_id, "batch_row": line}
+                  "batch_id": batch_id, "batch_row": line, "tenant_id": tenant_id}
         if spec.refusal is not None:
             _bad(report, result, line, spec.idempotency_key, preflight.describe(spec.refusal))
             result.refused += 1

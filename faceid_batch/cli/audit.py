@@ -1,7 +1,7 @@
 """Admin tokens and the access audit, added to ``faceid-batch`` by ``register``.
 
-    faceid-batch token add NAME [--scope admin|submit]   prints a new token once (only its
-                                     SHA-256 is stored)
+    faceid-batch token add NAME [--scope admin|submit] [--tenant T]   prints a new token
+                                     once (only its SHA-256 is stored)
     faceid-batch token list          name, scope, created, last used, revoked (never a token)
     faceid-batch token revoke NAME   refused from the next request on, its image links too
     faceid-batch audit [--job ID] [--actor NAME] [--since T] [--until T] [--limit N]
@@ -34,13 +34,19 @@ def register(app: typer.Typer) -> None:
 def token_add(name: str = typer.Argument(..., help="Who or what holds the token, e.g. alice"),
               scope: str = typer.Option("admin", "--scope", help="admin (the admin service) or "
                                         "submit (the producer API: its own verifications)"),
+              tenant: str = typer.Option(None, "--tenant", help="The tenant it acts for (a "
+                                         "submit token: default when not given; an admin "
+                                         "token: every tenant when not given)"),
               ) -> None:
     """Create a token and print it once (alone on the last line); it cannot be shown again."""
+    from faceid_batch import tenants
     from faceid_batch.admin import tokens
 
+    url = load_settings().database_url
     try:
-        token = tokens.add(load_settings().database_url, name, scope)
-    except tokens.TokenError as exc:
+        tenant_id = None if tenant is None else tenants.resolve(url, tenant)
+        token = tokens.add(url, name, scope, tenant_id)
+    except (tokens.TokenError, tenants.TenantError) as exc:
         fail(str(exc))
     typer.echo(f"{scope} token {name!r} created; store it now, it is not shown again:",
                err=True)
@@ -53,10 +59,12 @@ def token_list() -> None:
     from faceid_batch.admin import tokens
 
     rows = tokens.list_all(load_settings().database_url)
-    typer.echo(f"{'name':<24} {'scope':<7} {'created':<20} {'last used':<20} revoked")
+    typer.echo(f"{'name':<24} {'scope':<7} {'tenant':<16} {'created':<20} {'last used':<20} "
+               "revoked")
     for t in rows:
-        typer.echo(f"{t.name:<24} {t.scope:<7} {_when(t.created_at):<20} "
-                   f"{_when(t.last_used_at):<20} {_when(t.revoked_at)}")
+        typer.echo(f"{t.name:<24} {t.scope:<7} {t.tenant or '(all)':<16} "
+                   f"{_when(t.created_at):<20} {_when(t.last_used_at):<20} "
+                   f"{_when(t.revoked_at)}")
 
 
 @token_app.command("revoke")

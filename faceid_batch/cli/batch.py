@@ -53,6 +53,8 @@ def backfill(
                                  "against other batches due at the same time (default 1; "
                                  "a resumed batch keeps its own unless given)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar"),
+    tenant: str = typer.Option(None, "--tenant", help="The tenant whose batch it is (its "
+                               "keys; default: the default tenant)"),
 ) -> None:
     """Enqueue every good row of MANIFEST as a job of one batch; report the bad rows.
 
@@ -68,10 +70,15 @@ def backfill(
         TimeElapsedColumn,
     )
 
+    from faceid_batch import tenants
     from faceid_batch.bulk.backfill import run_backfill
     from faceid_batch.bulk.manifest import ManifestError
 
     settings = load_settings(need_api=True)
+    try:
+        tenant_id = tenants.resolve(settings.database_url, tenant)
+    except tenants.TenantError as exc:
+        fail(str(exc))
     # On stderr: stdout keeps the batch id and the summary for scripts.
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                    TextColumn("{task.fields[rows]}"), TimeElapsedColumn(),
@@ -92,7 +99,8 @@ def backfill(
 
     try:
         result = run_backfill(settings, manifest, report_path=report, lane=lane, name=name,
-                              weight=weight, on_start=started, on_progress=advanced)
+                              weight=weight, on_start=started, on_progress=advanced,
+                              tenant_id=tenant_id)
     except (ManifestError, ValueError, OSError) as exc:
         bar.stop()
         fail(str(exc))

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from faceid_batch.models import Job, JobState, Result
+from faceid_batch.models import DEFAULT_TENANT_ID, Job, JobState, Result
 from faceid_batch.times import as_aware
 
 FINAL = JobState.final()
@@ -42,11 +42,16 @@ def show(job: Job, result: Result | None) -> dict[str, Any]:
     }
 
 
-def load(session: Any, *, job_id: int | None = None, key: str | None = None
-         ) -> tuple[Job, Result | None] | None:
-    """A job and its result, by id or by idempotency key."""
+def load(session: Any, *, job_id: int | None = None, key: str | None = None,
+         tenant_id: int | None = None) -> tuple[Job, Result | None] | None:
+    """A job and its result, by id or by idempotency key (keys are per tenant: a key is
+    looked up within ``tenant_id``, the default tenant when None)."""
     q = select(Job, Result).outerjoin(Result, Result.job_id == Job.id)
-    q = q.where(Job.id == job_id) if job_id is not None else q.where(Job.idempotency_key == key)
+    if job_id is not None:
+        q = q.where(Job.id == job_id)
+    else:
+        q = q.where(Job.tenant_id == (DEFAULT_TENANT_ID if tenant_id is None else tenant_id),
+                    Job.idempotency_key == key)
     row = session.execute(q).first()
     return (row[0], row[1]) if row is not None else None
 

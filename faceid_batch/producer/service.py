@@ -49,8 +49,12 @@ class Places:
 
 
 def visible(job: Job, who: tokens.Principal) -> bool:
-    """A submit token sees the verifications it created; an admin token sees all."""
-    return who.is_admin or (job.submitted_by is not None and job.submitted_by == who.token_id)
+    """A submit token sees the verifications it created; an admin token those of its tenant,
+    or all when it has none."""
+    if who.is_admin:
+        return who.tenant_id is None or job.tenant_id == who.tenant_id
+    return job.submitted_by is not None and job.submitted_by == who.token_id \
+        and job.tenant_id == who.tenant
 
 
 class Producer:
@@ -90,19 +94,21 @@ class Producer:
 
     def find(self, who: tokens.Principal, *, job_id: int | None = None,
              key: str | None = None) -> tuple[Job, Result | None] | None:
-        """A verification this principal may see, by id or key; None if there is none."""
+        """A verification this principal may see, by id or key (in its tenant's keys); None
+        if there is none: another tenant's verification is answered as an unknown one."""
         if job_id is not None and not 0 < job_id <= MAX_ID:
             return None
         with session_scope(self.settings.database_url) as session:
-            found = resource.load(session, job_id=job_id, key=key)
+            found = resource.load(session, job_id=job_id, key=key, tenant_id=who.tenant)
         return found if found is not None and visible(found[0], who) else None
 
     def known(self, key: str, who: tokens.Principal) -> tuple[Job, Result | None] | None:
-        """The verification that has this key, if any; 409 if it is another token's."""
+        """The verification that has this key in the principal's tenant, if any; 409 if it
+        is another token's of the same tenant. Another tenant's keys are not looked at."""
         with session_scope(self.settings.database_url) as session:
-            found = resource.load(session, key=key)
+            found = resource.load(session, key=key, tenant_id=who.tenant)
         if found is not None and not visible(found[0], who):
-            # Keys are per deployment: another producer's key is not this one's to reuse.
+            # Keys are per tenant: another producer's key is not this one's to reuse.
             raise Problem("idempotency-key-reused", "this idempotency key belongs to "
                           "another token's verification", "key")
         return found

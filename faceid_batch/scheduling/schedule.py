@@ -375,9 +375,11 @@ def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, i
     dialect = conn.dialect.name
     new: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        new = postgresql.insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        new = postgresql.insert(Job).on_conflict_do_nothing(
+            index_elements=["tenant_id", "idempotency_key"])
     elif dialect == "sqlite":
-        new = sqlite.insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        new = sqlite.insert(Job).on_conflict_do_nothing(
+            index_elements=["tenant_id", "idempotency_key"])
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"bulk insert is not written for {dialect}")
     now = utcnow()

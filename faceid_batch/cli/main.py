@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from faceid_batch.call.breaker import AccountBreaker
 
-from faceid_batch.cli import admin, audit, batch, cost, purge
+from faceid_batch.cli import admin, audit, batch, cost, purge, tenant
 from faceid_batch.cli.common import fail, load_settings
 from faceid_batch.settings import SettingsError
 
@@ -203,8 +203,8 @@ def simulator(ctx: typer.Context) -> None:
     sys.exit(main(list(ctx.args)))
 
 # The command groups: backfill and batch control, the purge, admin queries and the admin
-# service, tokens and the access audit, cost.
-for _group in (batch, purge, admin, audit, cost):
+# service, tokens and the access audit, cost, tenants.
+for _group in (batch, purge, admin, audit, cost, tenant):
     _group.register(app)
 
 

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from faceid_batch import messages
+from faceid_batch import messages, tenants
 from faceid_batch.call import accounts
 from faceid_batch.db import session_scope
 from faceid_batch.egress import EgressRefused, Policy
-from faceid_batch.models import DedupeHit, Job, JobState, Lane
+from faceid_batch.models import DEFAULT_TENANT_ID, DedupeHit, Job, JobState, Lane
 from faceid_batch.outcome.notify import CallbackURLError, check_callback_url
 from faceid_batch.scheduling import schedule
 from faceid_batch.settings import FACEID_REGIONS, Settings, get_settings
@@ -67,6 +67,8 @@ class JobSpec:
     preflight: list[dict[str, Any]] | None = None
     # The producer API token that submitted it (a submit token sees only its own jobs).
     submitted_by: int | None = None
+    # The tenant it belongs to: its idempotency key is unique within that tenant.
+    tenant_id: int = DEFAULT_TENANT_ID
     # The FaceID region it is verified in (None: FACEID_REGION); see check_region.
     region: str | None = None
 
@@ -167,7 +169,7 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
         else:
             # Known only when the submitter read the content itself (the producer API).
             md5s[kind] = getattr(spec, f"{kind}_md5")
-    callback = check_callback(settings, spec.callback_url)
+    callback = check_callback(settings, spec.callback_url, spec.tenant_id)
     local = {kind: None if is_remote(src) else src
              for kind, src in (("photo", spec.photo), ("video", spec.video))}
     findings = preflight.check(settings, spec.liveness_type,
@@ -212,7 +214,8 @@ def spec_columns(spec: JobSpec) -> dict[str, Any]:
         lane=spec.lane, liveness_type=spec.liveness_type, validate_data=spec.validate_data,
         photo_source=spec.photo, video_source=spec.video, photo_md5=spec.photo_md5,
         video_md5=spec.video_md5, callback_url=spec.callback_url, meta=spec.metadata,
-        preflight=spec.preflight, submitted_by=spec.submitted_by, region=spec.region,
+        preflight=spec.preflight, submitted_by=spec.submitted_by, tenant_id=spec.tenant_id,
+        region=spec.region,
     )
 
 
@@ -234,10 +237,9 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
 
 def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None]:
     """``insert_job``, plus the state the key's job had before (None: a new key)."""
+    mine = (Job.tenant_id == spec.tenant_id, Job.idempotency_key == spec.idempotency_key)
     with session_scope(settings.database_url) as session:
-        existing = session.execute(
-            select(Job.id, Job.state).where(Job.idempotency_key == spec.idempotency_key)
-        ).first()
+        existing = session.execute(select(Job.id, Job.state).where(*mine)).first()
         if existing is not None and existing.state == JobState.REFUSED.value:
             return *_recheck_refused(settings, existing.id, spec), existing.state
         if existing is not None:
@@ -252,9 +254,7 @@ def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | Non
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
             # .one(): the key is there (the insert just collided with it).
-            return session.scalars(
-                select(Job.id).where(Job.idempotency_key == spec.idempotency_key)
-            ).one(), False, None
+            return session.scalars(select(Job.id).where(*mine)).one(), False, None
 
 
 def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:
@@ -263,15 +263,25 @@ def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[in
     return job_id, changed and spec.refusal is None
 
 
-def check_callback(settings: Settings, url: str | None) -> str | None:
-    """The callback URL, checked: absolute http(s), nothing secret in it, and WEBHOOK_SECRET
-    set (callbacks are always signed)."""
+def check_callback(settings: Settings, url: str | None,
+                   tenant_id: int = DEFAULT_TENANT_ID) -> str | None:
+    """The callback URL, checked: absolute http(s), nothing secret in it, and a secret to
+    sign it with (callbacks are always signed): the tenant's own, or WEBHOOK_SECRET for the
+    default tenant."""
     if url is None:
         return None
     try:
         url = check_callback_url(url, Policy(settings.egress_networks))
     except CallbackURLError as exc:
         raise SubmitError(str(exc), "callback_url") from None
+    if tenant_id != DEFAULT_TENANT_ID:
+        if not tenants.signs_with_own(settings.database_url, tenant_id):
+            raise SubmitError("callback_url needs a webhook secret of this tenant: "
+                              "`faceid-batch tenant secret rotate TENANT` makes one",
+                              "callback_url")
+        return url
+    if tenants.signs_with_own(settings.database_url, tenant_id):
+        return url
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise SubmitError("callback_url needs WEBHOOK_SECRET to be set: callbacks are "
                           "always signed", "callback_url")

@@ -312,7 +312,7 @@ class Creation:
         submission's fingerprint, and the answer if its key is known already."""
         try:
             callback = await run_in_threadpool(check_callback, self.settings,
-                                               fields.callback_url)
+                                               fields.callback_url, self.who.tenant)
         except SubmitError as exc:
             raise Problem.invalid(exc) from None
         fields = fields.model_copy(update={"callback_url": callback})
@@ -330,7 +330,7 @@ class Creation:
                        liveness_type=fields.liveness_type, validate_data=fields.validate_data,
                        lane=fields.lane, callback_url=fields.callback_url,
                        metadata=fields.metadata, submitted_by=self.who.token_id or None,
-                       region=fields.region, **checked)
+                       tenant_id=self.who.tenant, region=fields.region, **checked)
 
     async def _repeat(self, key: str, mine: tuple[Any, ...]) -> Response | None:
         """The answer to a key already known: the same job for the same content, else 409."""

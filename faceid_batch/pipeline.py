@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from faceid_batch.bulk.batches import batch_gate
 from faceid_batch.call.caps import ACCOUNT_WIDE
+from faceid_batch.call.clock import EndpointClock
 from faceid_batch.call.errors import backoff
 from faceid_batch.call.faceid_client import Answer, CompareRequest
 from faceid_batch.call.routing import Caller
@@ -188,12 +189,32 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
         staged = _stage_media(res, job_id, job)
         if isinstance(staged, Ran):
             return staged
-        answer = _call(res, job_id, job, caller, region, *staged)
+        answer = _signed_call(res, job_id, caller.client.clock_for(region),
+                              lambda: _call(res, job_id, job, caller, region, *staged))
     finally:
         res.router.done(caller)
     if isinstance(answer, Ran):
         return answer
     return Ran(record.record_paid(res, job_id, answer, staged))
+
+
+def _signed_call(res: Resources, job_id: int, clock: EndpointClock,
+                 call: Callable[[], Answer | Ran]) -> Answer | Ran:
+    """``call`` on the endpoint's clock. The first call of this process to the endpoint
+    goes alone, the others wait for its answer, which teaches the clock
+    (EndpointClock.first_answer). A call refused for its timestamp
+    (``AuthFailure.SignatureExpire``: errors.Rule.resign) is recorded, not counted, and made
+    once more at once, signed on the clock its answer taught, on a new slot of the budget
+    like any call; a second refusal in a row is the try its kind says."""
+    with clock.first_answer():
+        answer = call()
+    if isinstance(answer, Ran) or not answer.rule.resign:
+        return answer
+    log.warning("job %s: %s: signed again on the API's clock (offset %+.1f s), not counted",
+                job_id, answer.code, clock.offset)
+    if not record.record_resigned(res, job_id, answer):
+        return Ran.LOST
+    return call()
 
 
 def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: str,

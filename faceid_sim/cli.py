@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-p99", type=float, default=None, metavar="S")
     p.add_argument("--download-timeout", type=float, default=4.0, metavar="S")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
+                   help="the services' clock is S seconds ahead of the host's (negative: "
+                        "behind): Date headers, the TC3 timestamp check, COS signatures")
     p.add_argument("--ready-file", default=None, help="also write the ready JSON here")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             latency=latency,
             seed=args.seed,
             download_timeout=args.download_timeout,
+            clock_skew=args.clock_skew,
         )
     except (ValueError, OSError) as exc:
         print(f"faceid_sim: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ import copy
 import math
 import random
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from faceid_sim.codes import is_failed_operation, looks_like_code
 from faceid_sim.frames import FrameStore
 
 CHANNELS = ("result", "error")
+# The clock skew knob's bound: a week either way.
+MAX_CLOCK_SKEW = 7 * 86_400.0
 WILDCARD = "*"
 Z99 = 2.326  # standard normal quantile of 0.99
 
@@ -54,6 +57,13 @@ def _check_latency(value: Any) -> dict[str, Any] | None:
             raise ValueError("latency.lognormal needs 0 < median <= p99")
         return {"lognormal": {"median": median, "p99": p99}}
     raise ValueError("latency must have a 'fixed' or 'lognormal' key")
+
+
+def _check_skew(value: Any) -> float:
+    skew = float(value)
+    if not math.isfinite(skew) or abs(skew) > MAX_CLOCK_SKEW:
+        raise ValueError(f"clock_skew must be a number of seconds within ±{MAX_CLOCK_SKEW:.0f}")
+    return skew
 
 
 def _check_code(code: Any) -> str:
@@ -103,6 +113,7 @@ class Simulator:
         seed: int | None = None,
         max_frames: int = 5000,
         max_calls: int = 200_000,
+        clock_skew: float = 0.0,
     ) -> None:
         self.secrets = dict(secrets)
         self._any_token = token_ok is True
@@ -120,6 +131,9 @@ class Simulator:
             "download_timeout": float(download_timeout),
             "allow_remote_downloads": False,
             "max_calls": int(max_calls),
+            # Seconds the simulated services' clock is ahead of the host's (negative:
+            # behind): their Date headers, the TC3 timestamp check and COS signature windows.
+            "clock_skew": _check_skew(clock_skew),
         }
         self._lock = threading.Lock()
         self._reset_locked()
@@ -173,6 +187,8 @@ class Simulator:
                     raise ValueError("download_timeout must be > 0")
             elif name == "allow_remote_downloads":
                 value = bool(value)
+            elif name == "clock_skew":
+                value = _check_skew(value)
             new[name] = value
         with self._lock:
             self._knobs = new
@@ -217,6 +233,10 @@ class Simulator:
     def token_accepted(self, token: str) -> bool:
         """Whether an X-TC-Token (temporary credentials) is acceptable."""
         return bool(token) if self._any_token else token in self._tokens
+
+    def now(self) -> float:
+        """The simulated services' time: the host's plus the ``clock_skew`` knob."""
+        return time.time() + self.knob("clock_skew")
 
     def knob(self, name: str) -> Any:
         """One knob's current value."""

@@ -57,6 +57,9 @@ class CosHandler(SimHandler):
     store: CosStore
     server_version = "tencent-cos"
 
+    def clock(self) -> float:
+        return self.store.now()
+
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -100,6 +103,7 @@ class CosHandler(SimHandler):
                 CosRequest(self.command, path, query, self.headers),
                 self.store.secrets,
                 self.store.token_accepted,
+                now=self.store.now(),
             )
         except CosAuthError as exc:
             self.store.count(self.command, auth_failed=True)

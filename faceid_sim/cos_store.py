@@ -11,8 +11,9 @@ This module holds the store's state; the HTTP handler is in ``cos_handler``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ class CosStore:
         token_ok: bool | Iterable[str] = False,
         bucket: str = "faceid-sim-1250000000",
         region: str = "ap-singapore",
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``token_ok``: True accepts any x-cos-security-token, an iterable accepts those."""
+        """``token_ok``: True accepts any x-cos-security-token, an iterable accepts those.
+        ``clock``: the store's time (its Date headers, its signature windows)."""
+        self.now = clock
         self.objects = ObjectStore(Path(data_dir))
         self.secrets = dict(secrets)
         self._any_token = token_ok is True

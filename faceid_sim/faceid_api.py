@@ -53,6 +53,9 @@ class FaceIdHandler(SimHandler):
     # The rate-limit window counts kernel arrival times (see SimHandler.stamp_arrivals).
     stamp_arrivals = True
 
+    def clock(self) -> float:
+        return self.sim.now()
+
     def do_POST(self) -> None:
         self._dispatch()
 
@@ -143,6 +146,7 @@ class FaceIdHandler(SimHandler):
             headers=self.headers,
             body=body,
             secrets=sim.secrets,
+            now=sim.now(),
         )
         token = self.headers.get("X-TC-Token")
         if token is not None and not sim.token_accepted(token):

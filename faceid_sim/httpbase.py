@@ -95,6 +95,14 @@ class SimHandler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    def clock(self) -> float:
+        """The server's time (Unix seconds): the host's, unless a handler skews it."""
+        return time.time()
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header of every answer, on the server's clock.
+        return super().date_time_string(self.clock() if timestamp is None else timestamp)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         # Query strings are cut: presigned URLs carry signatures and tokens.
         log.debug("%s %s", self.address_string(), _QUERY_RE.sub("?...", format % args))

@@ -93,6 +93,7 @@ def start(
     max_frames: int = 5000,
     bucket: str = DEFAULT_BUCKET,
     region: str = DEFAULT_REGION,
+    clock_skew: float = 0.0,
 ) -> RunningSimulator:
     """Start the FaceID API and the COS store on ``host`` (port 0: any free port).
 
@@ -114,8 +115,11 @@ def start(
         download_timeout=download_timeout,
         seed=seed,
         max_frames=max_frames,
+        clock_skew=clock_skew,
     )
-    cos = CosStore(root / "cos", secrets, token_ok=token_ok, bucket=bucket, region=region)
+    # One clock for both services (the clock_skew knob), as one provider's would be.
+    cos = CosStore(root / "cos", secrets, token_ok=token_ok, bucket=bucket, region=region,
+                   clock=sim.now)
     api_server = make_api_server(sim, host, api_port)
     try:
         cos_server = make_server(cos, host, cos_port)

@@ -39,6 +39,10 @@ class Rule:
     # BILLING_OVERRIDES in front of what these say).
     billed: bool = True
     billed_why: str = ""
+    # Refused for the request's timestamp, not the job: the call is signed again at once
+    # with the endpoint's clock as its answer taught it (pipeline.py), not counted, not
+    # billed; only a second such answer in a row is the try its kind says.
+    resign: bool = False
 
     # What a kind means, read by every decision about an answer: the job's next state
     # (outcome.record), what counts as an attempt (outcome.persist), the account breaker.
@@ -152,8 +156,9 @@ EXACT: dict[str, Rule] = {
     "ServiceUnavailable": _free(_T, "service temporarily unavailable", _OUTAGE),
     "ResourceUnavailable": _free(_T, "resource temporarily unavailable", _OUTAGE),
     "RequestLimitExceeded": _free(Kind.THROTTLED, "account request rate exceeded", _RATE_LIMITED),
-    "AuthFailure.SignatureExpire": _free(
-        _T, "timestamp out of window; re-signed on retry", _CREDENTIALS),
+    "AuthFailure.SignatureExpire": Rule(
+        _T, "timestamp outside the API's 300 s window: re-signed at once on the API's "
+        "clock, then a try if it comes again", False, _CREDENTIALS, resign=True),
     "InvalidParameter": _free(_R, "invalid parameter", _INVALID),
     "InvalidParameterValue": _free(_R, "incorrect parameter value", _INVALID),
     "MissingParameter": _free(_R, "missing parameter", _BAD_REQUEST),

@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from faceid_batch.call.clock import EndpointClock, endpoint_clock, faceid_endpoint
 from faceid_batch.call.errors import Rule, classify
 from faceid_batch.call.httpenv import pinned_session
 from faceid_batch.call.ratelimit import SendTooLate
@@ -198,7 +199,12 @@ class _StampedAdapter(HTTPAdapter):
 
 
 class FaceIDClient:
-    """A signed, pooled client for one account and region. Thread-safe for concurrent calls."""
+    """A signed, pooled client for one account and region. Thread-safe for concurrent calls.
+
+    Requests are signed with the endpoint's time (``clock_for``: this process's clock of
+    the endpoint URL and the call's region, shared by every client of them; ``clock``: one
+    clock for every region instead), learned from the ``Date`` of every answer
+    (call/clock.py)."""
 
     def __init__(
         self,
@@ -212,10 +218,12 @@ class FaceIDClient:
         read_timeout: float = 30.0,
         pool_size: int = 64,
         session: requests.Session | None = None,
+        clock: EndpointClock | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/") + "/"
         self.host = urlsplit(self.endpoint).netloc
         self.region = region
+        self._clock = clock
         self._secret_id = secret_id
         self._secret_key = secret_key
         self._token = token
@@ -230,6 +238,11 @@ class FaceIDClient:
     def __repr__(self) -> str:  # never show the key
         return f"FaceIDClient(endpoint={self.endpoint!r}, region={self.region!r})"
 
+    def clock_for(self, region: str | None = None) -> EndpointClock:
+        """The clock requests in ``region`` (None: the client's) are signed with."""
+        return self._clock or endpoint_clock(
+            faceid_endpoint(self.endpoint, region or self.region))
+
     def prepare(self, request: CompareRequest,
                 region: str | None = None) -> requests.PreparedRequest:
         """Sign and build the HTTP request, so that sending it later costs almost nothing.
@@ -238,7 +251,7 @@ class FaceIDClient:
         signed = sign(
             secret_id=self._secret_id, secret_key=self._secret_key, service=SERVICE,
             host=self.host, action=ACTION, version=VERSION, region=region or self.region,
-            body=body, timestamp=int(time.time()), token=self._token,
+            body=body, timestamp=int(self.clock_for(region).now()), token=self._token,
         )
         return self.session.prepare_request(
             requests.Request("POST", self.endpoint, data=body, headers=signed.headers)
@@ -273,6 +286,9 @@ class FaceIDClient:
         try:
             resp = self.session.send(prepared, timeout=self.timeout, allow_redirects=False)
             answer = parse_response(resp.status_code, resp.content)
+            # Whatever the answer, its Date tells the endpoint's clock (call/clock.py).
+            self.clock_for(prepared.headers.get("X-TC-Region")).observe(
+                resp.headers, started_at + (sent[0] - started if sent else 0.0), time.time())
         except requests.ConnectTimeout:
             answer = Answer("ClientError.ConnectTimeout", "transport", message="connect timeout")
         except requests.ReadTimeout:

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from faceid_batch.call import clock
 from faceid_batch.call.ratelimit import STALE_AFTER
 from faceid_batch.db import session_scope
 from faceid_batch.models import Job, JobState, Lane
@@ -98,6 +99,22 @@ class StateCollector(Collector):
             log.warning("metrics: Redis figures unavailable (%s)", type(exc).__name__)
         return out
 
+
+class ClockCollector(Collector):
+    """The offset of each endpoint's clock from this host's, as this process learned it
+    from the endpoint's answers (call/clock.py); an endpoint appears once it has answered."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "faceid_clock_offset_seconds", "Seconds an endpoint's clock is ahead of this "
+            "host's (negative: behind), learned from its answers' Date; requests and "
+            "presigned URLs are signed with it", labels=["endpoint"])
+        for name, offset in sorted(clock.offsets().items()):
+            family.add_metric([name], offset)
+        yield family
+
+
+REGISTRY.register(ClockCollector())
 
 _started: dict[str, int] = {}
 

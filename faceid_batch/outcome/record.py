@@ -143,3 +143,17 @@ def _best_frame(res: Resources, job_id: int, answer: Answer) -> tuple[bytes, str
         # The verdict is stored all the same; a missing frame does not undo a paid answer.
         log.warning("job %s: best frame not kept: %s", job_id, exc)
         return None
+
+
+def record_resigned(res: Resources, job_id: int, answer: Answer) -> bool:
+    """The attempt row of a call refused for its timestamp and signed again at once
+    (errors.Rule.resign): recorded as every call is, never counted against the job's
+    attempts, its code not billed, the job's state untouched. False, with nothing written,
+    if this worker no longer holds the job."""
+    with write_scope(res.settings.database_url) as session:
+        row = session.execute(_JOB_TO_ANSWER, {"of_job": job_id}).one()
+        if row.lease_id != res.lease.id or row.state in JobState.final():
+            return False
+        # The row of a call that does not count (``counted`` false), as for a lost one.
+        record_lost_attempt(session, job_id, row.attempts, answer, res.billing)
+    return True

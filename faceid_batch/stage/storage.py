@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from qcloud_cos import CosConfig, CosS3Client
-from qcloud_cos.cos_exception import CosServiceError
-from requests.adapters import HTTPAdapter
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
+from faceid_batch.call.clock import bucket_endpoint, endpoint_clock
 from faceid_batch.call.httpenv import environ_proxies, pinned_session
 from faceid_batch.egress import Egress, EgressError, EgressRefused, Policy
 from faceid_batch.settings import Settings
 from faceid_batch.stage import ledger
+from faceid_batch.stage.cos_signing import ClockedAdapter, presigned_url
 from faceid_batch.stage.media import (
     CHUNK,
     EXTENSIONS,
@@ -110,7 +111,9 @@ def make_cos_client(settings: Settings, pool_size: int = 32,
     # Our own pooled session instead of the SDK's built-in one, so that requests does not
     # read the environment again on every upload (see httpenv).
     session = pinned_session(endpoint)
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    # It signs the SDK's requests on the bucket endpoint's clock (stage/cos_signing.py).
+    adapter = ClockedAdapter(endpoint_clock(bucket_endpoint(endpoint)), secret_key,
+                             pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return CosS3Client(config, retry=2, session=session)
@@ -145,6 +148,8 @@ class MediaStager:
         self.region = region or settings.faceid_region
         self.bucket = settings.buckets.get(self.region, "")
         self.client = client or make_cos_client(settings, region=self.region)
+        # The bucket endpoint's clock (call/clock.py), learned from the client's answers.
+        self.clock = endpoint_clock(bucket_endpoint(cos_endpoint(settings, self.region)))
         # Producers' URLs (and best frames): through the egress policy only.
         self.egress = egress or Egress(Policy(settings.egress_networks))
         # Shared with the callbacks' deliveries (Resources.egress_slots); none: no bound.
@@ -240,6 +245,7 @@ class MediaStager:
         file is uploaded straight away.
         """
         label = display_source(source)
+        self.hear_from_bucket()
         if source.startswith("cos://") and known_md5 is not None:
             ours = self.submitted(kind, source, known_md5)
             if ours is not None:
@@ -299,12 +305,29 @@ class MediaStager:
             return reader.hexdigest() if hash_locally else file_md5(path)
         return etag
 
+    def hear_from_bucket(self) -> None:
+        """Make sure the bucket endpoint has answered this process once, so its clock is
+        known before a URL is presigned (a job whose media are in the bucket already makes
+        no other request to it): one HEAD of the bucket, whatever it answers, the first time
+        only; the process's other threads wait for that answer."""
+        with self.clock.first_answer(timeout=10.0):
+            if self.clock.answered:  # this process has heard from it (or just did)
+                return
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except (CosServiceError, CosClientError) as exc:
+                # Refused or not reached: the answer's Date was read all the same, if any.
+                log.info("COS: the first HEAD of the bucket: %s", type(exc).__name__)
+
     def presign(self, key: str) -> str:
-        """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS. Never store it."""
-        return str(self.client.get_presigned_url(
-            Bucket=self.bucket, Key=key, Method="GET",
-            Expired=self.settings.presign_expiry_seconds,
-        ))
+        """A GET URL FaceID can download for PRESIGN_EXPIRY_SECONDS, on COS's clock (signed
+        here: the SDK signs only on this host's). Never store it."""
+        self.hear_from_bucket()
+        secret_id, secret_key, _token = self.settings.cos_credentials
+        return presigned_url(
+            base_url=cos_endpoint(self.settings, self.region), key=key, secret_id=secret_id,
+            secret_key=secret_key, now=self.clock.now(),
+            expires=self.settings.presign_expiry_seconds)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -115,3 +115,34 @@ def test_tenant_and_token_commands(database_url, monkeypatch):
     listing = cli(monkeypatch, database_url, "tenant", "list").stdout
     assert "default" in listing and "WEBHOOK_SECRET" in listing
     assert cli(monkeypatch, database_url, "tenant", "show", "nope").exit_code == 1
+
+
+def test_calls_are_counted_per_tenant_and_day_and_reports_filter_by_tenant(database_url):
+    from faceid_batch.admin import cost, queries
+    from faceid_batch.models import Attempt
+    from faceid_batch.outcome import persist
+
+    settings = load_settings(database_url=database_url)
+    b = tenants.add(database_url, "tenant-b", None, max_calls_per_day=2)
+    mine, _ = insert_job(settings, JobSpec("k", "/p", "/v", "SILENT", lane="backfill",
+                                           tenant_id=b.id))
+    default, _ = insert_job(settings, JobSpec("k", "/p", "/v", "SILENT", lane="backfill"))
+    day = tenants.today()
+    with session_scope(database_url) as s:
+        for job in (mine, mine, default):
+            s.execute(persist._COUNT_TENANT_CALL, {"job_id": job, "day": day})
+            s.add(Attempt(job_id=job, number=1, code="Success", kind="success",
+                          channel="result", billable=True))
+    assert tenants.calls_on(database_url, b.id) == 2
+    assert tenants.calls_on(database_url, DEFAULT_TENANT_ID) == 1
+    assert tenants.over_quota(database_url, b.id) == (2, 2)
+    assert tenants.over_quota(database_url, DEFAULT_TENANT_ID) is None  # no quota
+    tenants.set_quota(database_url, "tenant-b", 3)
+    assert tenants.over_quota(database_url, b.id) is None
+
+    listed = queries.list_results(database_url, queries.Filters(tenant_id=b.id)).rows
+    assert [r.id for r in listed] == [mine]
+    assert cost.cost_report(settings, tenant="tenant-b").billable == 2
+    assert cost.cost_report(settings).billable == 3
+    with pytest.raises(cost.CostError, match="no tenant named"):
+        cost.cost_report(settings, tenant="nope")

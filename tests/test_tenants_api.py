@@ -80,3 +80,47 @@ def test_keys_are_per_tenant_and_another_tenants_keys_answer_as_unknown(client, 
     assert get(client, admin, f"/v1/verifications/{other.json()['id']}").status_code == 200
     assert get(client, admin_a, f"/v1/verifications/{other.json()['id']}").status_code == 404
     assert get(client, admin_a, f"/v1/verifications/{a_job}").status_code == 200
+
+
+def test_a_tenant_over_its_quota_or_backlog_is_refused_and_the_others_are_not(configured):
+    from faceid_batch.db import session_scope
+    from faceid_batch.models import DEFAULT_TENANT_ID, TenantCalls
+    from faceid_batch.producer import app as producer_app
+    from faceid_batch.scheduling import schedule
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    # One second of onboarding backlog admitted per tenant: 20 jobs at 20 calls/s.
+    settings = configured.model_copy(update={"onboarding_max_wait_seconds": 1.0})
+    client = TestClient(producer_app.create_app(settings), raise_server_exceptions=False)
+    url = configured.database_url
+    flood = tenants.add(url, "flooder", None)
+    capped = tenants.add(url, "capped", None, max_calls_per_day=100)
+    tokens_of = {t.id: tokens.add(url, f"p-{t.name}", tokens.SUBMIT, t.id)
+                 for t in (flood, capped)}
+    default_token = tokens.add(url, "p-default", tokens.SUBMIT)
+    with session_scope(url) as s:
+        s.add(TenantCalls(tenant_id=capped.id, day=tenants.today(), calls=100))
+        conn = s.connection()
+        schedule.insert_jobs(conn, [{
+            "idempotency_key": f"f-{i}", "tenant_id": flood.id, "lane": "onboarding",
+            "state": "queued", "liveness_type": "SILENT", "photo_source": "/p",
+            "video_source": "/v"} for i in range(40)])
+
+    def onboard(token: str, key: str):  # type: ignore[no-untyped-def]
+        return client.post("/v1/verifications", headers={
+            "Authorization": f"Bearer {token}", "Idempotency-Key": key}, json={
+            "photo_url": f"cos://{BUCKET}/p.jpg", "video_url": f"cos://{BUCKET}/v.mp4",
+            "liveness_type": "SILENT"})
+
+    refused = onboard(tokens_of[flood.id], "one-more")
+    assert refused.status_code == 429 and refused.json()["type"] == "/problems/too-many-requests"
+    over = onboard(tokens_of[capped.id], "c-1")
+    assert over.status_code == 429, over.text
+    assert over.json()["type"] == "/problems/quota-exceeded"
+    assert "quota of 100 a day" in over.json()["detail"]
+    assert 0 < int(over.headers["Retry-After"]) <= 86400
+    # The default tenant's line and quota are its own: neither refusal touches it.
+    assert onboard(default_token, "d-1").status_code == 202
+    assert DEFAULT_TENANT_ID not in (flood.id, capped.id)

@@ -21,13 +21,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from faceid_batch.call import billing
 from faceid_batch.call.errors import Kind
 from faceid_batch.db import session_scope
-from faceid_batch.models import Attempt, Batch, DedupeHit, Job, JobState
+from faceid_batch.models import Attempt, Batch, DedupeHit, Job, JobState, Tenant
 from faceid_batch.settings import Settings
 
 
@@ -40,9 +40,11 @@ class Scope:
     batch_ids: tuple[int, ...] | None = None  # None: every job, in a batch or not
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
+    tenant_id: int | None = None  # None: every tenant
+    tenant_name: str | None = None
 
     def describe(self) -> str:
-        parts = []
+        parts = [f"tenant {self.tenant_name}"] if self.tenant_name else []
         if self.batch_ids is not None:
             parts.append("batch " + ", ".join(str(b) for b in self.batch_ids))
         if self.since or self.until:
@@ -166,9 +168,12 @@ def compute(session: Session, scope: Scope, bill: billing.BillingTable,
     report = CostReport(scope, price_per_call=price_per_call, currency=currency)
 
     calls = select(Attempt.code, Attempt.kind, Attempt.billable, func.count())
+    if scope.batch_ids is not None or scope.tenant_id is not None:
+        calls = calls.join(Job, Job.id == Attempt.job_id)
     if scope.batch_ids is not None:
-        calls = calls.join(Job, Job.id == Attempt.job_id).where(
-            Job.batch_id.in_(scope.batch_ids))
+        calls = calls.where(Job.batch_id.in_(scope.batch_ids))
+    if scope.tenant_id is not None:
+        calls = calls.where(Job.tenant_id == scope.tenant_id)
     calls = calls.where(*_period(Attempt.started_at, scope)).group_by(
         Attempt.code, Attempt.kind, Attempt.billable)
     by_code: dict[str, CodeLine] = {}
@@ -194,15 +199,27 @@ def compute(session: Session, scope: Scope, bill: billing.BillingTable,
     if scope.batch_ids is not None:
         refused = refused.where(Job.batch_id.in_(scope.batch_ids))
         dedupe = dedupe.where(DedupeHit.batch_id.in_(scope.batch_ids))
+    if scope.tenant_id is not None:
+        refused = refused.where(Job.tenant_id == scope.tenant_id)
+        dedupe = dedupe.where(or_(
+            DedupeHit.job_id.in_(select(Job.id).where(Job.tenant_id == scope.tenant_id)),
+            DedupeHit.batch_id.in_(select(Batch.id).where(Batch.tenant_id == scope.tenant_id))))
     report.avoided_by_preflight = int(session.scalar(refused) or 0)
     report.avoided_by_dedupe = int(session.scalar(dedupe) or 0)
     return report
 
 
 def cost_report(settings: Settings, batch: str | None = None, since: datetime | None = None,
-                until: datetime | None = None) -> CostReport:
-    """The cost report for a batch (id or name) and/or a period, priced from the settings."""
+                until: datetime | None = None, tenant: str | None = None) -> CostReport:
+    """The cost report for a batch (id or name), a period and/or a tenant (its name),
+    priced from the settings."""
     with session_scope(settings.database_url) as session:
-        scope = Scope(resolve_batch(session, batch) if batch else None, since, until)
+        tenant_id = None
+        if tenant is not None:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+            if tenant_id is None:
+                raise CostError(f"--tenant: no tenant named {tenant!r}")
+        scope = Scope(resolve_batch(session, batch) if batch else None, since, until,
+                      tenant_id, tenant)
         return compute(session, scope, billing.table(settings.billing_overrides),
                        settings.faceid_price_per_call, settings.faceid_price_currency)

@@ -73,6 +73,7 @@ class Filters:
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None  # exclusive
     key_prefix: str | None = None
+    tenant_id: int | None = None  # tenants.resolve gives it from a name
 
     @classmethod
     def from_options(cls, **kw: Any) -> Filters:
@@ -85,13 +86,15 @@ class Filters:
             sim_min=kw.get("sim_min"), sim_max=kw.get("sim_max"),
             created_from=parse_time(kw.get("since"), "since"),
             created_to=parse_time(kw.get("until"), "until"),
-            key_prefix=kw.get("key_prefix"),
+            key_prefix=kw.get("key_prefix"), tenant_id=kw.get("tenant_id"),
         )
 
     def clauses(self) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
         if self.batch_id is not None:
             out.append(Job.batch_id == self.batch_id)
+        if self.tenant_id is not None:
+            out.append(Job.tenant_id == self.tenant_id)
         if self.lane:
             out.append(Job.lane == self.lane)
         if self.state:

@@ -33,6 +33,7 @@ SIM_MAX = typer.Option(None, "--sim-max", help="Sim at most this")
 SINCE = typer.Option(None, help="Created at or after (ISO 8601; UTC unless an offset is given)")
 UNTIL = typer.Option(None, help="Created before (ISO 8601)")
 KEY_PREFIX = typer.Option(None, "--key-prefix", help="Idempotency key starts with this")
+TENANT = typer.Option(None, "--tenant", help="Only jobs of this tenant (its name)")
 
 
 def register(app: typer.Typer) -> None:
@@ -45,9 +46,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _filters(**kw: Any) -> Any:
+    from faceid_batch import tenants
     from faceid_batch.admin.queries import Filters
 
     try:
+        tenant = kw.pop("tenant", None)
+        if tenant is not None:
+            kw["tenant_id"] = tenants.resolve(load_settings().database_url, tenant)
         return Filters.from_options(**kw)
     except ValueError as exc:
         fail(str(exc))
@@ -57,6 +62,7 @@ def results(
     batch: int = BATCH, lane: str = LANE, state: str = STATE, code: str = CODE,
     verdict: str = VERDICT, sim_min: float = SIM_MIN, sim_max: float = SIM_MAX,
     since: str = SINCE, until: str = UNTIL, key_prefix: str = KEY_PREFIX,
+    tenant: str = TENANT,
     sort: str = typer.Option("-id", help="id, created, finished, key, state, code, attempts "
                              "or sim; a leading - sorts descending"),
     page: int = typer.Option(1, help="Page number (from 1)"),
@@ -68,7 +74,7 @@ def results(
 
     filters = _filters(batch=batch, lane=lane, state=state, code=code, verdict=verdict,
                        sim_min=sim_min, sim_max=sim_max, since=since, until=until,
-                       key_prefix=key_prefix)
+                       key_prefix=key_prefix, tenant=tenant)
     try:
         listing = queries.list_results(load_settings().database_url, filters,
                                        queries.Page(sort=sort, page=page, limit=limit))
@@ -176,6 +182,7 @@ def export(
     batch: int = BATCH, lane: str = LANE, state: str = STATE, code: str = CODE,
     verdict: str = VERDICT, sim_min: float = SIM_MIN, sim_max: float = SIM_MAX,
     since: str = SINCE, until: str = UNTIL, key_prefix: str = KEY_PREFIX,
+    tenant: str = TENANT,
 ) -> None:
     """Stream matching jobs to CSV (formulas neutralised) or JSONL, in id order."""
     from faceid_batch.admin import queries
@@ -184,7 +191,7 @@ def export(
         fail(f"--format: must be csv or jsonl, got {fmt!r}")
     filters = _filters(batch=batch, lane=lane, state=state, code=code, verdict=verdict,
                        sim_min=sim_min, sim_max=sim_max, since=since, until=until,
-                       key_prefix=key_prefix)
+                       key_prefix=key_prefix, tenant=tenant)
     rows = queries.iter_results(load_settings().database_url, filters)
     write = queries.write_csv if fmt == "csv" else queries.write_jsonl
     if output:

@@ -31,8 +31,8 @@ amount        billable x FACEID_PRICE_PER_CALL, FACEID_PRICE_CURRENCY
 \b
 Period: calls by when they were sent, refusals by job creation,
 dedupe by when it happened. --since inclusive, --until exclusive
-(ISO 8601, UTC unless an offset is given). With --batch as well,
-both must hold.
+(ISO 8601, UTC unless an offset is given). With --batch or
+--tenant as well, all must hold.
 """
 
 
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         since: str = typer.Option(None, help="From this time (ISO 8601, inclusive)"),
         until: str = typer.Option(None, help="Until this time (ISO 8601, exclusive)"),
         fmt: str = typer.Option("text", "--format", help="text or json"),
+        tenant: str = typer.Option(None, "--tenant", help="Only this tenant's jobs"),
     ) -> None:
         from faceid_batch.admin.cost import cost_report
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()
         try:
             report = cost_report(settings, batch, parse_time(since, "--since"),
-                                 parse_time(until, "--until"))
+                                 parse_time(until, "--until"), tenant)
         except ValueError as exc:  # a bad time, or CostError: no such batch
             fail(str(exc))
         if fmt == "json":

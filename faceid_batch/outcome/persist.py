@@ -46,6 +46,13 @@ _COUNT_CALL = text(
 ).bindparams(bindparam("minute", type_=DateTime(timezone=True)))  # stored as the ORM stores it
 
 
+# And to its tenant's calls of the day (tenants.py: the daily quota reads this one row).
+_COUNT_TENANT_CALL = text(
+    "INSERT INTO tenant_calls (tenant_id, day, calls) "
+    "SELECT tenant_id, :day, 1 FROM jobs WHERE id = :job_id "
+    "ON CONFLICT (tenant_id, day) DO UPDATE SET calls = tenant_calls.calls + 1")
+
+
 def call_tally(attempt: dict[str, Any], answer: Answer) -> dict[str, Any]:
     """The parameters of _COUNT_CALL for one call's attempt row."""
     started: datetime = attempt["started_at"]
@@ -125,6 +132,8 @@ def write_answer(session: Session, job_id: int, lease_id: str, attempts_before: 
         return False
     session.execute(_INSERT_ATTEMPT, attempt)
     session.execute(_COUNT_CALL, call_tally(attempt, answer))
+    session.execute(_COUNT_TENANT_CALL, {"job_id": job_id,
+                                         "day": attempt["started_at"].date().isoformat()})
     if result is not None:
         session.execute(_INSERT_RESULT, result)
     return True
@@ -145,6 +154,8 @@ def record_lost_attempt(session: Session, job_id: int, attempts_before: int, ans
     attempt = attempt_columns(job_id, attempts_before, answer, bill)
     session.execute(_INSERT_ATTEMPT, {**attempt, "number": attempts_before, "counted": False})
     session.execute(_COUNT_CALL, call_tally(attempt, answer))
+    session.execute(_COUNT_TENANT_CALL, {"job_id": job_id,
+                                         "day": attempt["started_at"].date().isoformat()})
 
 
 class BestFrameError(Exception):

@@ -14,6 +14,10 @@ that is refused (429) leaves the line where it was, and one that was admitted bu
 fails (a body that is not what it says, a preflight refusal, a store that is away) gives
 its place back (``release``). A producer sending garbage so costs the others nothing.
 
+Each tenant has its own lines and its backlog is counted alone (the default tenant keeps
+the keys of a deployment without tenants): one tenant's flood or backlog never makes
+another's submissions wait or be refused.
+
 A refused submission gets ``429`` and a ``Retry-After``: when the line will have room again,
 plus up to a second of jitter, so refused clients do not all come back at once.
 """
@@ -28,10 +32,11 @@ import redis
 from sqlalchemy import func, select
 
 from faceid_batch.db import session_scope
-from faceid_batch.models import Job, JobState, Lane
+from faceid_batch.models import DEFAULT_TENANT_ID, Job, JobState, Lane
 from faceid_batch.settings import Settings
 
 LINE_KEY = "faceid:admission:{lane}:line"
+TENANT_LINE_KEY = "faceid:admission:{lane}:t{tenant}:line"
 # What an admitted job takes besides the line before its call starts: its message, the
 # claim, staging, the slot's own lateness (bench.api's burst: up to 0.3 s past the line).
 PIPELINE = 0.5
@@ -76,35 +81,37 @@ class Admission:
         self.redis = client
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
-        self._counts: dict[str, tuple[float, int]] = {}
+        self._counts: dict[tuple[str, int], tuple[float, int]] = {}
 
     def max_wait(self, lane: str) -> float:
         s = self.settings
         return (s.onboarding_max_wait_seconds if lane == Lane.ONBOARDING.value
                 else s.backfill_max_wait_seconds)
 
-    def backlog(self, lane: str, cap: int) -> int:
-        """The lane's jobs not yet answered, counted up to ``cap`` (cached a moment)."""
-        cached = self._counts.get(lane)
+    def backlog(self, lane: str, cap: int, tenant: int = DEFAULT_TENANT_ID) -> int:
+        """The tenant's jobs of the lane not yet answered, counted up to ``cap`` (cached a
+        moment)."""
+        cached = self._counts.get((lane, tenant))
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         waiting = (*JobState.waiting(), JobState.RUNNING)
         with session_scope(self.settings.database_url) as session:
-            inner = select(Job.id).where(Job.lane == lane, Job.state.in_(waiting)).limit(cap)
+            inner = select(Job.id).where(Job.lane == lane, Job.state.in_(waiting),
+                                         Job.tenant_id == tenant).limit(cap)
             count = session.scalar(select(func.count()).select_from(inner.subquery())) or 0
-        self._counts[lane] = (time.monotonic() + COUNT_CACHE_SECONDS, count)
+        self._counts[(lane, tenant)] = (time.monotonic() + COUNT_CACHE_SECONDS, count)
         return count
 
-    def check(self, lane: str) -> float | None:
+    def check(self, lane: str, tenant: int = DEFAULT_TENANT_ID) -> float | None:
         """None if a new submission is admitted (it holds a place in the line until it is
         stored or ``release``d), else the seconds to wait (Retry-After)."""
         rate = self.settings.faceid_rate_limit
         threshold = rate * self.max_wait(lane)
         # Counted up to ten waits' worth: beyond that the line says more than the count.
-        backlog = self.backlog(lane, int(threshold * 10) + 1)
+        backlog = self.backlog(lane, int(threshold * 10) + 1, tenant)
         try:
             reply = self._admit(
-                keys=[LINE_KEY.format(lane=lane)],
+                keys=[line_key(lane, tenant)],
                 args=[repr(time.time()), backlog, repr(1.0 / rate),
                       max(0.0, self.max_wait(lane) - PIPELINE), 60])
         except redis.RedisError:
@@ -114,13 +121,19 @@ class Admission:
             return None
         return float(reply[1]) + random.uniform(0, SPREAD)
 
-    def release(self, lane: str) -> None:
+    def release(self, lane: str, tenant: int = DEFAULT_TENANT_ID) -> None:
         """Give back the place of an admitted submission that stored no job."""
         try:
-            self._release(keys=[LINE_KEY.format(lane=lane)],
+            self._release(keys=[line_key(lane, tenant)],
                           args=[repr(time.time()), repr(1.0 / self.settings.faceid_rate_limit)])
         except redis.RedisError:
             pass  # no line is kept without Redis
+
+
+def line_key(lane: str, tenant: int) -> str:
+    """The Redis key of a tenant's line in a lane."""
+    return LINE_KEY.format(lane=lane) if tenant == DEFAULT_TENANT_ID \
+        else TENANT_LINE_KEY.format(lane=lane, tenant=tenant)
 
 
 def retry_after(seconds: float) -> str:

@@ -143,7 +143,7 @@ class Creation:
         self.who = who
         self.wait = wait
         self.header_key = header_key
-        self.places = Places()
+        self.places = Places(tenant=who.tenant)
 
     async def run(self, request: Request) -> Response:
         """Answer the POST; an admitted request that stored no job gives its place back."""

@@ -47,6 +47,10 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "too-many-requests": (429, "Too many requests",
                           "The lane's backlog is longer than the budget can answer in time; "
                           "come back after Retry-After seconds (with the same key)."),
+    "quota-exceeded": (429, "Daily quota reached",
+                       "The tenant's FaceID calls today (UTC) have reached its quota "
+                       "(--max-calls-per-day); come back after Retry-After seconds, the next "
+                       "UTC day."),
     "internal-error": (500, "Internal error",
                        "Something failed on our side; nothing was stored. Retry with the "
                        "same key."),

@@ -9,14 +9,16 @@ on the event loop.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from faceid_batch import tenants
 from faceid_batch.admin import tokens
 from faceid_batch.db import session_scope
-from faceid_batch.models import Job, Result
+from faceid_batch.models import DEFAULT_TENANT_ID, Job, Result
 from faceid_batch.producer import resource
 from faceid_batch.producer.admission import Admission, retry_after
 from faceid_batch.producer.problems import Problem
@@ -46,6 +48,14 @@ class Places:
 
     lanes: list[str] = field(default_factory=list)
     stored: bool = False
+    # The tenant whose lines they are (admission is counted per tenant).
+    tenant: int = DEFAULT_TENANT_ID
+
+
+def until_midnight() -> float:
+    """Seconds until the next UTC day, when daily quotas start again."""
+    now = time.time()
+    return 86400.0 - now % 86400.0
 
 
 def visible(job: Job, who: tokens.Principal) -> bool:
@@ -122,10 +132,20 @@ class Producer:
             return resource.show(*found)
 
     def admit(self, lane: str, places: Places) -> None:
-        """Take a place in ``lane``'s line for this request, or refuse it (429)."""
+        """Take a place in the tenant's line of ``lane`` for this request, or refuse it
+        (429): also once the tenant's calls today have reached its daily quota."""
         if lane in places.lanes:
             return
-        wait = self.admission.check(lane)
+        over = tenants.over_quota(self.settings.database_url, places.tenant)
+        if over is not None:
+            left = until_midnight()
+            raise Problem(
+                "quota-exceeded",
+                f"this tenant's calls today ({over[0]:,}) have reached its quota of "
+                f"{over[1]:,} a day (UTC); submissions are taken again after midnight UTC, "
+                f"in {retry_after(left)} s", extra={"retry_after": int(retry_after(left))},
+                headers={"Retry-After": retry_after(left)})
+        wait = self.admission.check(lane, places.tenant)
         if wait is not None:
             raise Problem(
                 "too-many-requests",
@@ -139,5 +159,5 @@ class Producer:
         """The places of a request that stored no job go back to their lines."""
         if not places.stored:
             for lane in places.lanes:
-                self.admission.release(lane)
+                self.admission.release(lane, places.tenant)
         places.lanes.clear()

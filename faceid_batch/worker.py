@@ -25,10 +25,11 @@ from celery.signals import (
 )
 
 from faceid_batch import db, messages
+from faceid_batch.call import accounts
 from faceid_batch.ops import logs, metrics
 from faceid_batch.resources import Resources, set_pool_threads
 from faceid_batch.scheduling import feeder
-from faceid_batch.settings import get_settings
+from faceid_batch.settings import Settings, SettingsError, get_settings
 
 __all__ = ["Resources", "app", "celery_app", "drop_resources", "resources"]
 
@@ -44,8 +45,18 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
     s = get_settings()
     secrets = tuple(v.get_secret_value() for v in (
         s.faceid_secret_key, s.faceid_token, s.cos_secret_key, s.cos_token, s.webhook_secret)
-        if v is not None)
+        if v is not None) + _account_keys(s)
     logs.configure(logger, s.log_format, secrets)
+
+
+def _account_keys(s: Settings) -> tuple[str, ...]:
+    """The SecretKeys of the accounts file's accounts, kept out of the logs too."""
+    if not s.faceid_accounts_file:
+        return ()
+    try:
+        return tuple(a.secret_key for a in accounts.load(s) if a.secret_key)
+    except SettingsError:
+        return ()  # the worker stops on it with a clear error when it first calls
 
 
 @worker_init.connect

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
                    help="the services' clock is S seconds ahead of the host's (negative: "
                         "behind): Date headers, the TC3 timestamp check, COS signatures")
+    p.add_argument("--extra-bucket", action="append", default=[], metavar="NAME@REGION",
+                   help="another bucket, served on its own port (repeatable)")
     p.add_argument("--ready-file", default=None, help="also write the ready JSON here")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -60,6 +62,30 @@ def _latency(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
             parser.error("--latency-median and --latency-p99 must be given together")
         return {"lognormal": {"median": args.latency_median, "p99": args.latency_p99}}
     return None
+
+
+# More accepted credentials (the simulator's fake keys only): "ID:KEY,ID:KEY".
+ENV_EXTRA_CREDENTIALS = "FACEID_SIM_EXTRA_CREDENTIALS"
+
+
+def _extra_credentials(value: str) -> dict[str, str]:
+    found = {}
+    for item in filter(None, (i.strip() for i in value.split(","))):
+        sid, _, key = item.partition(":")
+        if not sid or not key:
+            raise SystemExit(f"faceid_sim: {ENV_EXTRA_CREDENTIALS}: expected ID:KEY,...")
+        found[sid] = key
+    return found
+
+
+def _extra_buckets(values: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    found = {}
+    for value in values:
+        name, _, region = value.partition("@")
+        if not name or not region:
+            parser.error(f"--extra-bucket {value!r}: expected NAME@REGION")
+        found[name] = region
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             download_timeout=args.download_timeout,
             clock_skew=args.clock_skew,
+            extra_credentials=_extra_credentials(os.environ.get(ENV_EXTRA_CREDENTIALS, "")),
+            extra_buckets=_extra_buckets(args.extra_bucket, parser),
         )
     except (ValueError, OSError) as exc:
         print(f"faceid_sim: {exc}", file=sys.stderr)

@@ -66,6 +66,22 @@ def _check_skew(value: Any) -> float:
     return skew
 
 
+def _check_owner_limits(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > 100:
+        raise ValueError("owner_limits must be a list of {secret_ids, limit}")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"secret_ids", "limit"}:
+            raise ValueError("each owner limit is {\"secret_ids\": [...], \"limit\": n}")
+        ids, limit = item["secret_ids"], item["limit"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError("secret_ids must be a list of SecretIds")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a whole number >= 1")
+        out.append({"secret_ids": list(ids), "limit": limit})
+    return out
+
+
 def _check_code(code: Any) -> str:
     if not isinstance(code, str) or not looks_like_code(code):
         raise ValueError(f"not an error code: {code!r}")
@@ -128,6 +144,12 @@ class Simulator:
             "error_codes": ["InternalError"],
             "failed_operation_channel": "result",
             "account_error": None,
+            # Per SecretId: {secret_id: code}, that account alone answers the code.
+            "account_errors": {},
+            # Account-wide caps: [{"secret_ids": [...], "limit": n}]; the admitted calls of
+            # those SecretIds together in any sliding second stay within n, the others are
+            # answered RequestLimitExceeded.UinLimitExceeded.
+            "owner_limits": [],
             "download_timeout": float(download_timeout),
             "allow_remote_downloads": False,
             "max_calls": int(max_calls),
@@ -144,6 +166,7 @@ class Simulator:
         self._calls: list[dict[str, Any]] = []
         self._calls_base = 0
         self._windows: dict[str, deque[float]] = defaultdict(deque)
+        self._owner_windows: dict[int, deque[float]] = defaultdict(deque)
         self._rng = random.Random(self._seed)
 
     # --- control API ----------------------------------------------------------------------
@@ -185,6 +208,12 @@ class Simulator:
                 value = float(value)
                 if value <= 0:
                     raise ValueError("download_timeout must be > 0")
+            elif name == "account_errors":
+                if not isinstance(value, dict) or len(value) > 1000:
+                    raise ValueError("account_errors must be an object {secret_id: code}")
+                value = {str(k): _check_code(v) for k, v in value.items()}
+            elif name == "owner_limits":
+                value = _check_owner_limits(value)
             elif name == "allow_remote_downloads":
                 value = bool(value)
             elif name == "clock_skew":
@@ -264,6 +293,30 @@ class Simulator:
                 if bisect.bisect_left(arrivals, start + 1.0) - arrivals.index(start) > limit:
                     return False
             bisect.insort(window, now)
+            return True
+
+    def account_error_for(self, secret_id: str) -> str | None:
+        """The account error this SecretId answers (the global knob, else its own)."""
+        with self._lock:
+            return self._knobs["account_error"] or self._knobs["account_errors"].get(secret_id)
+
+    def admit_owner(self, secret_id: str, now: float) -> bool:
+        """The account-wide caps (``owner_limits``): whether a call of ``secret_id``
+        arriving at ``now`` keeps every cap it falls under within its limit in the sliding
+        second before it; an admitted call is counted under each."""
+        with self._lock:
+            groups = [(i, g) for i, g in enumerate(self._knobs["owner_limits"])
+                      if secret_id in g["secret_ids"]]
+            windows = []
+            for i, group in groups:
+                window = self._owner_windows[i]
+                while window and window[0] <= now - 2.0:
+                    window.popleft()
+                if sum(1 for t in window if now - 1.0 < t <= now) >= group["limit"]:
+                    return False
+                windows.append(window)
+            for window in windows:
+                bisect.insort(window, now)
             return True
 
     def take_script(self, video_md5: str) -> ScriptItem | None:

@@ -87,6 +87,7 @@ class FaceIdHandler(SimHandler):
             "video_md5": None,
             "image_md5": None,
             "liveness_type": None,
+            "media_hosts": [],
             "code": None,
             "channel": "error",
             "sim": None,
@@ -135,6 +136,10 @@ class FaceIdHandler(SimHandler):
             record[field] = value.lower() if isinstance(value, str) and value else None
         liveness = params.get("LivenessType")
         record["liveness_type"] = liveness if isinstance(liveness, str) else None
+        # Where the media were to be fetched from (host:port: which bucket's endpoint).
+        record["media_hosts"] = sorted({
+            urlsplit(url).netloc for url in (params.get("ImageUrl"), params.get("VideoUrl"))
+            if isinstance(url, str) and url})
 
     def _gateway(self, query: str, body: bytes, arrival: float) -> dict[str, Any]:
         """Signature, token, action, version, region, account and rate checks; the params."""
@@ -162,7 +167,7 @@ class FaceIdHandler(SimHandler):
             raise ApiError(
                 "UnsupportedRegion", f"The action does not support the region `{region}`."
             )
-        account_error = sim.knob("account_error")
+        account_error = sim.account_error_for(auth.secret_id)
         if account_error:
             raise ApiError(account_error)
         if not sim.admit(auth.secret_id, arrival):
@@ -172,6 +177,9 @@ class FaceIdHandler(SimHandler):
                 f"Your current request times exceeds the frequency limit `{limit}` for a second. "
                 "Please reduce the frequency of calls.",
             )
+        if not sim.admit_owner(auth.secret_id, arrival):
+            raise ApiError("RequestLimitExceeded.UinLimitExceeded",
+                           "The requests of this account exceed its frequency limit.")
         return self._params(query, body)
 
     def _params(self, query: str, body: bytes) -> dict[str, Any]:

@@ -36,16 +36,20 @@ class RunningSimulator:
     secret_id: str
     bucket: str
     region: str
+    # Every bucket's endpoint (host:port), the main one's included; the extra buckets' stores.
+    cos_domains: dict[str, str] = field(default_factory=dict)
+    extra_cos: dict[str, CosStore] = field(default_factory=dict)
     _servers: list[tuple[SimHTTPServer, threading.Thread]] = field(default_factory=list)
     _owned_dir: bool = False
     _stopped: bool = False
 
-    def ready_info(self) -> dict[str, str]:
+    def ready_info(self) -> dict[str, Any]:
         """The JSON object printed on the CLI's ready line."""
         return {
             "api_url": self.api_url,
             "cos_domain": self.cos_domain,
             "control_url": self.control_url,
+            "cos_domains": dict(self.cos_domains),
         }
 
     def stop(self) -> None:
@@ -94,12 +98,15 @@ def start(
     bucket: str = DEFAULT_BUCKET,
     region: str = DEFAULT_REGION,
     clock_skew: float = 0.0,
+    extra_buckets: Mapping[str, str] | None = None,
 ) -> RunningSimulator:
     """Start the FaceID API and the COS store on ``host`` (port 0: any free port).
 
     Both servers accept the same credentials (``secret_id``/``secret_key`` plus any
     ``extra_credentials``). ``token_ok`` accepts any temporary-credential token on both.
     ``latency`` is ``{"fixed": s}`` or ``{"lognormal": {"median": s, "p99": s}}``.
+    ``extra_buckets`` ({bucket: region}): more buckets, each a store on its own port
+    (``cos_domains``: bucket -> host:port), so that which bucket holds an object is known.
     """
     sid, skey = resolve_credentials(secret_id, secret_key)
     secrets = {sid: skey, **(extra_credentials or {})}
@@ -127,6 +134,18 @@ def start(
         api_server.server_close()
         raise
     url_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    extra: dict[str, tuple[CosStore, SimHTTPServer]] = {}
+    try:
+        for name, where in (extra_buckets or {}).items():
+            store = CosStore(root / f"cos-{name}", secrets, token_ok=token_ok, bucket=name,
+                             region=where, clock=sim.now)
+            extra[name] = (store, make_server(store, host, 0))
+    except OSError:
+        for _, server in extra.values():
+            server.server_close()
+        api_server.server_close()
+        cos_server.server_close()
+        raise
     api_url = f"http://{url_host}:{api_server.port}"
     sim.frame_base_url = api_url
     running = RunningSimulator(
@@ -140,9 +159,13 @@ def start(
         bucket=bucket,
         region=region,
         _owned_dir=owned,
+        cos_domains={bucket: f"{url_host}:{cos_server.port}",
+                     **{n: f"{url_host}:{srv.port}" for n, (_, srv) in extra.items()}},
+        extra_cos={n: store for n, (store, _) in extra.items()},
     )
     running._servers = [
         (api_server, serve_in_thread(api_server, "faceid-sim-api")),
         (cos_server, serve_in_thread(cos_server, "faceid-sim-cos")),
+        *((srv, serve_in_thread(srv, f"faceid-sim-cos-{n}")) for n, (_, srv) in extra.items()),
     ]
     return running

@@ -260,3 +260,19 @@ def test_every_attempt_records_its_account_and_region():
     answer.account, answer.region = "bkk", "ap-bangkok"
     row = attempt_columns(7, 0, answer, billing.table(""))
     assert (row["account"], row["region"]) == ("bkk", "ap-bangkok")
+
+
+def test_the_simulator_caps_the_calls_of_one_owner_across_its_secret_ids(tmp_path):
+    from faceid_sim.control import Simulator
+
+    sim = Simulator({"AKIDa": "k" * 32, "AKIDb": "k" * 32, "AKIDc": "k" * 32},
+                    frames_dir=tmp_path / "frames")
+    sim.configure({"owner_limits": [{"secret_ids": ["AKIDa", "AKIDb"], "limit": 3}],
+                   "account_errors": {"AKIDb": "UnauthorizedOperation.Arrears"}})
+    assert [sim.admit_owner(sid, 10.0 + i / 10) for i, sid in enumerate(
+        ["AKIDa", "AKIDb", "AKIDa", "AKIDb", "AKIDc"])] == [True, True, True, False, True]
+    assert sim.admit_owner("AKIDa", 11.05)  # the first start left the sliding second
+    assert sim.account_error_for("AKIDb") == "UnauthorizedOperation.Arrears"
+    assert sim.account_error_for("AKIDa") is None
+    with pytest.raises(ValueError, match="limit must be"):
+        sim.configure({"owner_limits": [{"secret_ids": ["AKIDa"], "limit": 0}]})

@@ -34,7 +34,7 @@ from faceid_batch.db import affected, session_scope
 from faceid_batch.models import BestFrame, Job, JobState, MediaObject, Result
 from faceid_batch.settings import Settings
 from faceid_batch.stage.ledger import ORPHAN_GRACE
-from faceid_batch.stage.storage import MediaStager
+from faceid_batch.stage.storage import EveryBucket, MediaStager
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,14 @@ def _keys_of(session: Session, settings: Settings, ids: list[int]) -> set[str]:
     return keys
 
 
+def _every_bucket(settings: Settings, stager: Any) -> Any:
+    """What deletes an object: with buckets in several regions (COS_BUCKETS), every one of
+    them (the ledger's keys are content addresses a job of any region may have staged)."""
+    if len(settings.buckets) > 1:
+        return EveryBucket(settings, stager if isinstance(stager, MediaStager) else None)
+    return stager or MediaStager(settings)
+
+
 def _delete(stager: Any, keys: Iterable[str], report: PurgeReport) -> bool:
     """Delete ``keys`` from the bucket; False if any could not be (the caller keeps its
     rows as they are, and the next run tries again)."""
@@ -146,8 +154,8 @@ def purge_media(settings: Settings, older_than_days: float, stager: Any = None,
     objects written for no job more than ORPHAN_GRACE ago."""
     if older_than_days <= 0:
         raise ValueError("older_than_days must be positive")
-    if stager is None and not dry_run:
-        stager = MediaStager(settings)
+    if not dry_run:
+        stager = _every_bucket(settings, stager)
     now = now or utcnow()
     cutoff = now - timedelta(days=older_than_days)
     report = PurgeReport()
@@ -249,7 +257,7 @@ def erase(settings: Settings, job_id: int, actor: str, stager: Any = None,
     """Erase one ended job's face data now: its objects (unless another job that keeps its
     media uses the same object: ``shared_with`` names them), its best frame, and the
     columns that identify the media; audited as ``actor``."""
-    stager = stager or MediaStager(settings)
+    stager = _every_bucket(settings, stager)
     now = now or utcnow()
     report = PurgeReport(jobs=1)
     with session_scope(settings.database_url) as session:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -137,15 +138,17 @@ class Simulator:
     secret_id: str
     secret_key: str
     extra_args: list[str] = field(default_factory=list)
+    # More environment for it (FACEID_SIM_EXTRA_CREDENTIALS: more fake accounts).
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
-    info: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> Simulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)
         env = {**os.environ, "FACEID_SIM_SECRET_ID": self.secret_id,
-               "FACEID_SIM_SECRET_KEY": self.secret_key}
+               "FACEID_SIM_SECRET_KEY": self.secret_key, **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faceid_sim", "--host", "127.0.0.1", "--api-port", "0",
              "--cos-port", "0", "--data-dir", str(self.workdir / "store"),
@@ -158,15 +161,20 @@ class Simulator:
 
     @property
     def api_url(self) -> str:
-        return self.info["api_url"]
+        return str(self.info["api_url"])
 
     @property
     def cos_domain(self) -> str:
-        return self.info["cos_domain"]
+        return str(self.info["cos_domain"])
 
     @property
     def control_url(self) -> str:
-        return self.info["control_url"]
+        return str(self.info["control_url"])
+
+    @property
+    def cos_domains(self) -> dict[str, str]:
+        """Each bucket's endpoint (host:port): the main one and every --extra-bucket."""
+        return dict(self.info.get("cos_domains") or {})
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -333,6 +333,23 @@ class MediaStager:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
 
+class EveryBucket:
+    """Deletes an object from the bucket of every region (COS_BUCKETS): the purge's way to
+    reach a content-addressed object whichever region's jobs staged it (a key no job uses
+    any more is no one's in any bucket; deleting a missing object is not an error)."""
+
+    def __init__(self, settings: Settings, first: MediaStager | None = None) -> None:
+        self.settings = settings
+        self._stagers = {} if first is None else {first.region: first}
+
+    def delete(self, key: str) -> None:
+        for region in self.settings.buckets:
+            stager = self._stagers.get(region)
+            if stager is None:
+                stager = self._stagers[region] = MediaStager(self.settings, region=region)
+            stager.delete(key)
+
+
 class _HashingReader:
     """A file for upload bodies: 1 MiB reads instead of http.client's 8 KiB blocks (far
     fewer system calls per 5 MB video), hashing what is sent on the way."""

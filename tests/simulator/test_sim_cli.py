@@ -57,7 +57,8 @@ def test_cli_ready_line_serves_and_exits_cleanly(tmp_path):
     try:
         line = proc.stdout.readline()
         info = json.loads(line)
-        assert set(info) == {"api_url", "cos_domain", "control_url"}
+        assert set(info) == {"api_url", "cos_domain", "control_url", "cos_domains"}
+        assert list(info["cos_domains"].values()) == [info["cos_domain"]]  # one bucket
         assert info["api_url"].startswith("http://127.0.0.1:")
         assert info["control_url"] == info["api_url"] + "/_sim"
         assert json.loads(ready_file.read_text()) == info

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # The GIL switch interval in worker processes (sys.setswitchinterval), in ms: a task
     # thread whose rate-limit slot has come waits up to this long per busy thread ahead of it.
     worker_switch_interval_ms: float = Field(1.0, gt=0, le=100)
+    # Seconds one call holds a worker thread (its wait for a slot, the API's answer): a
+    # worker started without -c runs budget x this many threads (call/accounts.py).
+    worker_call_seconds: float = Field(1.6, gt=0, le=60)
 
     cos_bucket: str | None = None
     cos_region: str | None = None

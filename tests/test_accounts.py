@@ -276,3 +276,33 @@ def test_the_simulator_caps_the_calls_of_one_owner_across_its_secret_ids(tmp_pat
     assert sim.account_error_for("AKIDa") is None
     with pytest.raises(ValueError, match="limit must be"):
         sim.configure({"owner_limits": [{"secret_ids": ["AKIDa"], "limit": 0}]})
+
+
+def test_a_worker_without_c_holds_the_calls_its_accounts_budget_needs(tmp_path):
+    one = accounts.configured(_settings(tmp_path, None))
+    assert accounts.threads_for(one, 1.6) == 32  # one account at 20/s: as before
+    two = accounts.configured(_settings(tmp_path, TWO))  # 20/s + 10/s
+    assert accounts.threads_for(two, 1.6) == 48
+    assert accounts.threads_for(two, 3.0) == 90
+    assert accounts.threads_for(two, 1000.0) == accounts.MAX_THREADS
+
+
+def test_the_worker_command_refuses_an_account_without_its_key(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from faceid_batch.cli.main import app
+    from faceid_batch.settings import get_settings
+
+    path = tmp_path / "accounts.toml"
+    path.write_text(TWO)
+    monkeypatch.setenv("FACEID_ACCOUNTS_FILE", str(path))
+    monkeypatch.setenv("COS_BUCKET", "bucket-1250000000")
+    monkeypatch.setenv("TEST_FAKE_KEY_BKK", "fakeKEYbkk")
+    monkeypatch.delenv("TEST_FAKE_KEY_SG", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code != 0
+    assert "account 'sg': its SecretKey variable TEST_FAKE_KEY_SG is not set" in result.output

@@ -22,6 +22,7 @@ account.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -218,6 +219,18 @@ def _with_key(account: Account, key: str, token: str | None) -> Account:
                    rate_limit=account.rate_limit, endpoint=account.endpoint,
                    owner=account.owner, secret_key_env=account.secret_key_env,
                    secret_key=key, token=token)
+
+
+# Bounds on the threads of a worker sized by ``threads_for``.
+MIN_THREADS, MAX_THREADS = 8, 1000
+
+
+def threads_for(accounts: tuple[Account, ...], call_seconds: float) -> int:
+    """The calls a worker holds in flight to carry the whole budget of ``accounts`` alone:
+    their rate limits together times how long one call holds a thread. 20/s x 1.6 s = 32
+    threads for one account; each account added adds its share."""
+    budget = sum(a.rate_limit for a in accounts)
+    return max(MIN_THREADS, min(MAX_THREADS, math.ceil(budget * call_seconds)))
 
 
 def regions_served(accounts: tuple[Account, ...]) -> set[str]:

@@ -92,7 +92,10 @@ def submit(
 @app.command()
 def worker(
     pool: str = typer.Option("threads", help="Celery pool: threads, prefork, solo"),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", help="Calls in flight"),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-c", min=1,
+        help="Calls in flight (default: the accounts' budget together x "
+             "WORKER_CALL_SECONDS: 32 for one account at 20/s)"),
     queues: str = typer.Option("onboarding,backfill", "--queues", "-Q",
                                help="Lanes to consume, in priority order"),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
@@ -100,8 +103,16 @@ def worker(
                               help="Also run beat (the retention purge's schedule)"),
 ) -> None:
     """Run a Celery worker (same as: celery -A faceid_batch.worker worker -P threads ...)."""
-    load_settings(need_api=True)
+    settings = load_settings(need_api=True)
+    from faceid_batch.call import accounts
     from faceid_batch.worker import celery_app
+
+    try:
+        found = accounts.load(settings)  # names a missing key's variable before starting
+    except SettingsError as exc:
+        fail(str(exc))
+    if concurrency is None:
+        concurrency = accounts.threads_for(found, settings.worker_call_seconds)
 
     argv = ["worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]

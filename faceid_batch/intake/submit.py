@@ -4,8 +4,11 @@ The row is the job's place in the queue (schedule.py). An onboarding job is sent
 it is committed: its row is inserted already marked out, then its message goes to the
 lane, so a person waiting never waits for the feeder; if the submitter dies before the
 send, the feeder's lost-message check sends it seconds later, and if Redis is unreachable
-the job is simply due and fed when Redis is back. A backfill-lane job is inserted due: the
-feeder sends it in its turn, so a producer of millions never fills Redis.
+the job is simply due and fed when Redis is back. With several tenants, a sign-up is sent
+at once only while its tenant is under its share of the lane (scheduling/onboarding.py);
+beyond it, it is inserted due and the feeder sends it in its tenant's turn. A
+backfill-lane job is inserted due: the feeder sends it in its turn, so a producer of
+millions never fills Redis.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from faceid_batch import messages, tenants
 from faceid_batch.call import accounts
-from faceid_batch.db import session_scope
+from faceid_batch.db import session_scope, write_scope
 from faceid_batch.egress import EgressRefused, Policy
 from faceid_batch.models import DEFAULT_TENANT_ID, DedupeHit, Job, JobState, Lane
 from faceid_batch.outcome.notify import CallbackURLError, check_callback_url
-from faceid_batch.scheduling import schedule
+from faceid_batch.scheduling import onboarding, schedule
 from faceid_batch.settings import FACEID_REGIONS, Settings, get_settings
 from faceid_batch.stage import preflight
 from faceid_batch.stage.media import MediaError, inspect_local
@@ -219,48 +223,70 @@ def spec_columns(spec: JobSpec) -> dict[str, Any]:
     )
 
 
-def _job_values(spec: JobSpec) -> dict[str, Any]:
+def _job_values(spec: JobSpec, out: bool | None = None) -> dict[str, Any]:
     if spec.refusal is not None:
         return {**spec_columns(spec), **spec.refused_values()}
     # Out (sent right after the commit) or due (fed in its turn): see the docstring.
-    return {**spec_columns(spec), **schedule.waiting_columns(out=sent_at_once(spec.lane)),
+    out = sent_at_once(spec.lane) if out is None else out
+    return {**spec_columns(spec), **schedule.waiting_columns(out=out),
             **schedule.OUTCOME_CLEARED}
+
+
+def _shares_lane(settings: Settings, spec: JobSpec) -> bool:
+    """Whether storing this job out or due is decided by its tenant's share of the
+    onboarding lane (a sign-up, in a deployment of several tenants)."""
+    return sent_at_once(spec.lane) and spec.refusal is None and onboarding.shared(settings)
+
+
+def _out_by_share(session: Session, settings: Settings, spec: JobSpec) -> bool:
+    """A sign-up goes out now while its tenant is under its share (onboarding.py); else
+    it is stored due and the feeder sends it in its tenant's turn."""
+    onboarding.lock_tenant(session, spec.tenant_id)
+    return onboarding.send_at_once(session, settings, spec.tenant_id)
 
 
 def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
     """Insert the job row; return (job id, created). An existing key returns its job,
     except a ``refused`` one: it is checked again (a refusal cost nothing), so it is
     updated from ``spec`` and counts as created (to be sent) if it now passes."""
-    job_id, created, _ = _insert_job(settings, spec)
+    job_id, created, _, _ = _insert_job(settings, spec)
     return job_id, created
 
 
-def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None]:
-    """``insert_job``, plus the state the key's job had before (None: a new key)."""
+def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None, bool]:
+    """``insert_job``, plus the state the key's job had before (None: a new key) and
+    whether a created job was stored out (its message is to be sent now) or due."""
     mine = (Job.tenant_id == spec.tenant_id, Job.idempotency_key == spec.idempotency_key)
     with session_scope(settings.database_url) as session:
         existing = session.execute(select(Job.id, Job.state).where(*mine)).first()
         if existing is not None and existing.state == JobState.REFUSED.value:
-            return *_recheck_refused(settings, existing.id, spec), existing.state
+            _, changed, out = _recheck_refused(settings, existing.id, spec)
+            return existing.id, changed, existing.state, out
         if existing is not None:
-            return existing.id, False, existing.state
+            return existing.id, False, existing.state, False
+    share = _shares_lane(settings, spec)
     try:
-        with session_scope(settings.database_url) as session:
-            job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec))
+        with (write_scope if share else session_scope)(settings.database_url) as session:
+            out = _out_by_share(session, settings, spec) if share \
+                else sent_at_once(spec.lane)
+            job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec, out))
             session.add(job)
             session.flush()
-            return job.id, spec.refusal is None, None
+            return job.id, spec.refusal is None, None, out
     except IntegrityError:
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
             # .one(): the key is there (the insert just collided with it).
-            return session.scalars(select(Job.id).where(*mine)).one(), False, None
+            return session.scalars(select(Job.id).where(*mine)).one(), False, None, False
 
 
-def _recheck_refused(settings: Settings, job_id: int, spec: JobSpec) -> tuple[int, bool]:
-    with session_scope(settings.database_url) as session:
-        changed = schedule.recheck_refused(session, job_id, _job_values(spec))
-    return job_id, changed and spec.refusal is None
+def _recheck_refused(settings: Settings, job_id: int,
+                     spec: JobSpec) -> tuple[int, bool, bool]:
+    share = _shares_lane(settings, spec)
+    with (write_scope if share else session_scope)(settings.database_url) as session:
+        out = _out_by_share(session, settings, spec) if share else sent_at_once(spec.lane)
+        changed = schedule.recheck_refused(session, job_id, _job_values(spec, out))
+    return job_id, changed and spec.refusal is None, out
 
 
 def check_callback(settings: Settings, url: str | None,
@@ -315,8 +341,8 @@ def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[i
     created). A job refused by preflight is stored ``refused`` and never sent (created
     is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
     spec = validate_spec(spec, settings)
-    job_id, created, known_state = _insert_job(settings, spec)
-    if created and sent_at_once(spec.lane):
+    job_id, created, known_state, out = _insert_job(settings, spec)
+    if created and out:
         send_now(settings, job_id, spec.lane)
     elif spec.refusal is not None:
         log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))

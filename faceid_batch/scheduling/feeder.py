@@ -9,7 +9,9 @@ lifetime. Each round (every FEED_INTERVAL_SECONDS) it:
   from the batches due in that lane in proportion to their weights (``FairShare``); within
   a batch, jobs that ran before (retries, recovered jobs) go before fresh rows, each in the
   order they became due. Paused and cancelled batches are not fed, nor is anything while
-  the account breaker is open and its probe is not due;
+  the account breaker is open and its probe is not due. With several tenants the
+  onboarding lane is fed by tenant instead: up to its bound of sign-ups in flight
+  (onboarding.py), shared between the tenants with sign-ups due by their weights;
 - every second, makes the running jobs of a gone worker lease due again (leases.py);
 - every LOST_CHECK_SECONDS, makes due again the jobs whose message went out more than
   LOST_GRACE ago and is neither in a lane's list nor taken by a worker (in the last
@@ -40,7 +42,7 @@ from faceid_batch.db import session_scope, write_scope
 from faceid_batch.messages import send_verify_many, send_webhooks
 from faceid_batch.models import Job, Lane, table
 from faceid_batch.parts import FeederParts
-from faceid_batch.scheduling import callbacks, leases, recovery, schedule
+from faceid_batch.scheduling import callbacks, leases, onboarding, recovery, schedule
 from faceid_batch.times import utcnow
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ class Feeder:
         self.clock = clock
         self.wall = wall
         self.fair = {lane.value: FairShare() for lane in Lane}
+        # The onboarding lane of a deployment of several tenants is shared by tenant.
+        self.fair_tenants = FairShare()
         self._keys: dict[str, tuple[float, dict[Key, float]]] = {}
         self._next = {"leases": 0.0, "lost": 0.0, "sweep": clock()}
         self.leading = False
@@ -181,29 +185,60 @@ class Feeder:
         for lane, queued in zip(Lane, pipe.execute(), strict=True):
             room = self.s.lane_depth - queued
             if room > 0:
-                ids = self.pick(lane.value, room)
+                ids = self.pick_by_tenant(room) \
+                    if lane.value == onboarding.LANE and onboarding.shared(self.s) \
+                    else self.pick(lane.value, room)
                 if ids:
                     sent[f"fed_{lane.value}"] = self._send(lane.value, ids)
         return sent
 
+    def pick_by_tenant(self, room: int) -> list[int]:
+        """Due sign-ups for the onboarding lane of a deployment of several tenants: as many
+        as its bound of sign-ups in flight leaves room for (at most ``room``), shared
+        between the tenants with sign-ups due by their weights; within a tenant, in the
+        order they became due."""
+        with session_scope(self.s.database_url) as session:
+            due = onboarding.due_tenants(session)
+            if not due:
+                return []
+            flying = sum(onboarding.in_flight(session).values())
+        n = min(room, onboarding.bound(self.s) - flying)
+        if n <= 0:
+            return []
+        weights = onboarding.weights(self.s.database_url)
+        keys: dict[Key, float] = {t: weights.get(t, 1.0) for t in due}
+        return self._pick_shared(self.fair_tenants, keys, n, _due_of_tenant)
+
     def pick(self, lane: str, n: int) -> list[int]:
         """Up to ``n`` due jobs of ``lane``, shared between its batches by weight."""
-        keys = dict(self._due_keys(lane))
+        def due(session: Any, key: Key, count: int, now: Any) -> list[int]:
+            got = _due_jobs(session, lane, key, count, now)
+            if len(got) < count:
+                self._keys.pop(lane, None)  # read the due batches again next time
+            return got
+        return self._pick_shared(self.fair[lane], dict(self._due_keys(lane)), n, due)
+
+    def _pick_shared(self, fair: FairShare, keys: dict[Key, float], n: int,
+                     due: Callable[[Any, Key, int, Any], list[int]]) -> list[int]:
+        """Up to ``n`` due jobs, ``due(session, key, count, now)`` of each key, the keys
+        sharing them by weight (``fair``)."""
         picked: list[int] = []
-        fair = self.fair[lane]
+        taken: dict[Key, int] = {}
         with session_scope(self.s.database_url) as session:
             now = utcnow()
-            for _ in range(3):  # a batch that runs dry gives its picks to the others
+            for _ in range(3):  # a key that runs dry gives its picks to the others
                 alloc = fair.split(n - len(picked), keys)
                 if not alloc:
                     break
                 for key, count in alloc.items():
-                    got = _due_jobs(session, lane, key, count, now)
+                    # Nothing is marked out yet: skip what this round took of the key.
+                    skip = taken.get(key, 0)
+                    got = due(session, key, skip + count, now)[skip:]
+                    taken[key] = skip + len(got)
                     picked += got
                     if len(got) < count:
                         fair.refund(key, count - len(got), keys[key])
                         keys.pop(key)
-                        self._keys.pop(lane, None)  # read the due batches again next time
                 if len(picked) >= n or not keys:
                     break
         return picked
@@ -278,6 +313,14 @@ class Feeder:
         if self.leading:
             self.lock.release()
             self.leading = False
+
+
+def _due_of_tenant(session: Any, tenant: Key, count: int, now: Any) -> list[int]:
+    """Up to ``count`` due sign-ups of one tenant, in the order they became due (a job due
+    again after a lost lease or message is due as of its creation: before fresher ones)."""
+    return list(session.scalars(select(_J.id).where(
+        _J.lane == onboarding.LANE, _J.tenant_id == tenant, _J.due_at <= now,
+    ).order_by(_J.due_at, _J.id).limit(count)))
 
 
 def _due_jobs(session: Any, lane: str, key: Key, count: int, now: Any) -> list[int]:

@@ -96,8 +96,10 @@ class Router:
         with self._lock:
             caller.busy -= 1
 
-    def others_may_call(self, region: str, caller: Caller) -> bool:
-        """Whether an account other than ``caller`` serving ``region`` has its breaker
-        closed (as this process last read it, up to a second ago)."""
-        return any(c is not caller and not c.breaker.state(1.0).open
+    def others_may_call(self, region: str, caller: Caller | str) -> bool:
+        """Whether an account other than ``caller`` (or the account of that name) serving
+        ``region`` has its breaker closed (as this process last read it, up to a second
+        ago)."""
+        name = caller if isinstance(caller, str) else caller.name
+        return any(c.name != name and not c.breaker.state(1.0).open
                    for c in self._by_region.get(region, ()))

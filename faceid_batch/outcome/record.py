@@ -118,8 +118,12 @@ def _next_state(res: Resources, answer: Answer, attempts: int,
             answer.code, f"gave up after {attempts} attempts: {answer.message or rule.why}"))
         return JobState.FAILED
     if not rule.retry:
-        # The account cannot call (rule.trips_breaker): the job waits for the breaker.
+        # The account cannot call (rule.trips_breaker): the job waits for the breaker, or
+        # only a moment when another account of its region may call for it (routing.py).
         delay = s.breaker_probe_after
+        if answer.account and answer.region and len(res.router.serving(answer.region)) > 1 \
+                and res.router.others_may_call(answer.region, answer.account):
+            delay = random.uniform(0.5, 2.0)
     elif rule.counts_attempt:
         delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)
     else:

@@ -71,18 +71,18 @@ def test_one_tenant_sends_every_sign_up_at_once_as_before(database_url):
 
 def test_the_bound_is_the_budget_over_a_calls_latency_and_the_slack(database_url):
     settings = settings_for(database_url)
-    # No call made yet: the default latency (20/s x (0.5 + 0.5 s)).
-    assert onboarding.bound(settings) == 20
+    # No call made yet: the default latency (20/s x (0.5 + 0.25 s)).
+    assert onboarding.bound(settings) == 15
     onboarding._latencies.clear()
-    answered_calls(database_url, 300)
-    assert onboarding.bound(settings) == 16  # 20/s x (0.3 + 0.5 s)
+    answered_calls(database_url, 550)
+    assert onboarding.bound(settings) == 16  # 20/s x (0.55 + 0.25 s)
     faster = settings.model_copy(update={"faceid_rate_limit": 50})
     assert onboarding.bound(faster) == 40
 
 
 def test_sign_ups_go_out_within_their_tenants_share_and_wait_due_beyond(database_url):
     settings = settings_for(database_url)
-    answered_calls(database_url, 300)  # bound 16
+    answered_calls(database_url, 550)  # bound 16
     a = tenants.add(database_url, "tenant-a", None).id
     b = tenants.add(database_url, "tenant-b", None).id
     # A alone: the whole bound goes out at once, the rest waits due.
@@ -105,7 +105,7 @@ def test_sign_ups_go_out_within_their_tenants_share_and_wait_due_beyond(database
 
 def test_a_tenants_weight_sets_its_share_and_running_jobs_count(database_url):
     settings = settings_for(database_url)
-    answered_calls(database_url, 300)  # bound 16
+    answered_calls(database_url, 550)  # bound 16
     heavy = tenants.add(database_url, "heavy", None, weight=3).id
     light = tenants.add(database_url, "light", None).id
     first = sign_up(settings, light, "l-0")
@@ -128,7 +128,7 @@ def test_a_tenants_weight_sets_its_share_and_running_jobs_count(database_url):
 
 def test_the_feeder_fills_the_lane_to_its_bound_by_tenant_weight(database_url):
     settings = settings_for(database_url)
-    answered_calls(database_url, 1500)  # bound 40
+    answered_calls(database_url, 1750)  # bound 40
     a = tenants.add(database_url, "tenant-a", None).id
     b = tenants.add(database_url, "tenant-b", None).id
     c = tenants.add(database_url, "tenant-c", None, weight=2).id
@@ -208,7 +208,7 @@ def test_due_tenants_and_sign_ups_in_flight_are_read_through_indexes(database_ur
 
 def test_a_refused_sign_up_checked_again_takes_its_share_too(database_url):
     settings = settings_for(database_url)
-    answered_calls(database_url, 300)  # bound 16
+    answered_calls(database_url, 550)  # bound 16
     a = tenants.add(database_url, "tenant-a", None).id
     tenants.add(database_url, "tenant-b", None)
     for i in range(16):

@@ -41,7 +41,7 @@ from faceid_batch.settings import Settings
 
 LANE = Lane.ONBOARDING.value
 # What a sign-up may wait besides its own call: its message, the claim, staging, its slot.
-SLACK_SECONDS = 0.5
+SLACK_SECONDS = 0.25
 # Before any call was answered: low, so that a flood on a new deployment cannot fill the
 # lane ahead of others' sign-ups; the first answers (within seconds) set the real figure.
 DEFAULT_LATENCY = 0.5

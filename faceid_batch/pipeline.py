@@ -28,6 +28,7 @@ from requests import PreparedRequest
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 
+from faceid_batch import tenants
 from faceid_batch.bulk.batches import batch_gate
 from faceid_batch.call.caps import ACCOUNT_WIDE
 from faceid_batch.call.clock import EndpointClock
@@ -94,6 +95,7 @@ class ClaimedJob:
     video_key: str | None
     stage_attempts: int
     region: str | None  # None: FACEID_REGION
+    tenant_id: int  # its tenant: the accounts it may be called by (tenants.allowed)
 
 
 # A job's statements, built once (see persist: rebuilding them per job cost more CPU than
@@ -102,7 +104,7 @@ _J = table(Job).c
 _JOB_TO_RUN = select(
     _J.state, _J.batch_id, _J.lane, _J.photo_source, _J.video_source, _J.photo_md5,
     _J.video_md5, _J.liveness_type, _J.validate_data, _J.video_key, _J.stage_attempts,
-    _J.region,
+    _J.region, _J.tenant_id,
 ).where(_J.id == bindparam("of_job"))
 
 
@@ -182,8 +184,13 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
     # only saves staging a job no account could call: a closed state read in the last
     # second will do. The one before the call reads it afresh.
     region = job.region or res.settings.faceid_region
-    caller, wait = res.router.choose(region, max_age=1.0)
+    allowed = _allowed_accounts(res, job)
+    caller, wait = res.router.choose(region, max_age=1.0, allowed=allowed)
     if caller is None:
+        if not res.router.serving(region, allowed):
+            log.error("job %s: none of the accounts its tenant may use (%s) serves %s; "
+                      "due again in %.0f s", job_id, ", ".join(allowed or ()) or "none",
+                      region, wait)
         return _give_back(res, job_id, wait + random.uniform(0, 2))
     try:
         staged = _stage_media(res, job_id, job)
@@ -196,6 +203,12 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
     if isinstance(answer, Ran):
         return answer
     return Ran(record.record_paid(res, job_id, answer, staged))
+
+
+def _allowed_accounts(res: Resources, job: ClaimedJob) -> tuple[str, ...] | None:
+    """The accounts the job's tenant may be called by (None: any); read from the database
+    at most every few seconds per tenant (tenants.allowed_cached)."""
+    return tenants.allowed_cached(res.settings.database_url, job.tenant_id).accounts
 
 
 def _signed_call(res: Resources, job_id: int, clock: EndpointClock,
@@ -236,7 +249,7 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: 
                 image_url=stager.presign(photo.key), image_md5=photo.info.md5,
                 video_url=stager.presign(video.key), video_md5=video.info.md5,
                 liveness_type=job.liveness_type, validate_data=job.validate_data), region))
-        elif res.router.others_may_call(region, caller):
+        elif res.router.others_may_call(region, caller, _allowed_accounts(res, job)):
             breaker_wait[0] = 0.0  # another account takes it at once
         return may_call
 

@@ -177,6 +177,34 @@ def allowed(url: str, tenant_id: int) -> Allowed:
                    None if row.accounts is None else tuple(row.accounts))
 
 
+# How long a process uses a tenant's allowance it read (routing, submit) before reading
+# it again.
+ALLOWED_CACHE_SECONDS = 5.0
+_allowed_cache: dict[tuple[str, int], tuple[float, Allowed]] = {}
+_allowed_lock = threading.Lock()
+_ANY = Allowed(None, None)
+
+
+def allowed_cached(url: str, tenant_id: int) -> Allowed:
+    """``allowed``, read at most once per ALLOWED_CACHE_SECONDS per tenant per process (a
+    worker asks before every call of a tenant's job). The default tenant may use anything
+    the deployment has (revision 0015 creates it so, and no command restricts it): no read,
+    so a deployment that names no tenant does what it did without one."""
+    if tenant_id == DEFAULT_TENANT_ID:
+        return _ANY
+    key = (url, tenant_id)
+    with _allowed_lock:
+        cached = _allowed_cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+    found = allowed(url, tenant_id)
+    with _allowed_lock:
+        if len(_allowed_cache) > 10_000:  # bounded: tenants are few, but ids come from rows
+            _allowed_cache.clear()
+        _allowed_cache[key] = (time.monotonic() + ALLOWED_CACHE_SECONDS, found)
+    return found
+
+
 def set_quota(url: str, name: str, max_calls_per_day: int | None) -> None:
     """Change a tenant's daily quota of calls (None: no quota)."""
     if max_calls_per_day is not None and not 0 < max_calls_per_day <= 10**12:

@@ -8,11 +8,16 @@ others), and it is tried again only by its probe. Among those that may call, the
 the fewest calls of this process waiting or in flight per call/s of budget is chosen: an
 account whose slots come later (its budget is spent, or cut by the learned cap) holds more
 waiting calls, so it gets fewer new ones. With one account there is nothing to choose.
+
+A tenant may be restricted to some accounts (``faceid-batch tenant add --accounts``): its
+jobs are called only by those (``allowed``, the names; None: any), and an account it may
+not use is never chosen for it, nor counted among the others that may take its job.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from faceid_batch.call.accounts import Account
@@ -49,8 +54,14 @@ class Router:
             for region in caller.account.regions:
                 self._by_region[region] = (*self._by_region.get(region, ()), caller)
 
-    def serving(self, region: str) -> tuple[Caller, ...]:
-        return self._by_region.get(region, ())
+    def serving(self, region: str,
+                allowed: Collection[str] | None = None) -> tuple[Caller, ...]:
+        """The callers of the accounts serving ``region`` (of those named in ``allowed``,
+        when given)."""
+        found = self._by_region.get(region, ())
+        if allowed is None:
+            return found
+        return tuple(c for c in found if c.name in allowed)
 
     def budget(self, caller: Caller) -> int:
         """The caller's budget now (its rate limit, or its share of a learned cap), set on
@@ -60,12 +71,13 @@ class Router:
         caller.limiter.set_limit(limit)
         return limit
 
-    def choose(self, region: str, max_age: float = 0.0) -> tuple[Caller | None, float]:
+    def choose(self, region: str, max_age: float = 0.0,
+               allowed: Collection[str] | None = None) -> tuple[Caller | None, float]:
         """(a caller for a job of ``region``, 0) or (None, seconds before asking again):
-        no account serving it may call now. ``max_age``: how old a closed breaker state
-        read by this process may be (AccountBreaker.state). A caller returned is counted
-        busy until ``done``."""
-        serving = self._by_region.get(region, ())
+        no account serving it (of those named in ``allowed``: the job's tenant's) may call
+        now. ``max_age``: how old a closed breaker state read by this process may be
+        (AccountBreaker.state). A caller returned is counted busy until ``done``."""
+        serving = self.serving(region, allowed)
         if len(serving) == 1:  # one account: nothing to choose
             caller = serving[0]
             may_call, wait = caller.breaker.before_call(max_age)
@@ -96,10 +108,11 @@ class Router:
         with self._lock:
             caller.busy -= 1
 
-    def others_may_call(self, region: str, caller: Caller | str) -> bool:
+    def others_may_call(self, region: str, caller: Caller | str,
+                        allowed: Collection[str] | None = None) -> bool:
         """Whether an account other than ``caller`` (or the account of that name) serving
-        ``region`` has its breaker closed (as this process last read it, up to a second
-        ago)."""
+        ``region`` (and named in ``allowed``, when given) has its breaker closed (as this
+        process last read it, up to a second ago)."""
         name = caller if isinstance(caller, str) else caller.name
         return any(c.name != name and not c.breaker.state(1.0).open
-                   for c in self._by_region.get(region, ()))
+                   for c in self.serving(region, allowed))

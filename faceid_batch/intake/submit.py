@@ -127,10 +127,13 @@ def check_lane(lane: str) -> str:
     return lane
 
 
-def check_region(settings: Settings, region: str | None) -> str | None:
+def check_region(settings: Settings, region: str | None,
+                 tenant_id: int | None = None) -> str | None:
     """A job's region (None: FACEID_REGION, kept as None): a known one, served by an account
-    (FACEID_ACCOUNTS_FILE) and with a bucket (COS_BUCKETS); SubmitError says which is
-    missing. Nothing is stored or called for a job refused here."""
+    (FACEID_ACCOUNTS_FILE) and with a bucket (COS_BUCKETS), and, for a job of ``tenant_id``,
+    one its tenant may use, served by an account it may use (``tenant add --regions
+    --accounts``); SubmitError says which is missing. Nothing is stored or called for a job
+    refused here."""
     name = region or settings.faceid_region
     if name not in FACEID_REGIONS:
         raise SubmitError(f"region {name!r}: must be one of {', '.join(FACEID_REGIONS)}",
@@ -141,7 +144,22 @@ def check_region(settings: Settings, region: str | None) -> str | None:
     # FACEID_REGION's bucket is COS_BUCKET, a setting every process that stages requires.
     if name != settings.faceid_region and name not in settings.buckets:
         raise SubmitError(f"region {name}: no bucket for it (COS_BUCKETS)", "region")
+    if tenant_id is not None:
+        _check_tenant_region(settings, tenant_id, name)
     return region
+
+
+def _check_tenant_region(settings: Settings, tenant_id: int, name: str) -> None:
+    allowed = tenants.allowed_cached(settings.database_url, tenant_id)
+    if allowed.regions is not None and name not in allowed.regions:
+        raise SubmitError(f"region {name}: this tenant may use only "
+                          f"{', '.join(allowed.regions) or 'no region'}; name one of them "
+                          "in the request", "region")
+    if allowed.accounts is not None and not any(
+            a.name in allowed.accounts for a in accounts.serving(
+                accounts.configured_cached(settings), name)):
+        raise SubmitError(f"region {name}: none of the accounts this tenant may use "
+                          f"({', '.join(allowed.accounts) or 'none'}) serves it", "region")
 
 
 def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
@@ -150,7 +168,7 @@ def validate_spec(spec: JobSpec, settings: Settings | None = None) -> JobSpec:
     settings = settings or get_settings()
     check_key(spec.idempotency_key)
     check_lane(spec.lane)
-    check_region(settings, spec.region)
+    check_region(settings, spec.region, spec.tenant_id)
     data = validate_liveness(spec.liveness_type, spec.validate_data)
     md5s: dict[str, str | None] = {"photo": None, "video": None}
     for kind, source in (("photo", spec.photo), ("video", spec.video)):

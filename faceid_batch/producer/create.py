@@ -228,10 +228,10 @@ class Creation:
         return await self._store(spec, mine, [w for w in written if w is not None])
 
     def _check_region(self, fields: Fields) -> None:
-        """The job's region is served by an account and has a bucket (422 otherwise),
-        before anything is stored."""
+        """The job's region is served by an account, has a bucket and is one the token's
+        tenant may use (422 otherwise), before anything is stored."""
         try:
-            check_region(self.settings, fields.region)
+            check_region(self.settings, fields.region, self.who.tenant)
         except SubmitError as exc:
             raise Problem.invalid(exc) from None
 
@@ -317,7 +317,8 @@ class Creation:
             raise Problem.invalid(exc) from None
         fields = fields.model_copy(update={"callback_url": callback})
         mine = resource.fingerprint(photo, video, fields.liveness_type, fields.validate_data,
-                                    fields.lane, fields.callback_url, fields.metadata)
+                                    fields.lane, fields.callback_url, fields.metadata,
+                                    fields.region or self.settings.faceid_region)
         return fields, mine, await self._repeat(self._key(fields), mine)
 
     def _key(self, fields: Fields) -> str:
@@ -338,7 +339,7 @@ class Creation:
         if found is None:
             return None
         job, _ = found
-        if resource.fingerprint_of(job) != mine:
+        if resource.fingerprint_of(job, self.settings.faceid_region) != mine:
             raise Problem("idempotency-key-reused", f"verification {job.id} has this key and "
                           "other content; a retry must send the same request", "key",
                           extra={"verification": f"/v1/verifications/{job.id}"})

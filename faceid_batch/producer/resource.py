@@ -57,13 +57,18 @@ def load(session: Any, *, job_id: int | None = None, key: str | None = None,
 
 
 def fingerprint(photo: str, video: str, liveness_type: str, validate_data: str | None,
-                lane: str, callback_url: str | None, metadata: Any) -> tuple[Any, ...]:
+                lane: str, callback_url: str | None, metadata: Any,
+                region: str) -> tuple[Any, ...]:
     """What makes two submissions with one key the same request. Uploads are compared by
-    their content-addressed sources (so by their MD5s), URLs as given."""
+    their content-addressed sources (so by their MD5s), URLs as given; ``region`` is the
+    region the job is verified in (FACEID_REGION when the request names none), so a
+    region given or left out is the same request when it comes to the same region."""
     return (photo, video, liveness_type, validate_data or None, lane, callback_url or None,
-            metadata or None)
+            metadata or None, region)
 
 
-def fingerprint_of(job: Job) -> tuple[Any, ...]:
+def fingerprint_of(job: Job, default_region: str) -> tuple[Any, ...]:
+    """A stored job's fingerprint; ``default_region``: FACEID_REGION."""
     return fingerprint(job.photo_source, job.video_source, job.liveness_type,
-                       job.validate_data, job.lane, job.callback_url, job.meta)
+                       job.validate_data, job.lane, job.callback_url, job.meta,
+                       job.region or default_region)

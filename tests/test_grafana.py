@@ -103,7 +103,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         settings=SimpleNamespace(database_url=url),
         redis=SimpleNamespace(pipeline=lambda transaction=False: _Pipe()),
         breaker=SimpleNamespace(state=lambda: SimpleNamespace(open=False)),
-        breakers=(SimpleNamespace(state=lambda: SimpleNamespace(open=False)),))
+        breakers=tuple(SimpleNamespace(account=n, state=lambda: SimpleNamespace(open=False))
+                       for n in ("default", "th-1")))
     state = metrics.StateCollector(lambda: parts)
     families = list(state.collect())
     assert {f.name for f in families} == {"faceid_jobs", "faceid_queue_depth",

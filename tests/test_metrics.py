@@ -50,7 +50,7 @@ def test_metrics_move_after_a_batch(configured, sim_control, start_worker, tmp_p
     assert after[("faceid_rate_limit_late_seconds_count", ())] == 4
     assert after[("faceid_jobs_finished_total", (("state", "completed"),))] == 3
     assert after[("faceid_jobs", (("state", "queued"),))] == 0
-    assert after[("faceid_breaker_open", ())] == 0
+    assert after[("faceid_breaker_open", (("account", "default"),))] == 0
     for lane in ("onboarding", "backfill"):
         assert after[("faceid_queue_depth", (("lane", lane),))] >= 0
 

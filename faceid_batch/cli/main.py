@@ -165,31 +165,62 @@ def webhook_secret() -> None:
     typer.echo(new_secret())
 
 
-breaker_app = typer.Typer(no_args_is_help=True, help="The account breaker shared by all workers.")
+breaker_app = typer.Typer(no_args_is_help=True, help="The account breakers shared by all "
+                          "workers: one per account (FACEID_ACCOUNTS_FILE).")
 app.add_typer(breaker_app, name="breaker")
 
 
-def _breaker() -> AccountBreaker:
+def _breakers(account: str | None) -> list[AccountBreaker]:
+    """The breaker of ``account``, or of every account (in the accounts file's order)."""
     import redis
 
+    from faceid_batch.call import accounts
     from faceid_batch.call.breaker import AccountBreaker
 
-    return AccountBreaker(redis.Redis.from_url(load_settings().redis_url))
+    settings = load_settings()
+    try:
+        names = [a.name for a in accounts.configured(settings)]
+    except SettingsError as exc:
+        fail(str(exc))
+    if account is not None and account not in names:
+        fail(f"--account {account!r}: no such account; the accounts are {', '.join(names)}")
+    client = redis.Redis.from_url(settings.redis_url)
+    return [AccountBreaker(client, probe_after=settings.breaker_probe_after, account=n)
+            for n in names if account in (None, n)]
 
 
 @breaker_app.command("status")
-def breaker_status() -> None:
-    """Show whether workers may call FaceID (exit 1 when the breaker is open)."""
-    state = _breaker().state()
-    typer.echo(state.describe())
-    raise typer.Exit(1 if state.open else 0)
+def breaker_status(
+    account: str | None = typer.Option(None, "--account", help="Only this account's breaker "
+                                "(default: every account's)"),
+) -> None:
+    """Show each account's breaker: may workers call FaceID on it (exit 1 when any shown is
+    open)."""
+    any_open = False
+    for breaker in _breakers(account):
+        state = breaker.state()
+        any_open |= state.open
+        typer.echo(f"{breaker.account}: {state.describe()}")
+    raise typer.Exit(1 if any_open else 0)
 
 
 @breaker_app.command("close")
-def breaker_close() -> None:
-    """Close the breaker now (after the account was fixed); workers resume calling."""
-    _breaker().close()
-    typer.echo("closed: calls allowed")
+def breaker_close(
+    account: str | None = typer.Option(None, "--account", help="The account whose breaker to close "
+                                "(needed when there are several)"),
+    every: bool = typer.Option(False, "--all", help="Close every account's breaker"),
+) -> None:
+    """Close an account's breaker now (after the account was fixed); workers resume calling
+    on it. With one account, no option is needed; with several, name one or give --all."""
+    if account is not None and every:
+        fail("give --account NAME or --all, not both")
+    breakers = _breakers(account)
+    if account is None and not every and len(breakers) > 1:
+        fail("there are several accounts: give --account NAME (one of "
+             f"{', '.join(b.account for b in breakers)}) or --all")
+    for breaker in breakers:
+        breaker.close()
+        typer.echo(f"{breaker.account}: closed: calls allowed")
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Prometheus metrics of a worker process, served on ``METRICS_PORT`` (0: off).
 
-Counters and histograms move on the call path (pipeline.py); jobs by state, the breaker and
-queue depth per lane are read when Prometheus scrapes (at most every ``REFRESH`` seconds:
-one GROUP BY on the jobs table, one LLEN per lane, one GET), so an idle worker costs nothing.
+Counters and histograms move on the call path (pipeline.py); jobs by state, each account's
+breaker and queue depth per lane are read when Prometheus scrapes (at most every ``REFRESH``
+seconds: one GROUP BY on the jobs table, one LLEN per lane, one GET per account), so an idle
+worker costs nothing.
 The threads pool runs every call in the worker's main process, which serves the endpoint.
 """
 
@@ -51,7 +52,8 @@ REFRESH = 5.0  # seconds a scrape reuses the figures of the previous one
 
 
 class StateCollector(Collector):
-    """Jobs by state, breaker open or not, queue depth per lane — read at scrape time."""
+    """Jobs by state, each account's breaker open or not, queue depth per lane — read at
+    scrape time."""
 
     def __init__(self, resources_fn: Callable[[], FeederParts]) -> None:
         self._resources = resources_fn
@@ -92,8 +94,10 @@ class StateCollector(Collector):
                 queue.add_metric([lane.value], depth)
             out.append(queue)
             breaker = GaugeMetricFamily("faceid_breaker_open",
-                                        "1 while the account breakers stop all calls")
-            breaker.add_metric([], 1 if all(b.state().open for b in res.breakers) else 0)
+                                        "1 while an account's breaker stops its calls",
+                                        labels=["account"])
+            for b in res.breakers:
+                breaker.add_metric([b.account], 1 if b.state().open else 0)
             out.append(breaker)
         except Exception as exc:
             log.warning("metrics: Redis figures unavailable (%s)", type(exc).__name__)

@@ -1,5 +1,6 @@
 """Two accounts on the simulator, each 20 calls/s counted per SecretId; then one in arrears
-mid-run; then residency: a mixed manifest of ap-bangkok and ap-singapore rows.
+mid-run; then residency: a mixed manifest of ap-bangkok and ap-singapore rows; and
+(``--scenarios cap``) an account-wide cap the product has to learn.
 
 Starts a redis-server, the simulator (lognormal latency, median 1.5 s, p99 5 s, 20 calls/s
 per SecretId, a second bucket for ap-bangkok on its own port) and two real worker
@@ -8,6 +9,7 @@ processes sized by the accounts' budget (no -c given: 40/s x WORKER_CALL_SECONDS
 owner. Prints the figures.
 
     .venv/bin/python -m bench.accounts --jobs 1200
+    .venv/bin/python -m bench.accounts --scenarios cap --owner-cap 30
 """
 
 from __future__ import annotations
@@ -297,6 +299,86 @@ def residency(stack: Stack, args: Any) -> dict[str, Any]:
     }
 
 
+def owner_cap(stack: Stack, args: Any) -> dict[str, Any]:
+    """Both accounts (one owner, 20/s each) under an account-wide cap of ``--owner-cap``
+    calls/s that Tencent does not publish (the simulator's ``owner_limits`` knob answers
+    ``RequestLimitExceeded.UinLimitExceeded`` above it); the knob is lifted
+    ``--cap-lift-after`` seconds in and the run goes on ``--cap-recover-for`` seconds."""
+    import redis
+
+    from faceid_batch.call import caps
+
+    stack.reset()
+    config = f"{stack.sim.control_url}/config"
+    requests.post(config, json={"account_errors": {}, "owner_limits": [
+        {"secret_ids": [SECRET_ID, BKK_ID], "limit": args.owner_cap}]},
+        timeout=5).raise_for_status()
+    r = redis.Redis.from_url(stack.server.url)
+    r.delete(caps.KEY + "bench-uin")
+    run_for = args.cap_lift_after + args.cap_recover_for
+    # More jobs than the run answers (the cap, then its slow recovery): the budget is the
+    # limit, not the backlog.
+    jobs = int(run_for * 36)
+    media = make_media(stack.base / "media-cap", jobs, args.cap_video_mb, "c")
+    _insert(stack, "cap-", media)
+    os.sync()
+    cap_at: list[tuple[float, int]] = []
+    lifted: list[float] = []
+
+    learned = caps.OwnerCaps(r, {"bench-uin": 40})
+
+    def during(elapsed: float, done: int) -> None:
+        cap_at.append((elapsed, learned.cap("bench-uin")))  # what the workers read
+        if not lifted and elapsed >= args.cap_lift_after:
+            requests.post(config, json={"owner_limits": []}, timeout=5).raise_for_status()
+            lifted.append(time.time())
+
+    stack.start_workers(2, "cap")
+    started = time.time()
+    _wait(stack, "cap-", jobs, run_for, during)
+    stack.stop_workers()
+    calls = stack.calls()
+    lift = lifted[0] if lifted else float("inf")
+    uin = sorted(c["t_start"] for c in calls
+                 if c["code"] == "RequestLimitExceeded.UinLimitExceeded")
+    ok = sorted(c["t_start"] for c in calls if c["code"] == "Success")
+    first = min((c["t_start"] for c in calls), default=started)
+
+    def rate(lo: float, hi: float) -> float:
+        return sum(1 for t in ok if lo <= t < hi) / max(1e-9, hi - lo)
+
+    before = [c["t_start"] for c in calls if c["t_start"] < lift
+              and c["code"] != "RequestLimitExceeded.UinLimitExceeded"]
+    cap_before = [c for e, c in cap_at if e < args.cap_lift_after]
+    cap_after = [c for e, c in cap_at if e >= args.cap_lift_after]
+    buckets = []
+    t = lift
+    while t + 30 <= first + (time.time() - started):
+        buckets.append(f"{rate(t, t + 30):.1f}")
+        t += 30
+    rows = _finished(stack.db_url, "cap-")
+    return {
+        "scenario": f"one owner, two accounts of 20/s, account-wide cap {args.owner_cap}/s "
+                    f"lifted at {args.cap_lift_after:.0f} s",
+        "jobs answered / failed": f"{sum(1 for r in rows if r.state == 'completed')}, "
+                                  f"{sum(1 for r in rows if r.state == 'failed')}",
+        "UinLimitExceeded answers (all)": len(uin),
+        "... of them after the first 5 s": sum(1 for t in uin if t >= first + 5),
+        "last one, seconds into the run": round(uin[-1] - first, 1) if uin else "none",
+        "learned cap while capped (min, max)": f"{min(cap_before, default=40)}, "
+                                               f"{max(cap_before, default=40)}",
+        "Success calls/s from 10 s to the lift": round(
+            rate(first + 10, min(lift, first + run_for)), 2),
+        "ratio of the cap": round(rate(first + 10, min(lift, first + run_for))
+                                  / args.owner_cap, 3),
+        "max starts in any sliding 1 s, both, before the lift":
+            max_starts_in_window(before),
+        "learned cap after the lift (first, last)": f"{cap_after[0] if cap_after else '-'}, "
+                                                    f"{cap_after[-1] if cap_after else '-'}",
+        "Success calls/s per 30 s after the lift": ", ".join(buckets) or "-",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=1200)
@@ -304,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--video-mb", type=float, default=0.5)
     ap.add_argument("--arrears-after", type=float, default=15.0)
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--scenarios", default="two,arrears,residency")
+    ap.add_argument("--scenarios", default="two,arrears,residency",
+                    help="comma-separated, of two, arrears, residency, cap")
+    ap.add_argument("--owner-cap", type=int, default=30,
+                    help="cap: the simulator's account-wide limit, calls/s")
+    ap.add_argument("--cap-lift-after", type=float, default=60.0)
+    ap.add_argument("--cap-recover-for", type=float, default=130.0)
+    ap.add_argument("--cap-video-mb", type=float, default=0.05)
     ap.add_argument("--sim-nice", type=int, default=-10,
                     help="niceness of the simulator's threads (0: as the workers; needs root)")
     args = ap.parse_args(argv)
@@ -312,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     stack = Stack(base, args)
     results = []
-    runs = {"two": two_accounts, "arrears": arrears, "residency": residency}
+    runs = {"two": two_accounts, "arrears": arrears, "residency": residency,
+            "cap": owner_cap}
     try:
         for name in args.scenarios.split(","):
             results.append(runs[name](stack, args))
@@ -323,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(base, ignore_errors=True)
     print("\nTwo accounts on the simulator")
-    print_scenarios(results, 52)
+    print_scenarios(results, 56)
     return 0
 
 

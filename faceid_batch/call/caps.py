@@ -5,7 +5,8 @@ Tencent answers ``RequestLimitExceeded.UinLimitExceeded`` or
 ``RequestLimitExceeded.GlobalRegionUinLimitExceeded`` when the calls of all the SecretIds of
 one account together exceed a limit it does not publish. Such an answer cuts the owner's
 budget (the sum of its accounts' ``rate_limit``) to ``CUT`` of what it was, at most once per
-``HOLD`` seconds (the calls in flight answer the same news again); each ``RECOVER_EVERY``
+``HOLD`` seconds; an answer to a call sent before the last cut is the same news again (it
+left while the old budget ran) and cuts nothing, however late it comes. Each ``RECOVER_EVERY``
 seconds without another one gives back ``STEP`` of the full budget, until it is whole and the
 cap is gone. The cap is kept in Redis (``faceid:cap:<owner>``, on the Redis server's clock),
 so every worker on every host shares it; each account then runs at its share of it
@@ -26,7 +27,9 @@ ACCOUNT_WIDE = frozenset({"RequestLimitExceeded.UinLimitExceeded",
                           "RequestLimitExceeded.GlobalRegionUinLimitExceeded"})
 KEY = "faceid:cap:"
 CUT = 0.7
-HOLD = 1.0
+# A second cut waits this long: the processes read the cap at most once per REFRESH, so the
+# calls of the next second may still run at the budget before the cut.
+HOLD = 2.0
 RECOVER_EVERY = 60.0
 STEP = 0.05
 # How long a process uses the cap it read before reading it again.
@@ -55,7 +58,8 @@ local cap = current(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), now
 return cap
 """
 
-# ARGV = full, step, every_us, cut (per mille), hold_us. Returns the cap after the hit.
+# ARGV = full, step, every_us, cut (per mille), hold_us, sent_us (the hit call's send time,
+# 0: unknown). Returns the cap after the hit.
 _HIT = _CURRENT + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -63,6 +67,8 @@ local full, step, every = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]
 local cap, at = current(full, step, every, now)
 local set_at = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 if now - set_at < tonumber(ARGV[5]) then return cap end
+local sent = tonumber(ARGV[6])
+if sent > 0 and sent < set_at then return cap end
 local new = math.floor(cap * tonumber(ARGV[4]) / 1000)
 if new < 1 then new = 1 end
 redis.call('HSET', KEYS[1], 'cap', new, 'at', now, 'cut_at', now)
@@ -111,12 +117,15 @@ class OwnerCaps:
             return rate_limit
         return max(1, rate_limit * cap // full)
 
-    def hit(self, owner: str, code: str) -> None:
+    def hit(self, owner: str, code: str, sent_at: float | None = None) -> None:
         """An account-wide RequestLimitExceeded from one of the owner's accounts: cut its
-        cap (once per HOLD). Never raises: it runs between an answer and its write."""
+        cap (once per HOLD, and not for a call sent before the last cut). ``sent_at``: when
+        the call was sent (``time.time()``; None: unknown). Never raises: it runs between
+        an answer and its write."""
+        sent_us = 0 if sent_at is None else int(sent_at * 1_000_000)
         try:
             value = int(self._hit(keys=[KEY + owner], args=[
-                *self._args(owner), int(CUT * 1000), int(HOLD * 1_000_000)]))
+                *self._args(owner), int(CUT * 1000), int(HOLD * 1_000_000), sent_us]))
         except redis.RedisError as exc:
             log.error("account cap of %s: could not record %s (%s)", owner, code,
                       type(exc).__name__)

@@ -408,6 +408,9 @@ class BatchCalls(Base):
     minute: Mapped[datetime] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(80), primary_key=True)
     billable: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    # The account that made them (call/accounts.py; "default" without an accounts file).
+    account: Mapped[str] = mapped_column(String(64), primary_key=True, default="default",
+                                         server_default="default")
     calls: Mapped[int] = mapped_column(Integer)
     # Summed over the calls: how long they waited for their rate-limit slot.
     waited_ms: Mapped[int] = mapped_column(BigInteger)

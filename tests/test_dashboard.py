@@ -229,3 +229,26 @@ def test_an_upserted_minute_meets_the_orm_row_of_the_same_minute(res, tmp_path):
         # One row: the upsert's minute is stored exactly as the ORM stores it.
         assert [r.calls for r in s.scalars(select(BatchCalls))] == [6]
     assert [m.calls for m in dashboard.calls_by_minute(url, batch_id, since=minute)] == [6]
+
+
+def test_each_account_has_its_line_against_the_budget(database_url):
+    from faceid_batch.admin import dashboard_pages
+
+    url = database_url
+    batch_id = _batch(url, "two accounts")
+    t = utcnow().replace(second=0, microsecond=0)
+    with session_scope(url) as s:
+        for i in range(3):
+            for account, calls in (("sg-a", 1200), ("sg-b", 600)):
+                s.add(BatchCalls(batch_id=batch_id, minute=t - timedelta(minutes=i),
+                                 code="Success", billable=True, account=account,
+                                 calls=calls, waited_ms=0))
+    board = dashboard.panels(url, batch_id, budget=40, threshold=70,
+                             budgets={"sg-a": 20.0, "sg-b": 20.0})
+    lines = board.per_account()
+    assert set(lines) == {"sg-a", "sg-b"}
+    assert [v for _, v in lines["sg-a"]] == [20.0] * 3
+    assert [v for _, v in lines["sg-b"]] == [10.0] * 3
+    assert board.calls == 3 * 1800
+    html = dashboard_pages.panels(board)
+    assert "sg-a (20/s)" in html and "sg-b (20/s)" in html and "budget 40/s" in html

@@ -109,7 +109,7 @@ def test_dashboard_updates_retries_after_a_dry_run_and_downloads_the_report(serv
                                                                True, 75.0)
             job.attempts, job.due_at, job.finished_at = 1, None, now
         row = s.get(BatchCalls, (batch_id, now.replace(second=0, microsecond=0), "Success",
-                                 True))
+                                 True, "default"))
         if row is None:
             s.add(BatchCalls(batch_id=batch_id, minute=now.replace(second=0, microsecond=0),
                              code="Success", billable=True, calls=4, waited_ms=100))

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from faceid_batch.admin import audit, dashboard, dashboard_pages
 from faceid_batch.admin.tokens import Principal
 from faceid_batch.bulk.batches import Actor, BatchError
+from faceid_batch.call import accounts
 from faceid_batch.settings import Settings
 
 Auth = Callable[..., Principal]
@@ -44,9 +45,13 @@ def batch_router(settings: Settings, authorised: Auth) -> APIRouter:
     price = settings.faceid_price_per_call
 
     def read(batch_id: BatchId) -> dashboard.Dashboard:
-        return dashboard.panels(url, batch_id, budget=float(settings.faceid_rate_limit),
+        # Every account's budget (the accounts file, or the one account of the settings);
+        # no secret is read.
+        budgets = {a.name: float(a.rate_limit)
+                   for a in accounts.configured_cached(settings)}
+        return dashboard.panels(url, batch_id, budget=sum(budgets.values()),
                                 threshold=settings.pass_threshold, price=Decimal(price),
-                                currency=settings.faceid_price_currency)
+                                currency=settings.faceid_price_currency, budgets=budgets)
 
     cache = dashboard.Panels(read)
     # Reports read a whole batch on one connection: two at a time, the rest told to wait.

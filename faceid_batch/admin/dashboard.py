@@ -63,6 +63,7 @@ class MinuteCalls:
     billable: bool
     calls: int
     waited_ms: int
+    account: str = "default"
 
 
 def _bucket(dialect: str) -> Any:
@@ -89,7 +90,7 @@ def calls_by_minute(url: str, batch_id: int, since: datetime | None = None,
     """The batch's calls by minute, code and billing, oldest first: from ``since``, or the
     last ``window`` (default SERIES_WINDOW) up to its latest minute with a call."""
     q = select(BatchCalls.minute, BatchCalls.code, BatchCalls.billable, BatchCalls.calls,
-               BatchCalls.waited_ms).where(BatchCalls.batch_id == batch_id)
+               BatchCalls.waited_ms, BatchCalls.account).where(BatchCalls.batch_id == batch_id)
     with session_scope(url) as session:
         if since is None:
             last = session.scalar(select(func.max(BatchCalls.minute))
@@ -99,7 +100,7 @@ def calls_by_minute(url: str, batch_id: int, since: datetime | None = None,
             since = as_aware(last) - (window or SERIES_WINDOW)
         rows = session.execute(q.where(BatchCalls.minute >= since)
                                .order_by(BatchCalls.minute)).all()
-    return [MinuteCalls(as_aware(m), c, b, n, w) for m, c, b, n, w in rows]
+    return [MinuteCalls(as_aware(m), c, b, n, w, a) for m, c, b, n, w, a in rows]
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class Dashboard:
     created_at: datetime
     manifest_sha256: str | None
     threshold: float
-    budget: float
+    budget: float  # calls/s of every account together
     by_state: dict[str, int]
     outcomes: Outcomes
     sim_histogram: list[tuple[float, float, int]]  # (from, to, jobs)
@@ -201,6 +202,7 @@ class Dashboard:
     price: Decimal
     currency: str
     read_at: datetime
+    budgets: dict[str, float] = field(default_factory=dict)  # each account's calls/s
 
     @property
     def total(self) -> int:
@@ -266,6 +268,14 @@ class Dashboard:
             codes[m.code] = codes.get(m.code, 0.0) + m.calls / 60.0
         return sorted(out.items())
 
+    def per_account(self) -> dict[str, list[tuple[datetime, float]]]:
+        """Calls/s of each account, by minute (one line each when several called)."""
+        out: dict[str, dict[datetime, float]] = {}
+        for m in self.minutes:
+            line = out.setdefault(m.account, {})
+            line[m.minute] = line.get(m.minute, 0.0) + m.calls / 60.0
+        return {a: sorted(points.items()) for a, points in sorted(out.items())}
+
     def waited_per_call(self) -> list[tuple[datetime, float]]:
         """Mean seconds a call waited for its slot, by minute (time held by the limiter)."""
         calls: dict[datetime, int] = {}
@@ -282,7 +292,8 @@ class Dashboard:
 
 def panels(url: str, batch_id: int, *, budget: float, threshold: float,
            price: Decimal = Decimal(0), currency: str = "USD",
-           since: datetime | None = None) -> Dashboard:
+           since: datetime | None = None,
+           budgets: dict[str, float] | None = None) -> Dashboard:
     """Read every panel of batch ``batch_id``: its tally, its calls (by minute and in
     total) and its share, read side by side, so a refresh takes as long as the slowest."""
     with session_scope(url) as session:
@@ -316,7 +327,7 @@ def panels(url: str, batch_id: int, *, budget: float, threshold: float,
         created_at=head[4], manifest_sha256=head[5], threshold=threshold, budget=budget,
         by_state=by_state, outcomes=outcomes, sim_histogram=histogram, attempts=attempts,
         minutes=minutes.result(), totals=totals.result(), share=shared.result(),
-        price=price, currency=currency, read_at=utcnow())
+        price=price, currency=currency, read_at=utcnow(), budgets=dict(budgets or {}))
 
 
 def _add_outcome(out: Outcomes, r: TallyRow) -> None:

@@ -162,9 +162,14 @@ def panels(b: Dashboard) -> str:
     total = [(x, sum(codes.values())) for x, (_, codes) in zip(xs, points, strict=True)]
     errors = [(x, sum(v for c, v in codes.items() if c != "Success"))
               for x, (_, codes) in zip(xs, points, strict=True)]
-    rate = svg.line_chart([("calls/s", total), ("not Success", errors)], hline=b.budget,
-                          hline_label=f"budget {b.budget:g}/s", title="calls per second",
-                          x_format=_clock)
+    lines = [("calls/s", total), ("not Success", errors)]
+    accounts = b.per_account()
+    if len(accounts) > 1:  # one line per account that called for the batch
+        lines += [(f"{name} ({b.budgets[name]:g}/s)" if name in b.budgets else name,
+                   [(t.timestamp(), v) for t, v in points])
+                  for name, points in accounts.items()]
+    rate = svg.line_chart(lines, hline=b.budget, hline_label=f"budget {b.budget:g}/s",
+                          title="calls per second", x_format=_clock)
     waited = svg.line_chart([("s waited a call", [(t.timestamp(), w)
                                                   for t, w in b.waited_per_call()])],
                             height=160, title="rate-limit wait per call", x_format=_clock)

@@ -37,10 +37,10 @@ _FRAME_OF = select(_FRAMES.c.id).where(_FRAMES.c.job_id == bindparam("of_job"))
 # time, codes and time held back by the limiter), in the transaction of its attempt row.
 # Plain SQL: INSERT ... SELECT ... ON CONFLICT reads the same on SQLite and PostgreSQL.
 _COUNT_CALL = text(
-    "INSERT INTO batch_calls (batch_id, minute, code, billable, calls, waited_ms) "
-    "SELECT batch_id, :minute, :code, :billable, 1, :waited_ms FROM jobs "
+    "INSERT INTO batch_calls (batch_id, minute, code, billable, account, calls, waited_ms) "
+    "SELECT batch_id, :minute, :code, :billable, :account, 1, :waited_ms FROM jobs "
     "WHERE id = :job_id AND batch_id IS NOT NULL "
-    "ON CONFLICT (batch_id, minute, code, billable) DO UPDATE SET "
+    "ON CONFLICT (batch_id, minute, code, billable, account) DO UPDATE SET "
     "calls = batch_calls.calls + 1, "
     "waited_ms = batch_calls.waited_ms + excluded.waited_ms",
 ).bindparams(bindparam("minute", type_=DateTime(timezone=True)))  # stored as the ORM stores it
@@ -58,7 +58,7 @@ def call_tally(attempt: dict[str, Any], answer: Answer) -> dict[str, Any]:
     started: datetime = attempt["started_at"]
     return {"job_id": attempt["job_id"], "minute": started.replace(second=0, microsecond=0),
             "code": attempt["code"], "billable": bool(attempt["billable"]),
-            "waited_ms": answer.waited_ms}
+            "account": attempt.get("account") or "default", "waited_ms": answer.waited_ms}
 
 
 def attempt_number(attempts_before: int, answer: Answer) -> int:

@@ -5,9 +5,10 @@
   Existing jobs take it from their result.
 - ``ix_jobs_batch_tally``: a batch's counts by state, outcome, attempts and Sim in one
   index-only scan (admin/dashboard.py).
-- ``batch_calls``: FaceID calls of a batch's jobs by minute, answer code and billing, and
-  the time they waited for their rate-limit slot; one row per (batch, minute, code,
-  billable), added to in the transaction that records each call. Existing calls are
+- ``batch_calls``: FaceID calls of a batch's jobs by minute, answer code, billing and the
+  account that made them, and the time they waited for their rate-limit slot; one row per
+  (batch, minute, code, billable, account), added to in the transaction that records each
+  call. Existing calls are
   counted from their attempts (their wait was not recorded: 0).
 - ``batches.manifest_sha256``: the SHA-256 of the manifest file a backfill read, so its
   end-of-run report names the input it answers.
@@ -49,9 +50,10 @@ def upgrade() -> None:
         sa.Column("billable", sa.Boolean(), nullable=False),
         sa.Column("calls", sa.Integer(), nullable=False),
         sa.Column("waited_ms", sa.BigInteger(), nullable=False),
+        sa.Column("account", sa.String(length=64), server_default="default", nullable=False),
         sa.ForeignKeyConstraint(["batch_id"], ["batches.id"], ondelete="CASCADE",
                                 name=op.f("fk_batch_calls_batch_id_batches")),
-        sa.PrimaryKeyConstraint("batch_id", "minute", "code", "billable",
+        sa.PrimaryKeyConstraint("batch_id", "minute", "code", "billable", "account",
                                 name=op.f("pk_batch_calls")),
     )
     _count_existing_calls()

@@ -177,3 +177,19 @@ def test_the_cli_records_its_actions_with_its_user(site, monkeypatch, redis_serv
     # The dashboard lists who did what.
     page = _client.get(f"/batches/{batch_id}", headers=AUTH).text
     assert "id='actions-log'" in page and "weight 1 -&gt; 3" in page
+
+
+def test_an_admin_token_of_one_tenant_is_refused_here(site):
+    from faceid_batch import tenants
+    from faceid_batch.admin import tokens
+
+    client, batch_id, url = site
+    tenant = tenants.add(url, "thai", None)
+    scoped = tokens.add(url, "admin-thai", tokens.ADMIN, tenant.id)
+    for path in ("/api/results", "/batches", f"/api/batches/{batch_id}/dashboard",
+                 "/api/export"):
+        r = client.get(path, headers={"Authorization": f"Bearer {scoped}"})
+        assert r.status_code == 403 and "every tenant" in r.text, path
+    r = client.post("/login", data={"token": scoped}, follow_redirects=False)
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    assert client.get("/api/results", headers=AUTH).status_code == 200

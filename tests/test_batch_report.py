@@ -310,3 +310,25 @@ def test_cli_batch_report(finished_batch, tmp_path, monkeypatch):
     assert partial.exit_code == 0, partial.output
     assert "(partial)" in partial.output and "1 waiting, 0 running" in partial.output
     assert "Traceback" not in done.output + missing.output + refused.output
+
+
+def test_a_tenants_backfill_checks_each_row_against_that_tenants_regions(
+        database_url, tmp_path, monkeypatch):
+    """A row is the tenant's from its first check: a region the tenant may not use is a
+    bad row, never a job (the default tenant may use every region)."""
+    from faceid_batch import tenants
+
+    monkeypatch.setattr(batches, "control_state", lambda *args: "active")
+    settings = load_settings(database_url=database_url)
+    thai = tenants.add(database_url, "thai", ["ap-bangkok"])
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, tmp_path / "media", ["t-1", "t-2"])  # FACEID_REGION rows
+    result = run_backfill(settings, manifest, report_path=tmp_path / "r.csv",
+                          tenant_id=thai.id)
+    assert result.accepted == 0 and result.bad == 2
+    assert "ap-bangkok" in (tmp_path / "r.csv").read_text()
+    with session_scope(database_url) as s:
+        assert s.query(Job).count() == 0
+    # The same manifest for the default tenant is accepted.
+    assert run_backfill(settings, manifest, report_path=tmp_path / "r2.csv",
+                        name="default-run").accepted == 2

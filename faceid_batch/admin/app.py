@@ -71,6 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
             # A producer's token creates and reads its own verifications, nothing here.
             raise HTTPException(403, f"token {who.name!r} has scope {who.scope!r}: the admin "
                                      "service needs an admin token")
+        if who.tenant_id is not None:
+            # Listings, images, exports and batches here span every tenant: an admin token
+            # of one tenant reads that tenant's verifications on the producer API only.
+            raise HTTPException(403, f"token {who.name!r} is an admin token of one tenant: "
+                                     "the admin service needs an admin token of every tenant")
         return who
 
     def filters(
@@ -166,6 +171,10 @@ def create_app(settings: Settings) -> FastAPI:
         who = check.who(f"Bearer {presented}")
         if who is None or not who.is_admin:
             return HTMLResponse(pages.login("Wrong token."), status_code=401)
+        if who.tenant_id is not None:
+            return HTMLResponse(pages.login("This admin token is of one tenant: the admin "
+                                            "service needs one of every tenant."),
+                                status_code=403)
         sessions.end(request.cookies.get(COOKIE))  # one browser, one session
         response = RedirectResponse("/review", status_code=303)
         response.set_cookie(COOKIE, sessions.open(presented), max_age=sessions.seconds,

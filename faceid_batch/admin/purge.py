@@ -31,7 +31,14 @@ from sqlalchemy.orm import Session
 
 from faceid_batch.admin import audit
 from faceid_batch.db import affected, session_scope
-from faceid_batch.models import BestFrame, Job, JobState, MediaObject, Result
+from faceid_batch.models import (
+    DEFAULT_TENANT_ID,
+    BestFrame,
+    Job,
+    JobState,
+    MediaObject,
+    Result,
+)
 from faceid_batch.settings import Settings
 from faceid_batch.stage.ledger import ORPHAN_GRACE
 from faceid_batch.stage.storage import EveryBucket, MediaStager
@@ -239,10 +246,13 @@ def _clear_frames(session: Session, ids: list[int]) -> int:
                            .values(content=None, object_key=None))) or 0
 
 
-def find_job(settings: Settings, job_id: int | None = None, key: str | None = None) -> int:
-    """The id of the job an erasure names, by id or idempotency key."""
+def find_job(settings: Settings, job_id: int | None = None, key: str | None = None,
+             tenant_id: int = DEFAULT_TENANT_ID) -> int:
+    """The id of the job an erasure names, by id, or by idempotency key within ``tenant_id``
+    (keys are unique per tenant)."""
     with session_scope(settings.database_url) as session:
-        where = Job.id == job_id if job_id is not None else Job.idempotency_key == key
+        where = (Job.id == job_id if job_id is not None
+                 else and_(Job.tenant_id == tenant_id, Job.idempotency_key == key))
         found = session.execute(select(Job.id, Job.state).where(where)).first()
     if found is None:
         raise PurgeError(f"no job {job_id}" if job_id is not None else f"no job with key {key!r}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -249,7 +249,9 @@ def _run_chunk(settings: Settings, engine: Any, manifest: Manifest, chunk: list[
     now = utcnow()
     for line, spec in new:
         try:
-            spec = check_row(spec, settings.cos_bucket, settings)
+            # Checked as the tenant's row (its regions, accounts and callback secret).
+            spec = check_row(replace(spec, tenant_id=tenant_id), settings.cos_bucket,
+                             settings)
         except RowError as exc:
             _bad(report, result, line, spec.idempotency_key, str(exc))
             continue

@@ -27,6 +27,10 @@ def register(app: typer.Typer) -> None:
                                        help="Erase one job's face data now (by its id)"),
         key: str | None = typer.Option(None, "--key", metavar="KEY",
                                        help="Erase one job's face data now (by its key)"),
+        tenant: str | None = typer.Option(None, "--tenant", metavar="NAME",
+                                          help="The tenant whose key --key names (keys are "
+                                               "unique per tenant; default: the default "
+                                               "tenant)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete nothing"),
     ) -> None:
         """Delete the media objects and best frames of finished jobs past the retention
@@ -45,12 +49,16 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1 if report.errors else 0)
         if dry_run:
             fail("--dry-run goes with --older-than; an erasure is not counted first")
+        from faceid_batch import tenants
         from faceid_batch.admin.audit import cli_actor
 
+        if tenant is not None and key is None:
+            fail("--tenant goes with --key (a job id names one job already)")
         try:
-            job_id = find_job(settings, job_id=job, key=key)
+            tenant_id = tenants.resolve(settings.database_url, tenant)
+            job_id = find_job(settings, job_id=job, key=key, tenant_id=tenant_id)
             report = erase(settings, job_id, actor=cli_actor()[0])
-        except PurgeError as exc:
+        except (PurgeError, tenants.TenantError) as exc:
             fail(str(exc), 1)
         typer.echo(f"job {job_id} erased: {report.describe()}")
         for object_key, others in sorted(report.shared_with.items()):

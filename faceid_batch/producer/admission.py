@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 
 from faceid_batch.db import session_scope
 from faceid_batch.models import DEFAULT_TENANT_ID, Job, JobState, Lane
+from faceid_batch.scheduling import onboarding
 from faceid_batch.settings import Settings
 
 LINE_KEY = "faceid:admission:{lane}:line"
@@ -102,10 +103,15 @@ class Admission:
         self._counts[(lane, tenant)] = (time.monotonic() + COUNT_CACHE_SECONDS, count)
         return count
 
+    def rate(self) -> int:
+        """The calls a second the line drains at: every account's budget together (the
+        accounts file, or FACEID_RATE_LIMIT of the one account)."""
+        return onboarding.rate(self.settings)
+
     def check(self, lane: str, tenant: int = DEFAULT_TENANT_ID) -> float | None:
         """None if a new submission is admitted (it holds a place in the line until it is
         stored or ``release``d), else the seconds to wait (Retry-After)."""
-        rate = self.settings.faceid_rate_limit
+        rate = self.rate()
         threshold = rate * self.max_wait(lane)
         # Counted up to ten waits' worth: beyond that the line says more than the count.
         backlog = self.backlog(lane, int(threshold * 10) + 1, tenant)
@@ -125,7 +131,7 @@ class Admission:
         """Give back the place of an admitted submission that stored no job."""
         try:
             self._release(keys=[line_key(lane, tenant)],
-                          args=[repr(time.time()), repr(1.0 / self.settings.faceid_rate_limit)])
+                          args=[repr(time.time()), repr(1.0 / self.rate())])
         except redis.RedisError:
             pass  # no line is kept without Redis
 

@@ -168,6 +168,11 @@ class Feeder:
             self.send_callbacks(items, lane)
         return {"callbacks": len(claimed)} if claimed else {}
 
+    def lane_depth(self) -> int:
+        """Messages kept in each lane's Redis list: QUEUE_DEPTH, or two seconds of every
+        account's budget together."""
+        return self.s.queue_depth or max(10, 2 * onboarding.rate(self.s))
+
     def feed(self) -> dict[str, int]:
         """Top every lane up to its depth from the due rows; return messages sent by lane."""
         # Nothing could be called while every account's breaker holds its calls back: the
@@ -183,7 +188,7 @@ class Feeder:
             pipe.llen(lane.value)
         sent: dict[str, int] = {}
         for lane, queued in zip(Lane, pipe.execute(), strict=True):
-            room = self.s.lane_depth - queued
+            room = self.lane_depth() - queued
             if room > 0:
                 ids = self.pick_by_tenant(room) \
                     if lane.value == onboarding.LANE and onboarding.shared(self.s) \

@@ -44,9 +44,11 @@ class Settings(BaseSettings):
     faceid_rate_limit: int = Field(20, ge=1, le=10_000)
     # A TOML file of several accounts (call/accounts.py); None: the FACEID_SECRET_* account.
     faceid_accounts_file: str | None = None
-    # The limiter's window is 1 s plus this: it must cover how much the network delay to the
-    # API varies between two calls (our own send times are measured after the write).
-    rate_limit_margin_ms: int = Field(5, ge=0, le=500)
+    # The limiter's window is 1 s plus this: it must cover how much later than our own send
+    # time (read after the write returned) one request reaches the API than another: the
+    # network's jitter, and on a saturated host the kernel's delay in passing the bytes on
+    # (up to 6.3 ms measured at 20/s on two saturated cores, docs/benchmarks.md).
+    rate_limit_margin_ms: int = Field(10, ge=0, le=500)
     # The GIL switch interval in worker processes (sys.setswitchinterval), in ms: a task
     # thread whose rate-limit slot has come waits up to this long per busy thread ahead of it.
     worker_switch_interval_ms: float = Field(1.0, gt=0, le=100)

@@ -15,6 +15,13 @@ start a window after it by 10 ms, and nothing else (spacing every start a full
 ``window / limit`` after the previous one would carry every late start into every later
 slot). ``min_gap`` (half that spacing by default) only keeps starts from bunching.
 
+What the window's part beyond one second (``RATE_LIMIT_MARGIN_MS``) covers is therefore not
+how late calls leave (each is counted at its real start) but what no caller can see: how
+much later after its write one request reaches the API than another. On a saturated host
+that includes the kernel's own delay in passing the bytes on: at 20/s on two saturated cores
+the simulator's kernel stamped requests up to 6.3 ms after their write had returned
+(docs/benchmarks.md, "What the margin covers").
+
 Each caller reports its real start (``started_at``: the moment its request's first bytes
 were handed to the kernel). Until it has, its reservation counts as starting as late as it
 still may: its slot plus ``LATE_BOUND`` (a caller past ``STALE_AFTER`` reserves again instead
@@ -419,7 +426,7 @@ class GlobalRateLimiter:
         try:
             self._mark(keys=[self.key, self.started_key], args=[member, start_us, self.window_us])
         except redis.RedisError:
-            pass  # the slot keeps its reserved time: the margin absorbs one late start
+            pass  # unreported, the slot counts at its time + LATE_BOUND until it ages out
 
 
 def max_starts_in_window(starts: list[float], window: float = 1.0) -> int:

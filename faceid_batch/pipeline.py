@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -181,6 +180,13 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
         logs.bind(request_id=parked.request_id)
         # A paid answer that could not be written earlier: store it, never call again.
         return Ran(record.record_paid(res, job_id, parked))
+    if (over := tenants.over_quota_cached(res.settings.database_url, job.tenant_id)):
+        # Its tenant's billable calls today have reached its daily quota: no call (none is
+        # billed) until the next UTC day.
+        left = tenants.until_midnight()
+        log.info("job %s: its tenant's calls today (%d) have reached its quota of %d a day; "
+                 "due again at midnight UTC, in %.0f s", job_id, *over, left)
+        return _give_back(res, job_id, left + random.uniform(0, 2))
     # An account of the job's region whose breaker lets it call (routing.py). This check
     # only saves staging a job no account could call: a closed state read in the last
     # second will do. The one before the call reads it afresh.
@@ -279,9 +285,9 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: 
              caller.name, region)
     caller.breaker.record(answer.code if answer.rule.trips_breaker else None)
     if answer.code in ACCOUNT_WIDE:
-        # Sent latency_ms ago: an answer to a call sent before the last cut cuts nothing.
-        res.caps.hit(caller.account.owner, answer.code,
-                     time.time() - answer.latency_ms / 1000)
+        # Sent latency_ms ago (reckoned on Redis's clock): an answer to a call sent before
+        # the last cut cuts nothing.
+        res.caps.hit(caller.account.owner, answer.code, answer.latency_ms / 1000)
     return answer
 
 

@@ -22,8 +22,10 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +38,7 @@ from faceid_batch.models import (
     TenantCalls,
     TenantSecret,
 )
+from faceid_batch.settings import FACEID_REGIONS
 from faceid_batch.times import utcnow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -89,19 +92,36 @@ def _names(values: list[str] | None, pattern: re.Pattern[str], what: str) -> lis
     return clean
 
 
+def _known(values: list[str] | None, known: Collection[str] | None, what: str,
+           where: str) -> None:
+    """TenantError naming the first of ``values`` not in ``known`` (None: not checked)."""
+    if values is None or known is None:
+        return
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise TenantError(f"--{what}: unknown {what[:-1]} {unknown[0]!r}"
+                          f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; "
+                          f"{where}: {', '.join(sorted(known)) or 'none'}")
+
+
 def split_list(value: str | None) -> list[str] | None:
     """A comma- or space-separated option value as a list (None: not given)."""
     return None if value is None else [p for p in value.replace(",", " ").split() if p]
 
 
 def add(url: str, name: str, regions: list[str] | None, accounts: list[str] | None = None,
-        max_calls_per_day: int | None = None, weight: float = 1.0) -> TenantInfo:
-    """Create a tenant; TenantError for a bad or taken name or value."""
+        max_calls_per_day: int | None = None, weight: float = 1.0, *,
+        known_accounts: Collection[str] | None = None) -> TenantInfo:
+    """Create a tenant; TenantError for a bad or taken name or value. A region must be one
+    FaceID has (FACEID_REGIONS); an account one of ``known_accounts`` (the names of the
+    accounts file, call.accounts.configured) when given."""
     if not NAME_RE.match(name):
         raise TenantError(f"tenant name {name!r} refused: 1-63 of a-z 0-9 . _ -, starting "
                           "with a letter or digit")
     regions = _names(regions, REGION_RE, "regions")
+    _known(regions, FACEID_REGIONS, "regions", "FaceID's regions")
     accounts = _names(accounts, ACCOUNT_RE, "accounts")
+    _known(accounts, known_accounts, "accounts", "the accounts configured")
     if max_calls_per_day is not None and not 0 < max_calls_per_day <= 10**12:
         raise TenantError("--max-calls-per-day: a whole number above 0")
     if not 0 < weight <= 1000:
@@ -214,6 +234,7 @@ def set_quota(url: str, name: str, max_calls_per_day: int | None) -> None:
         if row is None:
             raise TenantError(f"no tenant named {name!r}")
         row.max_calls_per_day = max_calls_per_day
+    _quota_cache.clear()
 
 
 # -- webhook secrets ---------------------------------------------------------------------
@@ -261,6 +282,14 @@ def signing_secret(url: str, tenant_id: int | None) -> str | None:
         return " ".join(x for x in (row.current, row.previous) if x)
 
 
+def all_secrets(url: str) -> tuple[str, ...]:
+    """Every tenant's current and previous webhook secrets (for the logs' redaction list
+    only). Never logged."""
+    with session_scope(url) as s:
+        rows = s.execute(select(TenantSecret.current, TenantSecret.previous)).all()
+    return tuple(x for row in rows for x in row if x)
+
+
 def signs_with_own(url: str, tenant_id: int | None) -> bool:
     """Whether the tenant's callbacks are signed with a secret of its own."""
     with session_scope(url) as s:
@@ -291,6 +320,52 @@ def over_quota(url: str, tenant_id: int) -> tuple[int, int] | None:
         used = s.scalar(select(TenantCalls.calls).where(
             TenantCalls.tenant_id == tenant_id, TenantCalls.day == today())) or 0
     return (used, quota) if used >= quota else None
+
+
+# How long a worker uses a tenant's count of calls today before reading it again: the
+# quota is checked before every call, so a tenant may pass its quota by the calls its
+# workers start in this long plus those already under way (see docs/operations.md).
+CALLS_CACHE_SECONDS = 1.0
+_quota_cache: dict[tuple[str, int], tuple[float, int | None]] = {}
+_calls_cache: dict[tuple[str, int, str], tuple[float, int]] = {}
+_quota_lock = threading.Lock()
+
+
+def _cached(cache: dict[Any, tuple[float, Any]], key: Any, ttl: float,
+            read: Callable[[], Any]) -> Any:
+    with _quota_lock:
+        found = cache.get(key)
+        if found is not None and found[0] > time.monotonic():
+            return found[1]
+    value = read()
+    with _quota_lock:
+        if len(cache) > 10_000:  # bounded: tenants are few, but ids come from rows
+            cache.clear()
+        cache[key] = (time.monotonic() + ttl, value)
+    return value
+
+
+def over_quota_cached(url: str, tenant_id: int) -> tuple[int, int] | None:
+    """``over_quota`` for the check before each call: the quota read at most once per
+    ALLOWED_CACHE_SECONDS and the day's count (one row of tenant_calls) at most once per
+    CALLS_CACHE_SECONDS, per tenant per process; a tenant without a quota costs no read of
+    its count."""
+    def read_quota() -> int | None:
+        with session_scope(url) as s:
+            return s.scalar(select(Tenant.max_calls_per_day).where(Tenant.id == tenant_id))
+
+    quota = _cached(_quota_cache, (url, tenant_id), ALLOWED_CACHE_SECONDS, read_quota)
+    if quota is None:
+        return None
+    day = today()
+    used = _cached(_calls_cache, (url, tenant_id, day), CALLS_CACHE_SECONDS,
+                   lambda: calls_on(url, tenant_id, day))
+    return (used, quota) if used >= quota else None
+
+
+def until_midnight(now: float | None = None) -> float:
+    """Seconds until the next UTC day, when daily quotas start again."""
+    return 86400.0 - (time.time() if now is None else now) % 86400.0
 
 
 _count_cache: dict[str, tuple[float, int]] = {}

@@ -23,8 +23,9 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
-from faceid_batch import db, messages
+from faceid_batch import db, messages, tenants
 from faceid_batch.call import accounts
 from faceid_batch.ops import logs, metrics
 from faceid_batch.resources import Resources, set_pool_threads
@@ -45,8 +46,19 @@ def _setup_logging(logger: logging.Logger, **_: object) -> None:
     s = get_settings()
     secrets = tuple(v.get_secret_value() for v in (
         s.faceid_secret_key, s.faceid_token, s.cos_secret_key, s.cos_token, s.webhook_secret)
-        if v is not None) + _account_keys(s)
+        if v is not None) + _account_keys(s) + _tenant_secrets(s)
     logs.configure(logger, s.log_format, secrets)
+
+
+def _tenant_secrets(s: Settings) -> tuple[str, ...]:
+    """The tenants' webhook secrets (current and previous), read once at start-up and kept
+    out of the logs too. A secret rotated after start-up is not in this list; that is
+    covered because no code logs a secret (tenants.signing_secret's callers sign with it
+    and print nothing of it): this list is a second line of defence, not the first."""
+    try:
+        return tenants.all_secrets(s.database_url)
+    except SQLAlchemyError:
+        return ()  # no database yet (or not upgraded): the worker says so when it first needs it
 
 
 def _account_keys(s: Settings) -> tuple[str, ...]:

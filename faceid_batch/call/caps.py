@@ -58,8 +58,11 @@ local cap = current(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), now
 return cap
 """
 
-# ARGV = full, step, every_us, cut (per mille), hold_us, sent_us (the hit call's send time,
-# 0: unknown). Returns the cap after the hit.
+# ARGV = full, step, every_us, cut (per mille), hold_us, latency_us (how long the hit call
+# took from its send to its answer; -1: unknown). Its send time is taken on the Redis
+# server's clock, the one cut_at is on: now - latency (a little after the true send, by the
+# moments between the answer and this script, so at worst a late answer counts as news).
+# Returns the cap after the hit.
 _HIT = _CURRENT + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -67,8 +70,8 @@ local full, step, every = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]
 local cap, at = current(full, step, every, now)
 local set_at = tonumber(redis.call('HGET', KEYS[1], 'cut_at') or '0')
 if now - set_at < tonumber(ARGV[5]) then return cap end
-local sent = tonumber(ARGV[6])
-if sent > 0 and sent < set_at then return cap end
+local latency = tonumber(ARGV[6])
+if latency >= 0 and now - latency < set_at then return cap end
 local new = math.floor(cap * tonumber(ARGV[4]) / 1000)
 if new < 1 then new = 1 end
 redis.call('HSET', KEYS[1], 'cap', new, 'at', now, 'cut_at', now)
@@ -117,15 +120,17 @@ class OwnerCaps:
             return rate_limit
         return max(1, rate_limit * cap // full)
 
-    def hit(self, owner: str, code: str, sent_at: float | None = None) -> None:
+    def hit(self, owner: str, code: str, latency: float | None = None) -> None:
         """An account-wide RequestLimitExceeded from one of the owner's accounts: cut its
-        cap (once per HOLD, and not for a call sent before the last cut). ``sent_at``: when
-        the call was sent (``time.time()``; None: unknown). Never raises: it runs between
-        an answer and its write."""
-        sent_us = 0 if sent_at is None else int(sent_at * 1_000_000)
+        cap (once per HOLD, and not for a call sent before the last cut). ``latency``: the
+        seconds from the call's send to its answer (None: unknown); the send time is
+        reckoned from it on the Redis server's clock, as the cut's time is, so no host's
+        clock is compared with Redis's. Never raises: it runs between an answer and its
+        write."""
+        latency_us = -1 if latency is None else max(0, int(latency * 1_000_000))
         try:
             value = int(self._hit(keys=[KEY + owner], args=[
-                *self._args(owner), int(CUT * 1000), int(HOLD * 1_000_000), sent_us]))
+                *self._args(owner), int(CUT * 1000), int(HOLD * 1_000_000), latency_us]))
         except redis.RedisError as exc:
             log.error("account cap of %s: could not record %s (%s)", owner, code,
                       type(exc).__name__)

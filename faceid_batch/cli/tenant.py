@@ -46,10 +46,19 @@ def tenant_add(
 ) -> None:
     """Create a tenant; give it a submit token with `token add NAME --tenant T --scope submit`."""
     from faceid_batch import tenants
+    from faceid_batch.call.accounts import configured
+    from faceid_batch.settings import SettingsError
 
+    settings = load_settings()
     try:
-        info = tenants.add(load_settings().database_url, name, tenants.split_list(regions),
-                           tenants.split_list(accounts), max_calls_per_day, weight)
+        # The accounts file's names (no secret is read), to refuse an account it lacks.
+        known = [a.name for a in configured(settings)]
+    except SettingsError as exc:
+        fail(str(exc))
+    try:
+        info = tenants.add(settings.database_url, name, tenants.split_list(regions),
+                           tenants.split_list(accounts), max_calls_per_day, weight,
+                           known_accounts=known)
     except tenants.TenantError as exc:
         fail(str(exc))
     typer.echo(f"tenant {info.name!r} created (id {info.id}); its callbacks need a secret: "

@@ -46,7 +46,10 @@ _COUNT_CALL = text(
 ).bindparams(bindparam("minute", type_=DateTime(timezone=True)))  # stored as the ORM stores it
 
 
-# And to its tenant's calls of the day (tenants.py: the daily quota reads this one row).
+# A billable call is also added to its tenant's calls of the day (tenants.py: the daily
+# quota reads this one row): the quota is of the calls Tencent bills (the billing table,
+# BILLING_OVERRIDES included), so a free answer (throttled, the timestamp re-sign, an
+# outage) never uses it up.
 _COUNT_TENANT_CALL = text(
     "INSERT INTO tenant_calls (tenant_id, day, calls) "
     "SELECT tenant_id, :day, 1 FROM jobs WHERE id = :job_id "
@@ -132,8 +135,7 @@ def write_answer(session: Session, job_id: int, lease_id: str, attempts_before: 
         return False
     session.execute(_INSERT_ATTEMPT, attempt)
     session.execute(_COUNT_CALL, call_tally(attempt, answer))
-    session.execute(_COUNT_TENANT_CALL, {"job_id": job_id,
-                                         "day": attempt["started_at"].date().isoformat()})
+    _count_for_tenant(session, attempt)
     if result is not None:
         session.execute(_INSERT_RESULT, result)
     return True
@@ -154,8 +156,14 @@ def record_lost_attempt(session: Session, job_id: int, attempts_before: int, ans
     attempt = attempt_columns(job_id, attempts_before, answer, bill)
     session.execute(_INSERT_ATTEMPT, {**attempt, "number": attempts_before, "counted": False})
     session.execute(_COUNT_CALL, call_tally(attempt, answer))
-    session.execute(_COUNT_TENANT_CALL, {"job_id": job_id,
-                                         "day": attempt["started_at"].date().isoformat()})
+    _count_for_tenant(session, attempt)
+
+
+def _count_for_tenant(session: Session, attempt: dict[str, Any]) -> None:
+    """Add a billable call to its tenant's calls of its day (see _COUNT_TENANT_CALL)."""
+    if attempt["billable"]:
+        session.execute(_COUNT_TENANT_CALL, {
+            "job_id": attempt["job_id"], "day": attempt["started_at"].date().isoformat()})
 
 
 class BestFrameError(Exception):

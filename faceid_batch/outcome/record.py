@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 
+from faceid_batch import tenants
 from faceid_batch.call.errors import backoff
 from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import write_scope
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Built once: this runs once per call (see persist on the cost of rebuilding statements).
 _J = table(Job).c
-_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.lease_id).where(
+_JOB_TO_ANSWER = select(_J.state, _J.attempts, _J.lease_id, _J.tenant_id).where(
     _J.id == bindparam("of_job"))
 
 
@@ -77,7 +78,8 @@ def record_answer(res: Resources, job_id: int, answer: Answer,
                 photo, video = staged
                 columns.update(photo_md5=photo.info.md5, photo_key=photo.key,
                                video_md5=video.info.md5, video_key=video.key)
-            state = _next_state(res, answer, attempt_number(row.attempts, answer), columns)
+            state = _next_state(res, answer, attempt_number(row.attempts, answer), columns,
+                                tenants.allowed_cached(s.database_url, row.tenant_id).accounts)
             threshold = s.pass_threshold if rule.verdict else None
             if not write_answer(session, job_id, res.lease.id, row.attempts, answer, columns,
                                 threshold, res.billing):
@@ -101,10 +103,11 @@ def record_answer(res: Resources, job_id: int, answer: Answer,
     return state
 
 
-def _next_state(res: Resources, answer: Answer, attempts: int,
-                columns: dict[str, Any]) -> JobState:
+def _next_state(res: Resources, answer: Answer, attempts: int, columns: dict[str, Any],
+                allowed: tuple[str, ...] | None = None) -> JobState:
     """The job's state after ``answer`` (its ``attempts``-th counted try), its columns
-    added to ``columns``."""
+    added to ``columns``. ``allowed``: the accounts its tenant may be called by (None:
+    any)."""
     s = res.settings
     rule = answer.rule
     if rule.verdict:
@@ -119,10 +122,11 @@ def _next_state(res: Resources, answer: Answer, attempts: int,
         return JobState.FAILED
     if not rule.retry:
         # The account cannot call (rule.trips_breaker): the job waits for the breaker, or
-        # only a moment when another account of its region may call for it (routing.py).
+        # only a moment when another account of its region that its tenant allows may call
+        # for it (routing.py).
         delay = s.breaker_probe_after
-        if answer.account and answer.region and len(res.router.serving(answer.region)) > 1 \
-                and res.router.others_may_call(answer.region, answer.account):
+        if answer.account and answer.region \
+                and res.router.others_may_call(answer.region, answer.account, allowed):
             delay = random.uniform(0.5, 2.0)
     elif rule.counts_attempt:
         delay = backoff(attempts, s.retry_base_delay, s.retry_max_delay)

@@ -138,8 +138,16 @@ def due_tenants(session: Session) -> set[int]:
 
 def lock_tenant(session: Session, tenant_id: int) -> None:
     """On PostgreSQL, hold the tenant's row until this transaction ends, so two sign-ups of
-    one tenant stored at once do not both count the same room (SQLite runs the writers of a
-    process one at a time: ``write_scope``)."""
+    one tenant stored at once do not both count the same room: a tenant never passes its
+    share by a race of its own. Sign-ups of *different* tenants are not serialised: each
+    transaction counts the lane without the others' uncommitted sign-ups, so while the lane
+    is under its bound and no one's sign-ups are due, N tenants storing one at the same
+    moment can all be sent, and the lane can hold up to N more than ``bound`` (N - 1 from
+    the submitters alone, one more when a feeder round fills the lane at that moment: it
+    does not see them either). The overshoot is bounded by the number of tenants storing a
+    sign-up at once and lasts until those are answered; the feeder sends nothing while the
+    lane is over its bound. SQLite runs the writers of a process one at a time
+    (``write_scope``): no overshoot there from one process."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
 

@@ -193,3 +193,24 @@ def test_an_admin_token_of_one_tenant_is_refused_here(site):
     r = client.post("/login", data={"token": scoped}, follow_redirects=False)
     assert r.status_code == 403 and "set-cookie" not in r.headers
     assert client.get("/api/results", headers=AUTH).status_code == 200
+
+
+def test_listings_and_exports_filter_by_tenant(site):
+    from faceid_batch import tenants
+
+    client, _batch_id, url = site
+    thai = tenants.add(url, "thai", None)
+    with session_scope(url) as s:
+        s.add(Job(idempotency_key="page-0", tenant_id=thai.id, lane=Lane.ONBOARDING,
+                  state=JobState.COMPLETED, liveness_type="SILENT", photo_source="/p.jpg",
+                  video_source="/v.mp4", result_code="Success", passed=True, sim=90.0))
+    rows = client.get("/api/results?tenant=thai", headers=AUTH).json()["rows"]
+    assert [r["key"] for r in rows] == ["page-0"]
+    everyone = client.get("/api/results?limit=100", headers=AUTH).json()["rows"]
+    assert len(everyone) == 11
+    assert len(client.get("/api/results?tenant=default&limit=100",
+                          headers=AUTH).json()["rows"]) == 10
+    export = client.get("/api/export?tenant=thai", headers=AUTH).text
+    assert "page-0" in export and export.count("\n") == 2
+    assert client.get("/api/results?tenant=nobody", headers=AUTH).status_code == 422
+    assert "id='f-tenant'" in client.get("/review?tenant=thai", headers=AUTH).text

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from faceid_batch import tenants
 from faceid_batch.admin import audit, pages, queries, tokens
 from faceid_batch.admin.auth import COOKIE, KINDS, LEGACY_COOKIE, Sessions, TokenCheck, link_key
 from faceid_batch.admin.batch_routes import batch_router
@@ -83,16 +84,18 @@ def create_app(settings: Settings) -> FastAPI:
         code: str | None = None, verdict: str | None = None,
         sim_min: str | None = None, sim_max: str | None = None,
         since: str | None = None, until: str | None = None, key_prefix: str | None = None,
+        tenant: str | None = None,
     ) -> queries.Filters:
         # Strings, not int/float: the review form sends empty fields, which mean "any".
         try:
-            return Filters.from_options(
+            tenant_id = None if not tenant else tenants.resolve(url, tenant)
+            return Filters.from_options(tenant_id=tenant_id,
                 batch=_number(int, "batch", batch), lane=lane or None, state=state or None,
                 code=code or None, verdict=verdict or None,
                 sim_min=_number(float, "sim_min", sim_min),
                 sim_max=_number(float, "sim_max", sim_max), since=since, until=until,
                 key_prefix=key_prefix or None)
-        except ValueError as exc:
+        except (ValueError, tenants.TenantError) as exc:
             raise HTTPException(422, str(exc)) from None
 
     def listing(f: queries.Filters, sort: str, page: int, limit: int) -> queries.Listing:
@@ -127,8 +130,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/stats", dependencies=auth)
     def api_stats(batch: str | None = None, since: str | None = None,
-                  until: str | None = None) -> dict[str, Any]:
-        return queries.stats(url, filters(batch=batch, since=since, until=until))
+                  until: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+        return queries.stats(url, filters(batch=batch, since=since, until=until,
+                                          tenant=tenant))
 
     @app.get("/api/export", dependencies=auth)
     def api_export(f: queries.Filters = Depends(filters),

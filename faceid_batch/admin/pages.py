@@ -76,7 +76,7 @@ LOGOUT = ("<form class='logout' method='post' action='/logout'>"
 
 FILTERS = (("batch", "batch id"), ("lane", "lane"), ("state", "state"), ("code", "outcome code"),
            ("sim_min", "Sim ≥"), ("sim_max", "Sim ≤"), ("since", "created ≥ (ISO)"),
-           ("until", "created < (ISO)"), ("key_prefix", "key prefix"))
+           ("until", "created < (ISO)"), ("key_prefix", "key prefix"), ("tenant", "tenant"))
 # Suggestions (a <datalist>) for the filter fields with a closed set of values.
 CHOICES = {"lane": tuple(lane.value for lane in Lane),
            "state": tuple(state.value for state in JobState)}

@@ -252,6 +252,8 @@ class Job(Base):
         # A key prefix as a range of this index, whatever the collation (bytes compared).
         Index("ix_jobs_key_pattern", "idempotency_key", "id",
               postgresql_ops={"idempotency_key": "varchar_pattern_ops"}),
+        # A listing sorted by key (revision 0016).
+        Index("ix_jobs_key_id", "idempotency_key", "id"),
         # Idempotency keys are per tenant (revision 0015); also the index of a tenant's jobs.
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_id"),
         # The onboarding lane's due jobs by tenant (feeder.py shares the lane by tenant).

@@ -204,7 +204,8 @@ def _run_claimed(res: Resources, job_id: int, job: ClaimedJob) -> Ran:
         if isinstance(staged, Ran):
             return staged
         answer = _signed_call(res, job_id, caller.client.clock_for(region),
-                              lambda: _call(res, job_id, job, caller, region, *staged))
+                              lambda: _call(res, job_id, job, caller, region, *staged),
+                              probe=lambda: caller.client.probe_clock(region))
     finally:
         res.router.done(caller)
     if isinstance(answer, Ran):
@@ -219,14 +220,22 @@ def _allowed_accounts(res: Resources, job: ClaimedJob) -> tuple[str, ...] | None
 
 
 def _signed_call(res: Resources, job_id: int, clock: EndpointClock,
-                 call: Callable[[], Answer | Ran]) -> Answer | Ran:
+                 call: Callable[[], Answer | Ran],
+                 probe: Callable[[], None] | None = None) -> Answer | Ran:
     """``call`` on the endpoint's clock. The first call of this process to the endpoint
-    goes alone, the others wait for its answer, which teaches the clock
+    goes alone (after one unsigned ``probe`` of the endpoint, when given), the others wait
+    for its answer, which teaches the clock
     (EndpointClock.first_answer). A call refused for its timestamp
     (``AuthFailure.SignatureExpire``: errors.Rule.resign) is recorded, not counted, and made
     once more at once, signed on the clock its answer taught, on a new slot of the budget
     like any call; a second refusal in a row is the try its kind says."""
-    with clock.first_answer():
+    if probe is not None and not clock.answered:
+        # One HEAD of the endpoint teaches the clock before this process's first
+        # calls: they wait for its round trip, not for a whole API call.
+        with clock.first_answer():
+            if not clock.answered:
+                probe()
+    with clock.first_answer():  # if the probe got no answer, the first call goes alone
         answer = call()
     if isinstance(answer, Ran) or not answer.rule.resign:
         return answer

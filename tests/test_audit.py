@@ -212,7 +212,7 @@ def test_token_list_never_prints_a_token(env):
     out = cli("token", "list")
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert lines[0].split()[:3] == ["name", "scope", "created"]
+    assert lines[0].split()[:4] == ["name", "scope", "tenant", "created"]
     byname = {line.split()[0]: line for line in lines[1:]}
     assert set(byname) == {"alice", "bob"}
     assert byname["alice"].rstrip().endswith("-") and not byname["bob"].rstrip().endswith("-")

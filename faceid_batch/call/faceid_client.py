@@ -198,6 +198,9 @@ class _StampedAdapter(HTTPAdapter):
         return manager
 
 
+# How long the clock probe (FaceIDClient.probe_clock) may take, connect and read each.
+PROBE_SECONDS = 3.0
+
 class FaceIDClient:
     """A signed, pooled client for one account and region. Thread-safe for concurrent calls.
 
@@ -260,6 +263,20 @@ class FaceIDClient:
     def compare(self, request: CompareRequest) -> Answer:
         """Make one VideoLivenessCompare call. Never raises for API or network failures."""
         return self.send(self.prepare(request))
+
+    def probe_clock(self, region: str | None = None) -> None:
+        """Learn the endpoint's clock from one HEAD of its root (not an API call: no action,
+        no signature, nothing counted or billed; any answer carries a ``Date``), so that a process's first calls are signed
+        on the endpoint's time without waiting for one whole API call. A failure leaves the
+        clock to the first call's answer."""
+        started = time.time()
+        try:
+            resp = self.session.head(self.endpoint.rstrip("/") + "/",
+                                     timeout=(PROBE_SECONDS, PROBE_SECONDS),
+                                     allow_redirects=False)
+        except requests.RequestException:
+            return
+        self.clock_for(region).observe(resp.headers, started, time.time())
 
     def send(self, prepared: requests.PreparedRequest,
              on_sent: Callable[[float], None] | None = None,

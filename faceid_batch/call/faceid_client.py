@@ -266,9 +266,9 @@ class FaceIDClient:
 
     def probe_clock(self, region: str | None = None) -> None:
         """Learn the endpoint's clock from one HEAD of its root (not an API call: no action,
-        no signature, nothing counted or billed; any answer carries a ``Date``), so that a process's first calls are signed
-        on the endpoint's time without waiting for one whole API call. A failure leaves the
-        clock to the first call's answer."""
+        no signature, nothing counted or billed; any answer carries a ``Date``), so that a
+        process's first calls are signed on the endpoint's time without waiting for one
+        whole API call. A failure leaves the clock to the first call's answer."""
         started = time.time()
         try:
             resp = self.session.head(self.endpoint.rstrip("/") + "/",

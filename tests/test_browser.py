@@ -10,7 +10,10 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -55,7 +58,6 @@ def free_port() -> int:
 @pytest.fixture
 def served(tmp_path, simulator):
     """The admin app on a real uvicorn server (SQLite), with one job's two images in place."""
-    import uvicorn
 
     url = f"sqlite:///{tmp_path}/faceid.db"
     from faceid_batch import migrate
@@ -74,17 +76,28 @@ def served(tmp_path, simulator):
         s.execute(update(Job).where(Job.id == job).values(photo_key=key))
         s.execute(update(BestFrame).where(BestFrame.job_id == job)
                   .values(content=png(32, 24, (30, 90, 200))))
+    with running(create_app(settings)) as base:
+        yield base, job, url
+
+
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free loopback port; its base URL."""
+    import uvicorn
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", job, url
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture

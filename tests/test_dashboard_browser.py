@@ -5,11 +5,9 @@ the report downloads with the hash its summary names."""
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 
 import pytest
-from test_browser import CHROMEDRIVER, CHROMIUM, free_port, webdriver
+from test_browser import browser, running  # noqa: F401 - browser: the fixture
 
 from faceid_batch import migrate
 from faceid_batch.admin.app import create_app
@@ -25,8 +23,6 @@ CODE = "FailedOperation.DownLoadTimeoutError"
 
 @pytest.fixture
 def served(tmp_path, redis_server):
-    import uvicorn
-
     url = f"sqlite:///{tmp_path}/faceid.db"
     migrate.upgrade(url)
     settings = load_settings(
@@ -52,37 +48,12 @@ def served(tmp_path, redis_server):
         s.add(BatchCalls(batch_id=batch.id, minute=now.replace(second=0, microsecond=0),
                          code="Success", billable=True, calls=3, waited_ms=600))
         batch_id = batch.id
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", batch_id, url
-    server.should_exit = True
-    thread.join(10)
+    with running(create_app(settings)) as base:
+        yield base, batch_id, url
 
 
-@pytest.fixture
-def browser(tmp_path):
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def test_dashboard_updates_retries_after_a_dry_run_and_downloads_the_report(served, browser):
+def test_dashboard_updates_retries_after_a_dry_run_and_downloads_the_report(
+        served, browser):  # noqa: F811 - browser: test_browser's fixture
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 

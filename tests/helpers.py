@@ -57,3 +57,26 @@ def sim_script(control_url: str, video_md5: str, responses: list) -> None:
     requests.post(f"{control_url}/script", json={"video_md5": video_md5,
                                                  "responses": responses},
                   timeout=5).raise_for_status()
+
+
+def accounts_env(monkeypatch, env: dict[str, str], redis_url: str, sim):  # type: ignore[no-untyped-def]
+    """Put this process under ``env`` for a run with an accounts file (FACEID_SECRET_* unset,
+    settings and per-process resources read afresh, Celery on ``redis_url``); yields
+    ``(sim, env)`` and, after, drops what was read and stops ``sim``. For fixtures:
+    ``yield from accounts_env(...)``."""
+    from faceid_batch import worker as worker_mod
+    from faceid_batch.settings import get_settings
+
+    monkeypatch.delenv("FACEID_SECRET_ID", raising=False)
+    monkeypatch.delenv("FACEID_SECRET_KEY", raising=False)
+    env.pop("FACEID_SECRET_ID")
+    env.pop("FACEID_SECRET_KEY")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    worker_mod.drop_resources()
+    worker_mod.celery_app.conf.broker_url = redis_url
+    yield sim, env
+    get_settings.cache_clear()
+    worker_mod.drop_resources()
+    sim.stop()

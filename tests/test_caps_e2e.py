@@ -19,7 +19,7 @@ from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job
 from faceid_batch.settings import get_settings
 from faceid_sim.runner import start as start_sim
-from helpers import FAKE_SECRET_ID, FAKE_SECRET_KEY, wait_until
+from helpers import FAKE_SECRET_ID, FAKE_SECRET_KEY, accounts_env, wait_until
 
 SECOND_ID, SECOND_KEY = "AKIDtestFAKEcapsNOTreal000000002", "testFAKEcapsKEYnotREAL0000000002"
 BUCKET = "faceid-caps-1250000000"
@@ -56,21 +56,7 @@ def capped(redis_server, tmp_path, monkeypatch, app_env, database_url):
            "TEST_FAKE_KEY_TWO": SECOND_KEY, "COS_SECRET_ID": FAKE_SECRET_ID,
            "COS_SECRET_KEY": FAKE_SECRET_KEY, "COS_BUCKET": BUCKET,
            "COS_DOMAIN": sim.cos_domains[BUCKET]}
-    monkeypatch.delenv("FACEID_SECRET_ID", raising=False)
-    monkeypatch.delenv("FACEID_SECRET_KEY", raising=False)
-    env.pop("FACEID_SECRET_ID")
-    env.pop("FACEID_SECRET_KEY")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    import faceid_batch.worker as worker_mod
-
-    worker_mod.drop_resources()
-    worker_mod.celery_app.conf.broker_url = app_env["REDIS_URL"]
-    yield sim, env
-    get_settings.cache_clear()
-    worker_mod.drop_resources()
-    sim.stop()
+    yield from accounts_env(monkeypatch, env, app_env["REDIS_URL"], sim)
 
 
 def _all_completed(url: str, ids: list[int]) -> bool:

@@ -15,7 +15,7 @@ from faceid_batch.local.samples import write_pair
 from faceid_batch.models import Attempt, Job, MediaObject
 from faceid_batch.settings import get_settings, load_settings
 from faceid_sim.runner import start as start_sim
-from helpers import FAKE_SECRET_ID, FAKE_SECRET_KEY, file_md5, wait_until
+from helpers import FAKE_SECRET_ID, FAKE_SECRET_KEY, accounts_env, file_md5, wait_until
 
 BKK_ID, BKK_KEY = "AKIDtestFAKEbangkokNOTreal0000001", "testFAKEbangkokKEYnotREAL0000001"
 SG2_ID, SG2_KEY = "AKIDtestFAKEsingaporeNOTreal00002", "testFAKEsingaporeKEYnotREAL00002"
@@ -93,21 +93,7 @@ def two_regions(redis_server, tmp_path, monkeypatch, app_env, database_url):
            "COS_BUCKET": SG_BUCKET, "COS_BUCKETS": f"ap-bangkok={BKK_BUCKET}",
            "COS_DOMAIN": sim.cos_domains[SG_BUCKET],
            "COS_DOMAINS": f"ap-bangkok={sim.cos_domains[BKK_BUCKET]}"}
-    monkeypatch.delenv("FACEID_SECRET_ID", raising=False)
-    monkeypatch.delenv("FACEID_SECRET_KEY", raising=False)
-    env.pop("FACEID_SECRET_ID")
-    env.pop("FACEID_SECRET_KEY")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    import faceid_batch.worker as worker_mod
-
-    worker_mod.drop_resources()
-    worker_mod.celery_app.conf.broker_url = app_env["REDIS_URL"]
-    yield sim, env
-    get_settings.cache_clear()
-    worker_mod.drop_resources()
-    sim.stop()
+    yield from accounts_env(monkeypatch, env, app_env["REDIS_URL"], sim)
 
 
 def _done(url, ids):

@@ -15,14 +15,16 @@ tenant's whole request p50/p95 against its own API call (the attempt's latency),
 from __future__ import annotations
 
 import argparse
+import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
 from bench.api import BUCKET, Stack
-from bench.common import pct, run_once
+from bench.common import pct, print_scenarios, run_once
 
 
 def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -83,13 +85,15 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             stop.wait(max(0.0, args.clients / args.flood_rate - (time.monotonic() - started)))
 
     results: list[tuple[float, int, int]] = []
+    posted: dict[int, tuple[float, float]] = {}  # job id -> wall clock sent, answered
 
     def signup(i: int) -> None:
-        started = time.monotonic()
+        started, sent = time.monotonic(), time.time()
         resp = post(steady, f"signup-{i}", True)
         with lock:
             results.append((time.monotonic() - started, resp.status_code,
                             resp.json().get("id", 0)))
+            posted[resp.json().get("id", 0)] = (sent, time.time())
 
     threads = [threading.Thread(target=flooder, args=(n,), daemon=True)
                for n in range(args.clients)]
@@ -115,6 +119,12 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
             own = dict(s.execute(select(Attempt.job_id, func.max(Attempt.latency_ms))
                                  .where(Attempt.job_id.in_(ids))
                                  .group_by(Attempt.job_id)).all())
+            # Where a sign-up's time beside its call goes: before the call (API, message,
+            # claim, staging, rate-limit slot), after it (recording), and back to the caller.
+            steps = s.execute(select(Job.id, Job.started_at, Job.finished_at,
+                                     func.min(Attempt.started_at), func.max(Attempt.latency_ms))
+                              .join(Attempt, Attempt.job_id == Job.id)
+                              .where(Job.id.in_(ids)).group_by(Job.id)).all()
             by_lane = dict(s.execute(select(Job.lane, func.count()).where(
                 Job.tenant_id == flood, Job.finished_at.is_not(None)).group_by(Job.lane)).all())
         calls = len(stack.calls())
@@ -122,6 +132,13 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         stop.set()
         stack.stop()
     whole = [r[0] for r in results]
+    claim, before, after, back = [], [], [], []
+    for job_id, claimed, finished, called, latency in steps:
+        sent, answered = posted[job_id]
+        claim.append(_epoch(claimed) - sent)
+        before.append(_epoch(called) - _epoch(claimed))
+        after.append(_epoch(finished) - _epoch(called) - latency / 1000)
+        back.append(answered - _epoch(finished))
     mine = [own[r[2]] / 1000 for r in results if r[2] in own]
     over = [r[0] - own[r[2]] / 1000 for r in results if r[2] in own]
     return {
@@ -135,10 +152,22 @@ def run(args, base: Path) -> dict:  # type: ignore[no-untyped-def]
         "steady: its own API call p50 / p95 s": f"{pct(mine, 50):.2f} / {pct(mine, 95):.2f}",
         "steady: over its own API call p50 / p95 / max s":
             f"{pct(over, 50):.2f} / {pct(over, 95):.2f} / {max(over, default=float('nan')):.2f}",
+        "steady: sent to claimed by a worker p50 / p95 s":
+            f"{pct(claim, 50):.2f} / {pct(claim, 95):.2f}",
+        "steady: claimed to its call (staging, slot) p50 / p95 s":
+            f"{pct(before, 50):.2f} / {pct(before, 95):.2f}",
+        "steady: call answered to recorded p50 / p95 s":
+            f"{pct(after, 50):.2f} / {pct(after, 95):.2f}",
+        "steady: recorded to answered p50 / p95 s": f"{pct(back, 50):.2f} / {pct(back, 95):.2f}",
         "flood: sign-up answers by status": dict(sorted(flood_status.items())),
         "flood: jobs answered, by lane": {str(k): v for k, v in by_lane.items()},
         "calls/s over the whole run": round(calls / max(1e-9, window + args.warmup), 2),
     }
+
+
+def _epoch(when: datetime) -> float:
+    """A stored timestamp (UTC, naive on SQLite) in epoch seconds."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-rate", type=float, default=40.0)
     ap.add_argument("--clients", type=int, default=8, help="the flooding tenant's clients")
     ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory (databases, logs) afterwards")
     args = ap.parse_args(argv)
+    if args.keep:
+        base = Path(tempfile.mkdtemp(prefix="faceid-bench-tenants-"))
+        print(f"work directory kept: {base}")
+        print_scenarios([run(args, base)], 52)
+        return 0
     return run_once("faceid-bench-tenants-", args, run,
                     "Two tenants: a flood and a backfill beside one sign-up a second", 52)
 

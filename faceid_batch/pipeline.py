@@ -280,7 +280,10 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: 
         return caller.client.send(prepared[0], on_sent=on_sent, send_by=send_by,
                                   send_at=send_at)
 
-    sent = caller.limiter.call(job.lane, send, ready=ready, on_too_late=too_late)
+    # Sign-ups wait for a slot in their tenant's line: one tenant's burst of them does not
+    # queue ahead of another's (ratelimit.py).
+    sent = caller.limiter.call(job.lane, send, ready=ready, on_too_late=too_late,
+                               line=str(job.tenant_id))
     if sent is None:
         return _give_back(res, job_id, breaker_wait[0] + random.uniform(0, 2))
     answer, late = sent.result, sent.late or 0.0
@@ -289,9 +292,9 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: 
     metrics.RATE_LIMIT_WAIT.observe(sent.waited)
     logs.bind(request_id=answer.request_id)
     metrics.observe_call(answer.code, answer.rule.kind, answer.latency_ms, late)
-    log.info("job %s: %s (RequestId %s, %d ms, sent %.1f ms after its slot, account %s, "
-             "%s)", job_id, answer.code, answer.request_id, answer.latency_ms, late * 1000,
-             caller.name, region)
+    log.info("job %s: %s (RequestId %s, %d ms, %d ms waiting for its slot, sent %.1f ms "
+             "after it, account %s, %s)", job_id, answer.code, answer.request_id,
+             answer.latency_ms, answer.waited_ms, late * 1000, caller.name, region)
     caller.breaker.record(answer.code if answer.rule.trips_breaker else None)
     if answer.code in ACCOUNT_WIDE:
         # Sent latency_ms ago (reckoned on Redis's clock): an answer to a call sent before

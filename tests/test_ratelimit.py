@@ -295,8 +295,8 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
     asks = []
     reserve = limiter.reserve
 
-    def counted(lane: str = "onboarding", in_line: bool = False):
-        grant = reserve(lane, in_line)
+    def counted(lane: str = "onboarding", in_line: bool = False, line: str = ""):
+        grant = reserve(lane, in_line, line)
         asks.append(grant.granted)
         return grant
 
@@ -425,3 +425,36 @@ def test_callers_of_a_lane_are_served_in_the_order_they_asked(redis_server, lane
     # jitter on the way back, a caller back a moment early waiting once more: up to 5 seen);
     # newcomers passing the line put callers 20-26 places back.
     assert max(abs(place - i) for place, i in enumerate(by_slot)) <= 8, by_slot
+
+
+def test_a_tenants_sign_up_does_not_wait_behind_another_tenants_line(redis_server):
+    """Tenant ``flood`` has forty sign-ups waiting for slots (four seconds of the budget);
+    a sign-up of tenant ``steady`` asking then waits for the slots reserved within the
+    horizon and its turn among the lines' heads, not for the flood's whole line. A newcomer
+    of the flood, asked at the same moment, joins the end of its own line."""
+    import threading
+
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-tenant-lines",
+                                backfill_horizon=0.15, onboarding_horizon=0.25)
+    waits: dict[str, float] = {}
+
+    def caller(line: str, name: str) -> None:
+        asked = time.monotonic()
+        slot = limiter.reserve_slot("onboarding", line)
+        limiter.started_at(slot, slot.deadline)
+        waits[name] = slot.deadline - asked
+
+    flood = [threading.Thread(target=caller, args=("flood", f"f{i}")) for i in range(40)]
+    for t in flood:
+        t.start()
+        time.sleep(0.005)
+    time.sleep(1.3)  # past the first second's burst: slots a spacing apart, a line behind
+    late = [threading.Thread(target=caller, args=(line, line)) for line in ("steady", "flood")]
+    for t in late:
+        t.start()
+    for t in flood + late:
+        t.join(30)
+    spacing = WINDOW / LIMIT
+    assert waits["steady"] <= 0.25 + 3 * spacing, waits["steady"]
+    assert waits["flood"] >= 2.0, waits["flood"]  # behind its own tenant's line

@@ -38,6 +38,13 @@ free for it: a crowd of them told the same time would ask again together, and al
 would be refused again (measured: 3.7 refused asks per job with 80 waiting threads; each is
 a round trip and a script run).
 
+Onboarding callers of different tenants (``line``) wait in different lines: a newcomer joins
+the end of its own tenant's line only, and one whose tenant has no one in line and no slot
+reserved ahead takes the next slot up to twice the horizon ahead (refused, it would race the
+heads of the other lines for every slot as it comes). A tenant with a burst of sign-ups
+books the budget up to the horizon ahead, no further; one sign-up of another tenant waits for
+those slots, not for the burst.
+
 Why onboarding has a horizon at all: a slot reserved far ahead is unreported when the next
 ones are computed, so it counts at its slot + LATE_BOUND, and a queue of such reservations
 is paced at limit per (window + LATE_BOUND). With onboarding reserving whatever the next
@@ -60,9 +67,11 @@ import redis
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME: the slot, or
 #           the caller's reported real start once it has reported)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
-# KEYS[3] = when the last refused caller of this lane was told to come back (Redis time, us)
+# KEYS[3] = when the last refused caller of this line was told to come back (Redis time, us)
+# KEYS[4] = the latest slot a caller of this line holds (Redis time, us; gone once it passed)
 # ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us,
-#        in_line (1: a caller refused before, back at the time it was told)
+#        in_line (1: a caller refused before, back at the time it was told),
+#        reach_us (how far ahead a caller with no one in its line ahead of it may reserve)
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
@@ -114,8 +123,15 @@ if horizon >= 0 then
     return {0, slot - horizon - now}
   end
   -- A newcomer does not pass the callers waiting in line (one may still be on its way back,
-  -- up to a spacing late): it joins the end of it. Beyond the horizon everyone is refused.
-  if slot - now > horizon or (not in_line and line + spacing > now) then
+  -- up to a spacing late): it joins the end of it. A newcomer of a line with no one waiting
+  -- and no slot ahead takes the next slot within its reach: it comes after the slots others
+  -- reserved within the horizon, not after the heads of other lines racing it for each slot.
+  local waiting = not in_line and line + spacing > now
+  local reach = horizon
+  if not in_line and not waiting and tonumber(redis.call('GET', KEYS[4]) or '0') <= now then
+    reach = math.max(horizon, tonumber(ARGV[8]))
+  end
+  if slot - now > reach or waiting then
     -- Come back when the next slot is within the horizon, but one spacing after the caller
     -- refused before: the refused wait in line instead of all asking again at once.
     local back = slot - horizon
@@ -125,6 +141,12 @@ if horizon >= 0 then
   end
 end
 redis.call('ZADD', key, slot, ARGV[4])
+if slot > now then
+  local held = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if slot > held then
+    redis.call('SET', KEYS[4], slot, 'PX', math.floor((slot - now) / 1000) + 1)
+  end
+end
 local ttl = math.floor((slot - now + window + late) / 1000) + 1000
 redis.call('PEXPIRE', key, ttl)
 redis.call('PEXPIRE', started, ttl)
@@ -227,8 +249,9 @@ LATE_BOUND = STALE_AFTER + 0.25
 MIN_SPACING = 0.5
 # How far ahead an onboarding caller of the workers reserves: longer than the backfill
 # horizon (priority), and well under the window, so the start a window before a new slot
-# has reported (see the module docstring).
-ONBOARDING_HORIZON = 0.5
+# has reported (see the module docstring). It is also the most a tenant's sign-up waits for
+# the slots others reserved ahead of it (several spacings of the budget: 5 at 20/s).
+ONBOARDING_HORIZON = 0.25
 
 
 # What a call does before its slot (check the breaker, sign): this long before it.
@@ -305,34 +328,41 @@ class GlobalRateLimiter:
             self.min_gap_us = int(self.window_us / limit * self.min_spacing)
             self.limit = limit
 
-    def reserve(self, lane: str = "onboarding", in_line: bool = False) -> Grant:
+    def reserve(self, lane: str = "onboarding", in_line: bool = False,
+                line: str = "") -> Grant:
         """Try once to reserve a start; never sleeps. ``in_line``: this caller was refused
-        before and comes back when it was told (it is not sent to the end of the line)."""
+        before and comes back when it was told (it is not sent to the end of the line).
+        ``line``: whose line an onboarding caller waits in (its tenant); callers of the
+        backfill lane wait in one line."""
         if lane == "onboarding":
-            horizon, queue = self.onboarding_horizon_us, self.onboarding_queue_key
+            horizon = reach = self.onboarding_horizon_us
+            queue = f"{self.onboarding_queue_key}:{line}" if line else self.onboarding_queue_key
+            if line:
+                reach = 2 * horizon
         else:
-            horizon, queue = self.backfill_horizon_us, self.queue_key
+            horizon = reach = self.backfill_horizon_us
+            queue = self.queue_key
         member = uuid.uuid4().hex
-        reply = self._script(keys=[self.key, self.started_key, queue],
+        reply = self._script(keys=[self.key, self.started_key, queue, f"{queue}:ahead"],
                              args=[self.limit, self.window_us, horizon, member,
                                    int(LATE_BOUND * 1_000_000), self.min_gap_us,
-                                   1 if in_line else 0])
+                                   1 if in_line else 0, reach])
         if not reply[0]:
             return Grant(False, int(reply[1]) / 1_000_000)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
 
-    def reserve_slot(self, lane: str = "onboarding") -> Slot:
+    def reserve_slot(self, lane: str = "onboarding", line: str = "") -> Slot:
         """Reserve a start; its ``deadline`` is on ``time.monotonic()`` (may be past).
 
         A refused caller comes back when the script says (its place in line), with up to
-        one spacing of jitter, and keeps that place: callers of a lane are served in the
-        order they first asked.
+        one spacing of jitter, and keeps that place: callers of a line are served in the
+        order they first asked (``line``: see ``reserve``).
         """
         spacing = self.window_us / 1_000_000 / self.limit
         in_line = False
         while True:
             asked = time.monotonic()
-            grant = self.reserve(lane, in_line)
+            grant = self.reserve(lane, in_line, line)
             in_line = True
             if grant.granted:
                 replied = time.monotonic()
@@ -348,7 +378,8 @@ class GlobalRateLimiter:
             self._sleep(remaining)
 
     def call(self, lane: str, send: Send[T], ready: Callable[[], bool] | None = None,
-             on_too_late: Callable[[], None] | None = None) -> Sent[T] | None:
+             on_too_late: Callable[[], None] | None = None,
+             line: str = "") -> Sent[T] | None:
         """Make one call within the budget: reserve a start for ``lane``, sleep until just
         before it (PREPARE_AHEAD), ask ``ready()`` (False calls it off: the slot is given
         back, None is returned), then ``send`` on it (see Send). A thread that gets to the
@@ -356,9 +387,10 @@ class GlobalRateLimiter:
         the slot goes back (``on_too_late``) and the call waits for a new one. The real
         start is reported; a slot nothing left on is given back.
 
-        This is the one way calls are made, by the workers and by the tests alike.
+        ``line``: the onboarding caller's tenant, see ``reserve``. This is the one way calls
+        are made, by the workers and by the tests alike.
         """
-        slot = self.reserve_slot(lane)
+        slot = self.reserve_slot(lane, line)
         waited = max(0.0, slot.deadline - time.monotonic())
         # Everything but the send happens before the reserved start, so the call leaves on
         # time (late starts bunch up at the API and can exceed its limit in a second).
@@ -380,7 +412,7 @@ class GlobalRateLimiter:
                 resent += 1
                 if on_too_late is not None:
                     on_too_late()
-                slot = self.reserve_slot(lane)
+                slot = self.reserve_slot(lane, line)
                 # As for the first slot: no pooled connection is held longer than this.
                 self.sleep_until(slot.deadline - PREPARE_AHEAD)
         if not late:

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-skew", type=float, default=0.0, metavar="S",
                    help="the services' clock is S seconds ahead of the host's (negative: "
                         "behind): Date headers, the TC3 timestamp check, COS signatures")
+    p.add_argument("--arrival-jitter", type=float, default=0.0, metavar="S",
+                   help="count each call up to S seconds after it arrived, at random (the "
+                        "jitter of a network's one-way delay)")
     p.add_argument("--extra-bucket", action="append", default=[], metavar="NAME@REGION",
                    help="another bucket, served on its own port (repeatable)")
     p.add_argument("--ready-file", default=None, help="also write the ready JSON here")
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             download_timeout=args.download_timeout,
             clock_skew=args.clock_skew,
+            arrival_jitter=args.arrival_jitter,
             extra_credentials=_extra_credentials(os.environ.get(ENV_EXTRA_CREDENTIALS, "")),
             extra_buckets=_extra_buckets(args.extra_bucket, parser),
         )

@@ -59,6 +59,12 @@ def _check_latency(value: Any) -> dict[str, Any] | None:
     raise ValueError("latency must have a 'fixed' or 'lognormal' key")
 
 
+def _check_jitter(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 0.5:
+        raise ValueError("arrival_jitter must be a number of seconds within [0, 0.5]")
+    return float(value)
+
+
 def _check_skew(value: Any) -> float:
     skew = float(value)
     if not math.isfinite(skew) or abs(skew) > MAX_CLOCK_SKEW:
@@ -130,6 +136,7 @@ class Simulator:
         max_frames: int = 5000,
         max_calls: int = 200_000,
         clock_skew: float = 0.0,
+        arrival_jitter: float = 0.0,
     ) -> None:
         self.secrets = dict(secrets)
         self._any_token = token_ok is True
@@ -156,6 +163,10 @@ class Simulator:
             # Seconds the simulated services' clock is ahead of the host's (negative:
             # behind): their Date headers, the TC3 timestamp check and COS signature windows.
             "clock_skew": _check_skew(clock_skew),
+            # Each request reaches the rate-limit counter up to this many seconds after its
+            # bytes arrived, at random: the jitter of a network's one-way delay, which the
+            # caller's limiter cannot see.
+            "arrival_jitter": _check_jitter(arrival_jitter),
         }
         self._lock = threading.Lock()
         self._reset_locked()
@@ -218,6 +229,8 @@ class Simulator:
                 value = bool(value)
             elif name == "clock_skew":
                 value = _check_skew(value)
+            elif name == "arrival_jitter":
+                value = _check_jitter(value)
             new[name] = value
         with self._lock:
             self._knobs = new
@@ -262,6 +275,14 @@ class Simulator:
     def token_accepted(self, token: str) -> bool:
         """Whether an X-TC-Token (temporary credentials) is acceptable."""
         return bool(token) if self._any_token else token in self._tokens
+
+    def arrival_delay(self) -> float:
+        """How much later than its arrival this request is counted (``arrival_jitter``)."""
+        jitter = self.knob("arrival_jitter")
+        if not jitter:
+            return 0.0
+        with self._lock:
+            return float(self._rng.uniform(0.0, jitter))
 
     def now(self) -> float:
         """The simulated services' time: the host's plus the ``clock_skew`` knob."""

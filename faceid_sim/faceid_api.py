@@ -94,7 +94,10 @@ class FaceIdHandler(SimHandler):
             "scripted": False,
             "charged": False,
         }
-        arrival = self.arrival_monotonic()
+        # Counted by the rate limit when it reaches the counter (arrival_jitter), and logged so.
+        delay = sim.arrival_delay()
+        arrival = self.arrival_monotonic() + delay
+        record["t_start"] += delay
         try:
             body = self.read_body(MAX_BODY)
             if body is None:

@@ -98,6 +98,7 @@ def start(
     bucket: str = DEFAULT_BUCKET,
     region: str = DEFAULT_REGION,
     clock_skew: float = 0.0,
+    arrival_jitter: float = 0.0,
     extra_buckets: Mapping[str, str] | None = None,
 ) -> RunningSimulator:
     """Start the FaceID API and the COS store on ``host`` (port 0: any free port).
@@ -123,6 +124,7 @@ def start(
         seed=seed,
         max_frames=max_frames,
         clock_skew=clock_skew,
+        arrival_jitter=arrival_jitter,
     )
     # One clock for both services (the clock_skew knob), as one provider's would be.
     cos = CosStore(root / "cos", secrets, token_ok=token_ok, bucket=bucket, region=region,

@@ -295,3 +295,20 @@ def test_rate_window_holds_for_calls_handled_out_of_arrival_order(tmp_path):
     assert sorted(admitted) == [10.0, 10.5, 10.9, 11.05, 11.6, 12.3]
     admitted.sort()
     assert all(sum(s <= a < s + 1.0 for a in admitted) <= 3 for s in admitted)
+
+
+def test_arrival_jitter_counts_calls_later_within_its_bound(sim, upload, call_api):
+    """Each call is counted (and logged) up to ``arrival_jitter`` after it arrived."""
+    media = upload()
+    sim.sim.configure({"arrival_jitter": 0.2})
+    sent = []
+    for _ in range(8):
+        sent.append(time.time())
+        call_api(media.params)
+    calls = sim.sim.calls()
+    delays = [c["t_start"] - s for c, s in zip(calls, sent, strict=True)]
+    assert all(-0.01 <= d <= 0.25 for d in delays), delays
+    assert max(delays) > 0.03, delays  # some were counted later than they arrived
+    for bad in (-0.1, 0.6, "x", True):
+        with pytest.raises(ValueError, match="arrival_jitter"):
+            sim.sim.configure({"arrival_jitter": bad})

@@ -9,6 +9,7 @@ from typing import Protocol
 import redis
 
 from faceid_batch.call.breaker import AccountBreaker
+from faceid_batch.call.margins import LearnedMargins
 from faceid_batch.settings import Settings
 
 
@@ -32,4 +33,9 @@ class FeederParts(Parts, Protocol):
     @property
     def breakers(self) -> tuple[AccountBreaker, ...]:
         """Every account's breaker (one without FACEID_ACCOUNTS_FILE)."""
+        ...
+
+    @property
+    def margins(self) -> LearnedMargins:
+        """How much each account's rate-limit window was widened (the metrics show it)."""
         ...

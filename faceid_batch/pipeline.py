@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from faceid_batch import tenants
 from faceid_batch.bulk.batches import batch_gate
+from faceid_batch.call import margins
 from faceid_batch.call.caps import ACCOUNT_WIDE
 from faceid_batch.call.clock import EndpointClock
 from faceid_batch.call.errors import backoff
@@ -296,6 +297,10 @@ def _call(res: Resources, job_id: int, job: ClaimedJob, caller: Caller, region: 
              "after it, account %s, %s)", job_id, answer.code, answer.request_id,
              answer.latency_ms, answer.waited_ms, late * 1000, caller.name, region)
     caller.breaker.record(answer.code if answer.rule.trips_breaker else None)
+    if answer.code == margins.OWN_LIMIT:
+        # One of the API's sliding seconds held more than the account's limit by its own
+        # stamps: the account's window widens (sent latency_ms ago, on Redis's clock).
+        res.margins.hit(caller.name, answer.latency_ms / 1000)
     if answer.code in ACCOUNT_WIDE:
         # Sent latency_ms ago (reckoned on Redis's clock): an answer to a call sent before
         # the last cut cuts nothing.

@@ -18,6 +18,7 @@ from faceid_batch.call.billing import BillingTable
 from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.call.caps import OwnerCaps
 from faceid_batch.call.faceid_client import FaceIDClient
+from faceid_batch.call.margins import LearnedMargins
 from faceid_batch.call.ratelimit import ONBOARDING_HORIZON, GlobalRateLimiter
 from faceid_batch.call.routing import Caller, Router
 from faceid_batch.egress import Egress, Policy
@@ -143,9 +144,15 @@ class Resources:
         return OwnerCaps(self.redis, budgets)
 
     @cached_property
+    def margins(self) -> LearnedMargins:
+        """How much each account's rate-limit window was widened by the API's refusals
+        (call/margins.py)."""
+        return LearnedMargins(self.redis)
+
+    @cached_property
     def router(self) -> Router:
         """Which account calls for a job (call/routing.py)."""
-        return Router(self.callers, self.caps)
+        return Router(self.callers, self.caps, self.margins)
 
     @cached_property
     def lease(self) -> WorkerLease:

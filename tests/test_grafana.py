@@ -100,7 +100,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     url = f"sqlite:///{tmp_path_factory.mktemp('grafana')}/faceid.db"
     migrate.upgrade(url)
     parts = SimpleNamespace(
-        settings=SimpleNamespace(database_url=url),
+        settings=SimpleNamespace(database_url=url, rate_limit_margin_ms=10),
+        margins=SimpleNamespace(extra=lambda account: 0.02 if account == "th-1" else 0.0),
         redis=SimpleNamespace(pipeline=lambda transaction=False: _Pipe()),
         breaker=SimpleNamespace(state=lambda: SimpleNamespace(open=False)),
         breakers=tuple(SimpleNamespace(account=n, state=lambda: SimpleNamespace(open=False))
@@ -108,7 +109,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     state = metrics.StateCollector(lambda: parts)
     families = list(state.collect())
     assert {f.name for f in families} == {"faceid_jobs", "faceid_queue_depth",
-                                          "faceid_breaker_open"}
+                                          "faceid_breaker_open",
+                                          "faceid_rate_limit_margin_seconds"}
+    margin = next(f for f in families if f.name == "faceid_rate_limit_margin_seconds")
+    assert {s.labels["account"]: round(s.value, 3) for s in margin.samples} == {
+        "default": 0.01, "th-1": 0.03}
     names |= served_names(families)
     return names
 

@@ -302,7 +302,7 @@ class GlobalRateLimiter:
     ) -> None:
         self.redis = client
         self.limit = limit
-        self.window_us = int(window * 1_000_000)
+        self.window_us = self.base_window_us = int(window * 1_000_000)
         self.key = key
         self.started_key = f"{key}:started"
         self.queue_key = f"{key}:backfill-queue"
@@ -327,6 +327,14 @@ class GlobalRateLimiter:
         if limit != self.limit:
             self.min_gap_us = int(self.window_us / limit * self.min_spacing)
             self.limit = limit
+
+    def set_extra_margin(self, seconds: float) -> None:
+        """Widen the window by ``seconds`` beyond the one it was built with (a margin the
+        API's refusals taught, call/margins.py); the next reservation uses it."""
+        window_us = self.base_window_us + max(0, int(seconds * 1_000_000))
+        if window_us != self.window_us:
+            self.window_us = window_us
+            self.min_gap_us = int(window_us / self.limit * self.min_spacing)
 
     def reserve(self, lane: str = "onboarding", in_line: bool = False,
                 line: str = "") -> Grant:

@@ -24,6 +24,7 @@ from faceid_batch.call.accounts import Account
 from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.call.caps import OwnerCaps
 from faceid_batch.call.faceid_client import FaceIDClient
+from faceid_batch.call.margins import LearnedMargins
 from faceid_batch.call.ratelimit import GlobalRateLimiter
 
 
@@ -45,9 +46,11 @@ class Caller:
 class Router:
     """Chooses a Caller per call (see the module docstring). Thread-safe."""
 
-    def __init__(self, callers: list[Caller], caps: OwnerCaps) -> None:
+    def __init__(self, callers: list[Caller], caps: OwnerCaps,
+                 margins: LearnedMargins | None = None) -> None:
         self.callers = callers
         self.caps = caps
+        self.margins = margins
         self._lock = threading.Lock()
         self._by_region: dict[str, tuple[Caller, ...]] = {}
         for caller in callers:
@@ -65,10 +68,12 @@ class Router:
 
     def budget(self, caller: Caller) -> int:
         """The caller's budget now (its rate limit, or its share of a learned cap), set on
-        its limiter."""
+        its limiter with the window the API's refusals taught (margins.py)."""
         account = caller.account
         limit = self.caps.share(account.owner, account.rate_limit)
         caller.limiter.set_limit(limit)
+        if self.margins is not None:
+            caller.limiter.set_extra_margin(self.margins.extra(account.name))
         return limit
 
     def choose(self, region: str, max_age: float = 0.0,

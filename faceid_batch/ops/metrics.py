@@ -98,7 +98,15 @@ class StateCollector(Collector):
                                         labels=["account"])
             for b in res.breakers:
                 breaker.add_metric([b.account], 1 if b.state().open else 0)
+            margin = GaugeMetricFamily(
+                "faceid_rate_limit_margin_seconds", "How much longer than one second each "
+                "account's rate-limit window is: RATE_LIMIT_MARGIN_MS plus what the API's "
+                "RequestLimitExceeded answers taught (call/margins.py)", labels=["account"])
+            base = res.settings.rate_limit_margin_ms / 1000
+            for b in res.breakers:
+                margin.add_metric([b.account], base + res.margins.extra(b.account))
             out.append(breaker)
+            out.append(margin)
         except Exception as exc:
             log.warning("metrics: Redis figures unavailable (%s)", type(exc).__name__)
         return out

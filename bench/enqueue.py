@@ -91,7 +91,7 @@ def send_alternatives(redis_url: str, n: int) -> dict[str, float]:
     import redis
 
     os.environ["REDIS_URL"] = redis_url
-    from faceid_batch.messages import send_verify_many
+    from faceid_batch.messages import lane_depths, send_verify_many
     from faceid_batch.tasks import verify
     from faceid_batch.worker import celery_app
 
@@ -104,7 +104,7 @@ def send_alternatives(redis_url: str, n: int) -> dict[str, float]:
         t = time.perf_counter()
         fn()
         figures[name] = n / (time.perf_counter() - t)
-        assert client.llen("backfill") == n
+        assert lane_depths(client)["backfill"] == n
 
     def one_by_one() -> None:
         for i in range(n):
@@ -130,8 +130,10 @@ def used_memory(client) -> int:  # type: ignore[no-untyped-def]
 
 def settle(client, lane_depth: int, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     """Wait until the feeder has filled the lane to its depth and Redis is quiet."""
+    from faceid_batch.messages import lane_depths
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and client.llen("backfill") < lane_depth:
+    while time.monotonic() < deadline and lane_depths(client)["backfill"] < lane_depth:
         time.sleep(0.2)
     time.sleep(1.0)
 
@@ -156,6 +158,7 @@ def main() -> None:
 
     from faceid_batch import migrate
     from faceid_batch.local.services import RedisServer
+    from faceid_batch.messages import lane_depths
     from faceid_batch.settings import load_settings
 
     base = Path(tempfile.mkdtemp(prefix="faceid-bench-enqueue-"))
@@ -176,7 +179,7 @@ def main() -> None:
     memory: list[tuple[int, int, int]] = []  # jobs queued, used_memory, messages in the lane
     try:
         time.sleep(3.0)  # beat up, its feeder holding the lock
-        memory.append((0, used_memory(client), client.llen("backfill")))
+        memory.append((0, used_memory(client), lane_depths(client)["backfill"]))
         queued, start = 0, 0
         for index, rows in enumerate(sizes):
             manifest = base / f"manifest-{index}.csv"
@@ -193,7 +196,7 @@ def main() -> None:
             queued += rows
             start += rows
             settle(client, depth)
-            memory.append((queued, used_memory(client), client.llen("backfill")))
+            memory.append((queued, used_memory(client), lane_depths(client)["backfill"]))
             manifest.unlink()
         if args.local_rows:
             manifest = base / "manifest-local.csv"

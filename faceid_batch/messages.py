@@ -12,9 +12,11 @@ import threading
 import uuid
 from collections.abc import Iterable
 
+import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.entity import Queue
+from kombu.transport.redis import Channel as RedisChannel
 
 from faceid_batch.models import Lane
 from faceid_batch.settings import Settings, get_settings
@@ -24,6 +26,28 @@ DELIVER_WEBHOOK_TASK = "faceid_batch.deliver_webhook"
 PURGE_TASK = "faceid_batch.purge"
 SWEEP_TASK = "faceid_batch.sweep"
 CHUNK = 1000
+
+# kombu's Redis transport keeps a queue's messages of each priority step in a list of their
+# own ("<queue>" for step 0, "<queue>\x06\x16<step>" for the others), and a worker takes from
+# every queue's list of one step before any list of the next. So backfill messages go at the
+# last step: a sign-up at any step is taken first. Sign-ups go at the first step, but with
+# several tenants only those of a tenant with few in flight (scheduling/onboarding.py): one
+# tenant's burst queued in Redis does not hold another's single sign-up behind it.
+PRIORITY_FIRST = 0
+PRIORITY_ONBOARDING = 3
+PRIORITY_BACKFILL = 9
+
+
+def lane_priority(lane: str) -> int:
+    """The priority step of a lane's messages unless told otherwise."""
+    return PRIORITY_BACKFILL if lane == Lane.BACKFILL.value else PRIORITY_FIRST
+
+
+def lane_lists(lane: str) -> list[str]:
+    """The Redis lists that hold a lane's messages, one per priority step, in the order a
+    worker takes from them."""
+    return [lane if step == 0 else f"{lane}{RedisChannel.sep}{step}"
+            for step in RedisChannel.priority_steps]
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -63,7 +87,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "task": PURGE_TASK,
             "schedule": settings.purge_interval_seconds,
             "args": [settings.purge_after_days],
-            "options": {"queue": Lane.BACKFILL.value},
+            "options": {"queue": Lane.BACKFILL.value, "priority": PRIORITY_BACKFILL},
         }
     return app
 
@@ -84,9 +108,22 @@ def celery_app() -> Celery:
     return _app
 
 
-def send_verify(job_id: int, lane: str) -> None:
-    """Send one ``verify`` message to ``lane`` now (raises when Redis cannot take it)."""
-    celery_app().send_task(VERIFY_TASK, args=[job_id], queue=lane)
+def lane_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each lane's lists (every priority step), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for lane in Lane:
+        for key in lane_lists(lane.value):
+            pipe.llen(key)
+    lengths = iter(pipe.execute())
+    steps = len(RedisChannel.priority_steps)
+    return {lane.value: sum(next(lengths) for _ in range(steps)) for lane in Lane}
+
+
+def send_verify(job_id: int, lane: str, priority: int | None = None) -> None:
+    """Send one ``verify`` message to ``lane`` now (raises when Redis cannot take it), at
+    ``priority`` (default: the lane's, ``lane_priority``)."""
+    celery_app().send_task(VERIFY_TASK, args=[job_id], queue=lane,
+                           priority=lane_priority(lane) if priority is None else priority)
 
 
 def send_webhooks(claims: Iterable[tuple[int, str]], lane: str,
@@ -96,13 +133,15 @@ def send_webhooks(claims: Iterable[tuple[int, str]], lane: str,
     return send_many(DELIVER_WEBHOOK_TASK, (list(c) for c in claims), lane, app)
 
 
-def send_verify_many(job_ids: Iterable[int], lane: str, app: Celery | None = None) -> int:
-    """Send one ``verify`` message per job id to ``lane`` through one Redis pipeline."""
-    return send_many(VERIFY_TASK, ([job_id] for job_id in job_ids), lane, app)
+def send_verify_many(job_ids: Iterable[int], lane: str, priority: int | None = None,
+                     app: Celery | None = None) -> int:
+    """Send one ``verify`` message per job id to ``lane`` through one Redis pipeline, at
+    ``priority`` (default: the lane's, ``lane_priority``)."""
+    return send_many(VERIFY_TASK, ([job_id] for job_id in job_ids), lane, app, priority)
 
 
 def send_many(task: str, arg_lists: Iterable[list[object]], lane: str,
-              app: Celery | None = None) -> int:
+              app: Celery | None = None, priority: int | None = None) -> int:
     """Send one ``task`` message per argument list to ``lane`` through one Redis pipeline.
 
     Celery builds each message (``amqp.as_task_v2``, the same code ``apply_async`` uses) and
@@ -112,6 +151,7 @@ def send_many(task: str, arg_lists: Iterable[list[object]], lane: str,
     """
     app = app or celery_app()
     amqp = app.amqp
+    step = lane_priority(lane) if priority is None else priority
     origin = anon_nodename()  # what apply_async puts there, computed once
     sent = 0
     with app.producer_or_acquire() as producer, producer.batch(CHUNK):
@@ -125,7 +165,7 @@ def send_many(task: str, arg_lists: Iterable[list[object]], lane: str,
             # made apply_async slow (a Queue copy and a cache lookup each time).
             producer.publish(
                 body, exchange="", routing_key=lane, serializer="json", headers=headers,
-                declare=None, retry=False, delivery_mode=2, **properties,
+                declare=None, retry=False, delivery_mode=2, priority=step, **properties,
             )
             sent += 1
     return sent

@@ -20,6 +20,7 @@ from faceid_batch.bulk.backfill import run_backfill
 from faceid_batch.call.faceid_client import Answer
 from faceid_batch.db import session_scope
 from faceid_batch.local.samples import write_pair
+from faceid_batch.messages import lane_depths
 from faceid_batch.models import Batch, Job
 from faceid_batch.scheduling import answers
 from faceid_batch.times import utcnow
@@ -40,8 +41,8 @@ def write_manifest(path, media, keys, start=0) -> list:
 
 
 def queued(settings, lane: str = "backfill") -> int:
-    """Messages waiting in the lane's Redis list."""
-    return redis.Redis.from_url(settings.redis_url).llen(lane)
+    """Messages waiting in the lane's Redis lists."""
+    return lane_depths(redis.Redis.from_url(settings.redis_url))[lane]
 
 
 def due(url: str, batch_id: int | None = None) -> int:

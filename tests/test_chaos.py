@@ -42,6 +42,7 @@ from faceid_batch.db import normalise_url, session_scope
 from faceid_batch.intake.submit import JobSpec, insert_job, submit, validate_spec
 from faceid_batch.local.samples import write_pair
 from faceid_batch.local.services import RedisServer, free_port
+from faceid_batch.messages import lane_depths
 from faceid_batch.models import Attempt, Job, Result
 from faceid_batch.scheduling import answers, leases
 from faceid_batch.scheduling.recovery import sweep_stuck_jobs
@@ -347,7 +348,7 @@ def test_redis_flushed_mid_batch_at_default_settings(configured, sim_control, st
     client = redis.Redis.from_url(settings.redis_url)
     wait_until(lambda: sum(c["charged"] for c in sim_calls(sim_control)) >= 6, 60,
                what="6 paid calls before the flush")
-    out_before = client.llen("backfill")
+    out_before = lane_depths(client)["backfill"]
     flushed_at = time.time()
     client.flushall()
     last_s = answered_within(url, batch.ids, flushed_at, "every job to end")
@@ -665,14 +666,14 @@ def test_beat_alone_feeds_due_jobs(configured, app_env, database_url, tmp_path):
                                     f"cos://{settings.cos_bucket}/{i}.mp4", "SILENT",
                                     lane="backfill"))[0] for i in range(3)]
     client = redis.Redis.from_url(settings.redis_url)
-    assert client.llen("backfill") == 0
+    assert lane_depths(client)["backfill"] == 0
     beat = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "faceid_batch.worker", "beat",
          "--schedule", str(tmp_path / "beat-schedule"), "--loglevel", "INFO"],
         env={**os.environ, **app_env, "DATABASE_URL": database_url},
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "beat.log", "ab"))
     try:
-        wait_until(lambda: client.llen("backfill") == 3, 30, what="beat's feeder to send")
+        wait_until(lambda: lane_depths(client)["backfill"] == 3, 30, what="beat's feeder to send")
     finally:
         beat.terminate()
         beat.wait(10)

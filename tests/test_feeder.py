@@ -22,6 +22,7 @@ from faceid_batch.bulk.backfill import run_backfill
 from faceid_batch.call.breaker import AccountBreaker
 from faceid_batch.db import session_scope
 from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.messages import lane_depths, lane_lists
 from faceid_batch.models import Job, JobState
 from faceid_batch.scheduling import feeder as feeder_mod
 from faceid_batch.scheduling import leases, schedule
@@ -65,8 +66,9 @@ def feeder_for(settings, clock: Clock | None = None, **overrides) -> Feeder:
 
 def out_messages(client: redis.Redis, lane: str) -> list[int]:
     """The job ids of the messages in a lane's list, oldest first."""
-    # kombu LPUSHes and BRPOPs: the oldest is last.
-    return [job_of(raw) for raw in reversed(client.lrange(lane, 0, -1))]
+    # kombu LPUSHes and BRPOPs: the oldest is last; one list per priority step.
+    return [job_of(raw) for key in lane_lists(lane)
+            for raw in reversed(client.lrange(key, 0, -1))]
 
 
 def job_of(raw: bytes) -> int:
@@ -78,7 +80,8 @@ def take(client: redis.Redis, settings, lane: str, n: int) -> list[int]:
     """Do what ``n`` workers do with the oldest messages: pop them and claim the jobs."""
     taken = []
     for _ in range(n):
-        raw = client.rpop(lane)
+        # A worker's BRPOP: the first list (priority step) that holds a message.
+        raw = next((m for m in map(client.rpop, lane_lists(lane)) if m is not None), None)
         if raw is None:
             break
         job_id = job_of(raw)
@@ -127,7 +130,7 @@ def test_a_lane_is_topped_up_to_its_depth_and_the_backlog_stays_in_the_database(
     depth = settings.lane_depth
     assert depth == 40  # two seconds of the default 20/s
     assert feeder.round()["fed_backfill"] == depth
-    assert client.llen("backfill") == depth
+    assert lane_depths(client)["backfill"] == depth
     assert count(url, Job.due_at.is_not(None)) == 300 - depth
     assert count(url, Job.enqueued_at.is_not(None)) == depth
     assert "fed_backfill" not in feeder.round()  # full: nothing more
@@ -135,7 +138,7 @@ def test_a_lane_is_topped_up_to_its_depth_and_the_backlog_stays_in_the_database(
     taken = take(client, settings, "backfill", 15)
     assert taken == sorted(taken)
     assert feeder.round()["fed_backfill"] == 15
-    assert client.llen("backfill") == depth
+    assert lane_depths(client)["backfill"] == depth
     fed = out_messages(client, "backfill")
     assert fed == sorted(fed) and min(fed) > max(taken)
 
@@ -186,7 +189,7 @@ def test_a_paused_batch_is_not_fed_and_is_fed_again_on_resume(configured, tmp_pa
     of = batch_of(url)
     assert {of[i] for i in out_messages(client, "backfill")} == {other.batch_id}
     assert count(url, Job.batch_id == paused.batch_id, Job.state == "paused") == 30
-    client.delete("backfill")
+    client.delete(*lane_lists("backfill"))
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.batch_id == other.batch_id).values(
             state="completed", due_at=None, enqueued_at=None))
@@ -206,7 +209,7 @@ def test_nothing_is_fed_while_the_breaker_is_open(configured, tmp_path):
     clock = Clock()
     feeder = feeder_for(settings, clock)
     assert "fed_backfill" not in feeder.round()
-    assert client.llen("backfill") == 0
+    assert lane_depths(client)["backfill"] == 0
     clock.advance(1.0)  # the probe is due: jobs are fed again, one of them may probe
     assert feeder.round()["fed_backfill"] == 10
 
@@ -234,7 +237,7 @@ def test_a_message_that_could_not_be_sent_leaves_its_job_due(configured, tmp_pat
     url = settings.database_url
     run_backfill(settings, cos_manifest(tmp_path / "m.csv", "sf", 10))
 
-    def broken(ids, lane):
+    def broken(ids, lane, priority=None):
         raise redis.ConnectionError("Redis went away mid-send")
 
     feeder = Feeder(Resources(settings), send=broken)
@@ -253,7 +256,7 @@ def test_one_feeder_at_a_time_and_another_takes_over_when_it_dies(configured, tm
         feeder_for(settings, worker_lease_seconds=2)
     assert first.round().get("fed_backfill") == 40
     take(client, settings, "backfill", 10)
-    assert second.round() == {} and client.llen("backfill") == 30
+    assert second.round() == {} and lane_depths(client)["backfill"] == 30
     assert first.round().get("fed_backfill") == 10
     # The first one's process dies: its lock runs out and the second feeds.
     take(client, settings, "backfill", 10)

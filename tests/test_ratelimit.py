@@ -458,3 +458,40 @@ def test_a_tenants_sign_up_does_not_wait_behind_another_tenants_line(redis_serve
     spacing = WINDOW / LIMIT
     assert waits["steady"] <= 0.25 + 3 * spacing, waits["steady"]
     assert waits["flood"] >= 2.0, waits["flood"]  # behind its own tenant's line
+
+
+def test_sign_ups_of_many_tenants_wait_in_one_line_without_racing(redis_server):
+    """Thirty sign-ups of three tenants ask at once for three seconds of the budget. The
+    callers in line come back one spacing apart whatever their tenant (one chain per tenant
+    sent each tenant's head back at the same moment: about twenty asks per slot), and none
+    waits much longer than its place in the line."""
+    import threading
+
+    r = redis.Redis.from_url(redis_server.url)
+    limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-tenants-crowd",
+                                backfill_horizon=0.15, onboarding_horizon=0.25)
+    asks: list[bool] = []
+    reserve = limiter.reserve
+
+    def counted(lane: str = "onboarding", in_line: bool = False, line: str = ""):
+        grant = reserve(lane, in_line, line)
+        asks.append(grant.granted)
+        return grant
+
+    limiter.reserve = counted  # type: ignore[method-assign]
+    waits: list[float] = []
+
+    def caller(tenant: str) -> None:
+        asked = time.monotonic()
+        slot = limiter.reserve_slot("onboarding", tenant)
+        limiter.started_at(slot, slot.deadline)
+        waits.append(slot.deadline - asked)
+
+    threads = [threading.Thread(target=caller, args=(f"t{i % 3}",)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(waits) == 30 and sum(asks) == 30
+    assert len(asks) / 30 <= 3.0, f"{len(asks) - 30} refused asks for 30 slots"
+    assert max(waits) <= 30 / LIMIT + 1.0, sorted(waits)

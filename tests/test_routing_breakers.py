@@ -29,11 +29,14 @@ regions = ["ap-bangkok"]
 
 
 class _Pipe:
+    def __init__(self) -> None:
+        self.n = 0
+
     def llen(self, _name: str) -> None:
-        pass
+        self.n += 1
 
     def execute(self) -> list[int]:
-        return [0, 0]
+        return [0] * self.n
 
 
 def test_the_breaker_metric_has_one_series_per_account(tmp_path):
@@ -41,7 +44,8 @@ def test_the_breaker_metric_has_one_series_per_account(tmp_path):
     migrate.upgrade(url)
     states = {"th-1": True, "th-2": False}
     parts = SimpleNamespace(
-        settings=SimpleNamespace(database_url=url),
+        settings=SimpleNamespace(database_url=url, rate_limit_margin_ms=10),
+        margins=SimpleNamespace(extra=lambda account: 0.0),
         redis=SimpleNamespace(pipeline=lambda transaction=False: _Pipe()),
         breakers=tuple(SimpleNamespace(account=n, state=lambda n=n: SimpleNamespace(
             open=states[n])) for n in states))

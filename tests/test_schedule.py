@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from faceid_batch import messages, pipeline
 from faceid_batch.db import session_scope
 from faceid_batch.intake.submit import JobSpec, submit
+from faceid_batch.messages import lane_depths
 from faceid_batch.models import Job
 from faceid_batch.scheduling import answers, schedule
 from faceid_batch.times import utcnow
@@ -61,7 +62,7 @@ def test_onboarding_is_sent_at_once_and_backfill_is_only_stored_due(configured):
     client = redis.Redis.from_url(settings.redis_url)
     on = new_job(settings, "on-1", lane="onboarding")
     back = new_job(settings, "back-1", lane="backfill")
-    assert client.llen("onboarding") == 1 and client.llen("backfill") == 0
+    assert lane_depths(client) == {"onboarding": 1, "backfill": 0}
     assert row(settings.database_url, on).enqueued_at is not None
     assert row(settings.database_url, on).due_at is None
     assert row(settings.database_url, back).due_at is not None

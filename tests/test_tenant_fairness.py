@@ -11,7 +11,7 @@ from collections import Counter
 import redis
 from sqlalchemy import func, select, text, update
 
-from faceid_batch import tenants
+from faceid_batch import messages, tenants
 from faceid_batch.db import session_scope
 from faceid_batch.intake.submit import JobSpec, insert_job
 from faceid_batch.models import DEFAULT_TENANT_ID, Attempt, Job, JobState
@@ -58,7 +58,7 @@ class Parts:
 
 def feeder_for(settings) -> tuple[Feeder, list[int]]:  # type: ignore[no-untyped-def]
     sent: list[int] = []
-    return Feeder(Parts(settings), send=lambda ids, lane: sent.extend(ids)), sent  # type: ignore[arg-type]
+    return Feeder(Parts(settings), send=lambda ids, lane, priority=None: sent.extend(ids)), sent  # type: ignore[arg-type]
 
 
 def test_one_tenant_sends_every_sign_up_at_once_as_before(database_url):
@@ -224,3 +224,23 @@ def test_a_refused_sign_up_checked_again_takes_its_share_too(database_url):
     with session_scope(database_url) as s:
         row = s.get(Job, refused_id)
         assert row is not None and row.due_at is not None and row.enqueued_at is None
+
+
+def test_a_tenant_with_few_sign_ups_in_flight_sends_at_the_first_step(database_url):
+    """Sign-ups queued in Redis are taken by priority step before arrival (messages.py): a
+    tenant under half its share sends at the first step, ahead of a burst of another's."""
+    settings = settings_for(database_url)
+    answered_calls(database_url, 550)  # bound 16
+    a = tenants.add(database_url, "tenant-a", None).id
+    b = tenants.add(database_url, "tenant-b", None).id
+    for i in range(16):
+        sign_up(settings, a, f"a-{i}")
+    steps = []
+    for i in range(9):
+        with session_scope(database_url) as s:
+            steps.append(onboarding.send_at_once(s, settings, b))
+        sign_up(settings, b, f"b-{i}")
+    # B's share is 8 of the bound (A is in flight): the first half at step 0, the rest of
+    # its share at step 3, then due.
+    assert steps == [messages.PRIORITY_FIRST] * 4 + [messages.PRIORITY_ONBOARDING] * 4 + [None]
+    assert messages.PRIORITY_ONBOARDING < messages.PRIORITY_BACKFILL

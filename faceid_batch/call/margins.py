@@ -9,9 +9,11 @@ the margin covers"). The API can: a plain ``RequestLimitExceeded`` says one of i
 seconds, by its own stamps, held more than the account's limit. So each such answer to a
 call sent since the last widening widens that account's window: the learned part goes to
 ``STEP`` the first time, then doubles, to at most ``MAX`` (a few refusals, free and retried,
-then none), at most once per ``HOLD``. Each ``RECOVER_EVERY`` seconds without another takes
-``DECAY`` off it until it is gone: a host that was busy for an hour gives the budget back
-within minutes of it calming down.
+then none), at most once per ``HOLD``. Each ``RECOVER_EVERY`` seconds after the last widening
+takes ``DECAY`` off it until it is gone (from ``MAX``: ten minutes): a host that was busy for
+an hour gives the budget back within minutes of it calming down. Refusals that go on at
+``MAX`` are not ours to cure (another client on the same SecretId, ``rate_limit`` above the
+account's real limit): they are logged as such, once a minute.
 
 Kept in Redis (``faceid:margin:<account>``, on the Redis server's clock), so every worker on
 every host uses the same window for one account; each process reads it at most once per
@@ -39,6 +41,8 @@ HOLD = 2.0
 RECOVER_EVERY = 60.0
 DECAY = 0.005
 REFRESH = 1.0
+# How often refusals at the widest window are logged, per account.
+AT_MOST_EVERY = 60.0
 
 # The learned part now: the stored one less one DECAY per RECOVER_EVERY since it was set.
 # KEYS[1] = the account's key; ARGV[1], ARGV[2] = decay_us, every_us.
@@ -88,6 +92,8 @@ class LearnedMargins:
         self._read = client.register_script(_READ)
         self._hit = client.register_script(_HIT)
         self._seen: dict[str, tuple[float, float]] = {}  # account -> (read at, seconds)
+        self._most = most
+        self._warned: dict[str, float] = {}  # account -> when refusals at MAX were logged
         self._lock = threading.Lock()
 
     def extra(self, account: str) -> float:
@@ -121,7 +127,15 @@ class LearnedMargins:
             return
         with self._lock:
             self._seen[account] = (time.monotonic(), value)
-        if value > before:
+        if value >= self._most and before >= self._most:
+            now = time.monotonic()
+            if now - self._warned.get(account, -AT_MOST_EVERY) >= AT_MOST_EVERY:
+                self._warned[account] = now
+                log.warning("rate-limit margin of %s: %s with the window already %.0f ms "
+                            "wider: check that rate_limit is the account's real limit and "
+                            "that nothing else calls with its SecretId", account, OWN_LIMIT,
+                            value * 1000)
+        elif value > before:
             log.warning("rate-limit margin of %s: %s; its window is now %.0f ms wider, "
                         "narrowing %.0f ms per %.0f s without another", account, OWN_LIMIT,
                         value * 1000, self._args[0] / 1000, self._args[1] / 1_000_000)

@@ -38,12 +38,12 @@ free for it: a crowd of them told the same time would ask again together, and al
 would be refused again (measured: 3.7 refused asks per job with 80 waiting threads; each is
 a round trip and a script run).
 
-Onboarding callers of different tenants (``line``) wait in different lines: a newcomer joins
-the end of its own tenant's line only, and one whose tenant has no one in line and no slot
-reserved ahead takes the next slot up to twice the horizon ahead (refused, it would race the
-heads of the other lines for every slot as it comes). A tenant with a burst of sign-ups
-books the budget up to the horizon ahead, no further; one sign-up of another tenant waits for
-those slots, not for the burst.
+A sign-up (``line``: its tenant) whose tenant has no other sign-up waiting in the onboarding
+line and none holding a slot ahead passes that line: it takes the next slot up to twice the
+horizon ahead. So one tenant's burst of sign-ups does not hold another tenant's single one
+behind it; each tenant passes at most once per slot it holds, and the callers in line keep
+one chain of come-back times whatever their tenant (a chain per tenant would send the heads
+of every tenant's line back at the same moment, to race each other for one slot).
 
 Why onboarding has a horizon at all: a slot reserved far ahead is unreported when the next
 ones are computed, so it counts at its slot + LATE_BOUND, and a queue of such reservations
@@ -67,11 +67,16 @@ import redis
 # KEYS[1] = reservations zset (score = start time, microseconds of Redis TIME: the slot, or
 #           the caller's reported real start once it has reported)
 # KEYS[2] = set of the members whose caller has reported its start (``started_at``)
-# KEYS[3] = when the last refused caller of this line was told to come back (Redis time, us)
-# KEYS[4] = the latest slot a caller of this line holds (Redis time, us; gone once it passed)
+# KEYS[3] = when the last refused caller of this lane was told to come back (Redis time, us):
+#           the lane's one line
+# KEYS[4] = the latest slot a caller of this caller's tenant holds (Redis time, us; gone
+#           once it passed), and KEYS[5] = when the last refused caller of its tenant was
+#           told to come back; both used only when ``reach`` is beyond the horizon
 # ARGV = limit, window_us, horizon_us (-1 = none), member, late_bound_us, min_gap_us,
-#        in_line (1: a caller refused before, back at the time it was told),
-#        reach_us (how far ahead a caller with no one in its line ahead of it may reserve)
+#        in_line (1: a caller refused before, back at the time it was told; 2: a sign-up that
+#        was passing the line, back at the time it was told),
+#        reach_us (how far ahead the one sign-up of a tenant with none waiting or ahead may
+#        reserve, passing the line)
 _RESERVE = """
 local key, started = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
@@ -117,36 +122,52 @@ if n >= limit then
 end
 if horizon >= 0 then
   local line = tonumber(redis.call('GET', KEYS[3]) or '0')
-  local in_line = tonumber(ARGV[7]) == 1
+  local back_again = tonumber(ARGV[7])
+  local in_line = back_again == 1
+  local reach = tonumber(ARGV[8])
+  local tenants = reach > horizon
   if in_line and slot - now > horizon then
     -- Back for its turn, but the slot is not near yet: it keeps its place.
     return {0, slot - horizon - now}
   end
   -- A newcomer does not pass the callers waiting in line (one may still be on its way back,
-  -- up to a spacing late): it joins the end of it. A newcomer of a line with no one waiting
-  -- and no slot ahead takes the next slot within its reach: it comes after the slots others
-  -- reserved within the horizon, not after the heads of other lines racing it for each slot.
-  local waiting = not in_line and line + spacing > now
-  local reach = horizon
-  if not in_line and not waiting and tonumber(redis.call('GET', KEYS[4]) or '0') <= now then
-    reach = math.max(horizon, tonumber(ARGV[8]))
+  -- up to a spacing late): it joins the end of it. Except the sign-up of a tenant with none
+  -- waiting and none holding a slot ahead: it takes the next slot within ``reach``, so one
+  -- tenant's burst does not hold another's single sign-up behind it. Each tenant passes at
+  -- most once per slot it holds; the line keeps one chain of come-back times for everyone.
+  local jump = tenants and back_again == 2
+  if tenants and back_again == 0 then
+    jump = tonumber(redis.call('GET', KEYS[5]) or '0') + spacing <= now
+      and tonumber(redis.call('GET', KEYS[4]) or '0') <= now
   end
-  if slot - now > reach or waiting then
+  if jump and slot - now > reach then
+    -- Passing the line, but the next slot is beyond its reach: it comes back for it (its
+    -- tenant's other sign-ups meanwhile join the line).
+    local back = slot - reach
+    redis.call('SET', KEYS[5], back, 'PX', math.floor((back - now) / 1000) + 1000)
+    return {0, back - now, 1}
+  end
+  local waiting = not in_line and not jump and line + spacing > now
+  local within = horizon
+  if jump then within = reach end
+  if slot - now > within or waiting then
     -- Come back when the next slot is within the horizon, but one spacing after the caller
     -- refused before: the refused wait in line instead of all asking again at once.
     local back = slot - horizon
     if line + spacing > back then back = line + spacing end
-    redis.call('SET', KEYS[3], back, 'PX', math.floor((back - now) / 1000) + 1000)
+    local px = math.floor((back - now) / 1000) + 1000
+    redis.call('SET', KEYS[3], back, 'PX', px)
+    if tenants then redis.call('SET', KEYS[5], back, 'PX', px) end
     return {0, back - now}
+  end
+  if tenants and slot > now then
+    local held = tonumber(redis.call('GET', KEYS[4]) or '0')
+    if slot > held then
+      redis.call('SET', KEYS[4], slot, 'PX', math.floor((slot - now) / 1000) + 1)
+    end
   end
 end
 redis.call('ZADD', key, slot, ARGV[4])
-if slot > now then
-  local held = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if slot > held then
-    redis.call('SET', KEYS[4], slot, 'PX', math.floor((slot - now) / 1000) + 1)
-  end
-end
 local ttl = math.floor((slot - now + window + late) / 1000) + 1000
 redis.call('PEXPIRE', key, ttl)
 redis.call('PEXPIRE', started, ttl)
@@ -191,6 +212,7 @@ class Grant:
     slot_us: int = 0  # the reserved start on the Redis clock
     member: str = ""
     redis_now_us: int = 0  # the Redis clock when the script ran
+    passing: bool = False  # refused, a sign-up passing the line: back for its slot then
 
 
 @dataclass(frozen=True)
@@ -249,8 +271,8 @@ LATE_BOUND = STALE_AFTER + 0.25
 MIN_SPACING = 0.5
 # How far ahead an onboarding caller of the workers reserves: longer than the backfill
 # horizon (priority), and well under the window, so the start a window before a new slot
-# has reported (see the module docstring). It is also the most a tenant's sign-up waits for
-# the slots others reserved ahead of it (several spacings of the budget: 5 at 20/s).
+# has reported (see the module docstring). A sign-up passing the line (its tenant has none
+# waiting or ahead) waits for at most twice this: the slots others reserved ahead of it.
 ONBOARDING_HORIZON = 0.25
 
 
@@ -336,27 +358,29 @@ class GlobalRateLimiter:
             self.window_us = window_us
             self.min_gap_us = int(window_us / self.limit * self.min_spacing)
 
-    def reserve(self, lane: str = "onboarding", in_line: bool = False,
+    def reserve(self, lane: str = "onboarding", in_line: int = 0,
                 line: str = "") -> Grant:
         """Try once to reserve a start; never sleeps. ``in_line``: this caller was refused
-        before and comes back when it was told (it is not sent to the end of the line).
-        ``line``: whose line an onboarding caller waits in (its tenant); callers of the
-        backfill lane wait in one line."""
+        before and comes back when it was told (1: it is not sent to the end of the line;
+        2: it was passing the line, ``Grant.passing``, and still is).
+        ``line``: an onboarding caller's tenant, whose one sign-up may pass the line (see
+        the module docstring); callers of a lane wait in one line."""
         if lane == "onboarding":
             horizon = reach = self.onboarding_horizon_us
-            queue = f"{self.onboarding_queue_key}:{line}" if line else self.onboarding_queue_key
-            if line:
-                reach = 2 * horizon
+            queue = tenant = self.onboarding_queue_key
+            if line and horizon >= 0:
+                tenant, reach = f"{queue}:{line}", 2 * horizon
         else:
             horizon = reach = self.backfill_horizon_us
-            queue = self.queue_key
+            queue = tenant = self.queue_key
         member = uuid.uuid4().hex
-        reply = self._script(keys=[self.key, self.started_key, queue, f"{queue}:ahead"],
+        reply = self._script(keys=[self.key, self.started_key, queue, f"{tenant}:ahead",
+                                   f"{tenant}:back"],
                              args=[self.limit, self.window_us, horizon, member,
                                    int(LATE_BOUND * 1_000_000), self.min_gap_us,
-                                   1 if in_line else 0, reach])
+                                   int(in_line), reach])
         if not reply[0]:
-            return Grant(False, int(reply[1]) / 1_000_000)
+            return Grant(False, int(reply[1]) / 1_000_000, passing=len(reply) > 2)
         return Grant(True, int(reply[1]) / 1_000_000, int(reply[2]), member, int(reply[3]))
 
     def reserve_slot(self, lane: str = "onboarding", line: str = "") -> Slot:
@@ -364,14 +388,14 @@ class GlobalRateLimiter:
 
         A refused caller comes back when the script says (its place in line), with up to
         one spacing of jitter, and keeps that place: callers of a line are served in the
-        order they first asked (``line``: see ``reserve``).
+        order they first asked (but for the sign-ups that pass it, see ``reserve``).
         """
         spacing = self.window_us / 1_000_000 / self.limit
-        in_line = False
+        in_line = 0
         while True:
             asked = time.monotonic()
             grant = self.reserve(lane, in_line, line)
-            in_line = True
+            in_line = 2 if grant.passing else 1
             if grant.granted:
                 replied = time.monotonic()
                 self.clock.sample(asked, replied, grant.redis_now_us)
@@ -398,8 +422,9 @@ class GlobalRateLimiter:
         ``line``: the onboarding caller's tenant, see ``reserve``. This is the one way calls
         are made, by the workers and by the tests alike.
         """
+        asked = time.monotonic()
         slot = self.reserve_slot(lane, line)
-        waited = max(0.0, slot.deadline - time.monotonic())
+        waited = max(0.0, slot.deadline - asked)  # in line too, not only from the grant
         # Everything but the send happens before the reserved start, so the call leaves on
         # time (late starts bunch up at the API and can exceed its limit in a second).
         self.sleep_until(slot.deadline - PREPARE_AHEAD)

@@ -256,11 +256,20 @@ def _shares_lane(settings: Settings, spec: JobSpec) -> bool:
     return sent_at_once(spec.lane) and spec.refusal is None and onboarding.shared(settings)
 
 
-def _out_by_share(session: Session, settings: Settings, spec: JobSpec) -> bool:
-    """A sign-up goes out now while its tenant is under its share (onboarding.py); else
-    it is stored due and the feeder sends it in its tenant's turn."""
+def _out_by_share(session: Session, settings: Settings, spec: JobSpec) -> int | None:
+    """A sign-up goes out now, at the priority step its tenant's share gives, while its
+    tenant is under its share (onboarding.py); else (None) it is stored due and the feeder
+    sends it in its tenant's turn."""
     onboarding.lock_tenant(session, spec.tenant_id)
     return onboarding.send_at_once(session, settings, spec.tenant_id)
+
+
+def _out(session: Session, settings: Settings, spec: JobSpec, share: bool) -> int | None:
+    """The priority step a new job is sent at right after its commit, or None: it is stored
+    due (a backfill row, or a sign-up over its tenant's share)."""
+    if share:
+        return _out_by_share(session, settings, spec)
+    return messages.lane_priority(spec.lane) if sent_at_once(spec.lane) else None
 
 
 def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
@@ -271,9 +280,11 @@ def insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool]:
     return job_id, created
 
 
-def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | None, bool]:
-    """``insert_job``, plus the state the key's job had before (None: a new key) and
-    whether a created job was stored out (its message is to be sent now) or due."""
+def _insert_job(settings: Settings,
+                spec: JobSpec) -> tuple[int, bool, str | None, int | None]:
+    """``insert_job``, plus the state the key's job had before (None: a new key) and, for
+    a created job stored out (its message is to be sent now), its priority step (None: due
+    or not created)."""
     mine = (Job.tenant_id == spec.tenant_id, Job.idempotency_key == spec.idempotency_key)
     with session_scope(settings.database_url) as session:
         existing = session.execute(select(Job.id, Job.state).where(*mine)).first()
@@ -281,13 +292,13 @@ def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | Non
             _, changed, out = _recheck_refused(settings, existing.id, spec)
             return existing.id, changed, existing.state, out
         if existing is not None:
-            return existing.id, False, existing.state, False
+            return existing.id, False, existing.state, None
     share = _shares_lane(settings, spec)
     try:
         with (write_scope if share else session_scope)(settings.database_url) as session:
-            out = _out_by_share(session, settings, spec) if share \
-                else sent_at_once(spec.lane)
-            job = Job(idempotency_key=spec.idempotency_key, **_job_values(spec, out))
+            out = _out(session, settings, spec, share)
+            job = Job(idempotency_key=spec.idempotency_key,
+                      **_job_values(spec, out is not None))
             session.add(job)
             session.flush()
             return job.id, spec.refusal is None, None, out
@@ -295,15 +306,16 @@ def _insert_job(settings: Settings, spec: JobSpec) -> tuple[int, bool, str | Non
         # Another producer inserted the same key between our check and our insert.
         with session_scope(settings.database_url) as session:
             # .one(): the key is there (the insert just collided with it).
-            return session.scalars(select(Job.id).where(*mine)).one(), False, None, False
+            return session.scalars(select(Job.id).where(*mine)).one(), False, None, None
 
 
 def _recheck_refused(settings: Settings, job_id: int,
-                     spec: JobSpec) -> tuple[int, bool, bool]:
+                     spec: JobSpec) -> tuple[int, bool, int | None]:
     share = _shares_lane(settings, spec)
     with (write_scope if share else session_scope)(settings.database_url) as session:
-        out = _out_by_share(session, settings, spec) if share else sent_at_once(spec.lane)
-        changed = schedule.recheck_refused(session, job_id, _job_values(spec, out))
+        out = _out(session, settings, spec, share)
+        changed = schedule.recheck_refused(session, job_id,
+                                           _job_values(spec, out is not None))
     return job_id, changed and spec.refusal is None, out
 
 
@@ -340,11 +352,12 @@ def record_dedupe_hit(settings: Settings, job_id: int, key: str, source: str) ->
                               batch_id=batch_id))
 
 
-def send_now(settings: Settings, job_id: int, lane: str) -> bool:
-    """Send the message of a committed job that is marked out; False if Redis could not take
-    it (the job is then due, and the feeder sends it when Redis is back)."""
+def send_now(settings: Settings, job_id: int, lane: str, priority: int | None = None) -> bool:
+    """Send the message of a committed job that is marked out (at ``priority``, default the
+    lane's); False if Redis could not take it (the job is then due, and the feeder sends it
+    when Redis is back)."""
     try:
-        messages.send_verify(job_id, lane)
+        messages.send_verify(job_id, lane, priority)
         return True
     except Exception as exc:  # noqa: BLE001 - kombu and redis-py raise many kinds for "away"
         log.warning("job %s: not sent (%s); it is due and goes out when Redis is back",
@@ -360,8 +373,8 @@ def submit(settings: Settings, spec: JobSpec, source: str = "submit") -> tuple[i
     is False); a known key adds a ``dedupe_hits`` row for ``source`` ("submit", "api")."""
     spec = validate_spec(spec, settings)
     job_id, created, known_state, out = _insert_job(settings, spec)
-    if created and out:
-        send_now(settings, job_id, spec.lane)
+    if created and out is not None:
+        send_now(settings, job_id, spec.lane, out)
     elif spec.refusal is not None:
         log.info("job %s refused by preflight: %s", job_id, preflight.describe(spec.refusal))
     elif known_state is not None and known_state != JobState.REFUSED.value:

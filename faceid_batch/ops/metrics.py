@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from faceid_batch.call import clock
 from faceid_batch.call.ratelimit import STALE_AFTER
 from faceid_batch.db import session_scope
+from faceid_batch.messages import lane_depths
 from faceid_batch.models import Job, JobState, Lane
 from faceid_batch.parts import FeederParts
 
@@ -83,15 +84,12 @@ class StateCollector(Collector):
         except Exception as exc:  # a scrape must never fail because the database is away
             log.warning("metrics: jobs by state unavailable (%s)", type(exc).__name__)
         try:
-            pipe = res.redis.pipeline(transaction=False)
-            for lane in Lane:
-                pipe.llen(lane.value)
-            depths = pipe.execute()
+            depths = lane_depths(res.redis)
             queue = GaugeMetricFamily("faceid_queue_depth",
-                                      "Task messages waiting in each lane's Redis list",
+                                      "Task messages waiting in each lane's Redis lists",
                                       labels=["lane"])
-            for lane, depth in zip(Lane, depths, strict=True):
-                queue.add_metric([lane.value], depth)
+            for lane in Lane:
+                queue.add_metric([lane.value], depths[lane.value])
             out.append(queue)
             breaker = GaugeMetricFamily("faceid_breaker_open",
                                         "1 while an account's breaker stops its calls",

@@ -39,7 +39,12 @@ from typing import Any
 from sqlalchemy import select
 
 from faceid_batch.db import session_scope, write_scope
-from faceid_batch.messages import send_verify_many, send_webhooks
+from faceid_batch.messages import (
+    PRIORITY_ONBOARDING,
+    lane_depths,
+    send_verify_many,
+    send_webhooks,
+)
 from faceid_batch.models import Job, Lane, table
 from faceid_batch.parts import FeederParts
 from faceid_batch.scheduling import callbacks, leases, onboarding, recovery, schedule
@@ -111,7 +116,7 @@ class Feeder:
     """One feeder candidate; ``round`` does one round if it holds the lock."""
 
     def __init__(self, res: FeederParts,
-                 send: Callable[[list[int], str], Any] = send_verify_many,
+                 send: Callable[[list[int], str, int | None], Any] = send_verify_many,
                  send_callbacks: Callable[[list[tuple[int, str]], str], Any] = send_webhooks,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -183,18 +188,19 @@ class Feeder:
                 break
         else:
             return {}
-        pipe = self.res.redis.pipeline(transaction=False)
-        for lane in Lane:
-            pipe.llen(lane.value)
+        depths = lane_depths(self.res.redis)
         sent: dict[str, int] = {}
-        for lane, queued in zip(Lane, pipe.execute(), strict=True):
-            room = self.lane_depth() - queued
+        for lane in Lane:
+            room = self.lane_depth() - depths[lane.value]
             if room > 0:
-                ids = self.pick_by_tenant(room) \
-                    if lane.value == onboarding.LANE and onboarding.shared(self.s) \
-                    else self.pick(lane.value, room)
+                priority = None  # the lane's
+                if lane.value == onboarding.LANE and onboarding.shared(self.s):
+                    # Sign-ups stored due: their tenants were over their shares.
+                    ids, priority = self.pick_by_tenant(room), PRIORITY_ONBOARDING
+                else:
+                    ids = self.pick(lane.value, room)
                 if ids:
-                    sent[f"fed_{lane.value}"] = self._send(lane.value, ids)
+                    sent[f"fed_{lane.value}"] = self._send(lane.value, ids, priority)
         return sent
 
     def pick_by_tenant(self, room: int) -> list[int]:
@@ -259,14 +265,14 @@ class Feeder:
         self._keys[lane] = (self.clock() + KEYS_REFRESH_SECONDS, keys)
         return keys
 
-    def _send(self, lane: str, ids: list[int]) -> int:
+    def _send(self, lane: str, ids: list[int], priority: int | None = None) -> int:
         with write_scope(self.s.database_url) as session:
             marked = set(schedule.mark_out(session, ids))
         ordered = [i for i in ids if i in marked]
         if not ordered:
             return 0
         try:
-            self.send(ordered, lane)
+            self.send(ordered, lane, priority)
         except Exception:
             # Not sent: due again now (and if this fails too, the lost-message check does it).
             with write_scope(self.s.database_url) as session:

@@ -32,7 +32,7 @@ from typing import TypeVar
 from sqlalchemy import func, select, text, union_all
 from sqlalchemy.orm import Session
 
-from faceid_batch import tenants
+from faceid_batch import messages, tenants
 from faceid_batch.call import accounts
 from faceid_batch.db import session_scope
 from faceid_batch.models import Attempt, JobState, Lane, Tenant, table
@@ -152,9 +152,11 @@ def lock_tenant(session: Session, tenant_id: int) -> None:
         session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
 
 
-def send_at_once(session: Session, settings: Settings, tenant_id: int) -> bool:
-    """Whether a new sign-up of ``tenant_id`` goes out now (else it is stored due and the
-    feeder sends it in its tenant's turn). Call it in the transaction that stores the job,
+def send_at_once(session: Session, settings: Settings, tenant_id: int) -> int | None:
+    """The priority step a new sign-up of ``tenant_id`` is sent at now, or None: it is
+    stored due and the feeder sends it in its tenant's turn. A tenant with fewer than half its
+    share in flight sends at the first step, ahead of the sign-ups of tenants near or over
+    theirs waiting in Redis (messages.py). Call it in the transaction that stores the job,
     after ``lock_tenant``."""
     flying = in_flight(session)
     due = due_tenants(session)
@@ -162,6 +164,9 @@ def send_at_once(session: Session, settings: Settings, tenant_id: int) -> bool:
     active = set(flying) | due | {tenant_id}
     limit = bound(settings)
     share = limit * weight.get(tenant_id, 1.0) / sum(weight.get(t, 1.0) for t in active)
-    if flying.get(tenant_id, 0) < share:
-        return True
-    return sum(flying.values()) < limit and not due
+    mine = flying.get(tenant_id, 0)
+    if mine < share:
+        return messages.PRIORITY_FIRST if mine < share / 2 else messages.PRIORITY_ONBOARDING
+    if sum(flying.values()) < limit and not due:
+        return messages.PRIORITY_ONBOARDING
+    return None

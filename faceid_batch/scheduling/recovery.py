@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from faceid_batch.db import session_scope
-from faceid_batch.messages import VERIFY_TASK
+from faceid_batch.messages import VERIFY_TASK, lane_lists
 from faceid_batch.models import Attempt, Job, JobState
 from faceid_batch.parts import Parts
 from faceid_batch.scheduling import answers, callbacks, schedule
@@ -78,11 +78,10 @@ def jobs_in_broker(client: redis.Redis, queues: list[str],
     set is seen once. None when the queues hold more than ``scan_limit`` messages (too long to
     read on every sweep).
     """
-    # kombu's Redis transport: a queue's priority sub-queues are "<queue><sep><priority>"
-    # (none for 0); messages taken but not acknowledged live in the hash "unacked", and when
-    # each was taken in the sorted set "unacked_index".
-    keys = [q if pri == 0 else f"{q}{RedisChannel.sep}{pri}"
-            for q in queues for pri in RedisChannel.priority_steps]
+    # kombu's Redis transport: a queue's lists, one per priority step (messages.lane_lists);
+    # messages taken but not acknowledged live in the hash "unacked", and when each was taken
+    # in the sorted set "unacked_index".
+    keys = [key for q in queues for key in lane_lists(q)]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.llen(key)

@@ -11,6 +11,7 @@ import redis
 from faceid_batch.call.ratelimit import (
     LATE_BOUND,
     GlobalRateLimiter,
+    Grant,
     SendTooLate,
     max_starts_in_window,
 )
@@ -34,6 +35,20 @@ def send_on_time(send_at: float, send_by: float, on_sent) -> float:  # type: ign
         raise SendTooLate(f"{(now - send_by) * 1000:.0f} ms past send_by")
     on_sent(now)
     return now
+
+
+def count_asks(limiter: GlobalRateLimiter) -> list[bool]:
+    """Record every reservation ``limiter`` asks Redis for (granted or not), in order."""
+    asks: list[bool] = []
+    reserve = limiter.reserve
+
+    def counted(lane: str = "onboarding", in_line: int = 0, line: str = "") -> Grant:
+        grant = reserve(lane, in_line, line)
+        asks.append(grant.granted)
+        return grant
+
+    limiter.reserve = counted  # type: ignore[method-assign]
+    return asks
 
 
 def _hammer(url: str, key: str, lane: str, seconds: float, use_limiter: bool, out) -> None:
@@ -292,15 +307,7 @@ def test_a_crowd_of_backfill_callers_asks_little_more_than_once_per_slot(redis_s
 
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-crowd", backfill_horizon=0.15)
-    asks = []
-    reserve = limiter.reserve
-
-    def counted(lane: str = "onboarding", in_line: bool = False, line: str = ""):
-        grant = reserve(lane, in_line, line)
-        asks.append(grant.granted)
-        return grant
-
-    limiter.reserve = counted  # type: ignore[method-assign]
+    asks = count_asks(limiter)
     starts: list[float] = []
 
     def caller() -> None:
@@ -470,15 +477,7 @@ def test_sign_ups_of_many_tenants_wait_in_one_line_without_racing(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     limiter = GlobalRateLimiter(r, LIMIT, window=WINDOW, key="rl-tenants-crowd",
                                 backfill_horizon=0.15, onboarding_horizon=0.25)
-    asks: list[bool] = []
-    reserve = limiter.reserve
-
-    def counted(lane: str = "onboarding", in_line: bool = False, line: str = ""):
-        grant = reserve(lane, in_line, line)
-        asks.append(grant.granted)
-        return grant
-
-    limiter.reserve = counted  # type: ignore[method-assign]
+    asks = count_asks(limiter)
     waits: list[float] = []
 
     def caller(tenant: str) -> None:
